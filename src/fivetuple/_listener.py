@@ -1,0 +1,303 @@
+"""The door: one listening socket, and accept() in bounded batches.
+
+Theory of operation. ``bind_tcp`` and ``bind_unix`` perform the ritual:
+socket, SO_REUSEADDR, bind, listen(backlog), non-blocking. The kernel then
+completes handshakes by itself and queues finished connections (up to the
+backlog) until we accept them. When the listening socket is readable,
+``Listener.handle_io`` accepts at most ``ACCEPT_BATCH`` connections, so that
+a connection storm cannot starve the clients already being served; the
+poller is level-triggered and reports the rest next iteration.
+
+Pausing: a listener that is paused is removed from the poller and new clients
+wait in the kernel's backlog. Pauses have named reasons (``max-conns``,
+``fd-exhausted``); accepting resumes when no reason is left.
+
+Running out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM) is met with a
+timed pause, as asyncio, trio and nginx do, not with libuv's spare
+descriptor. The spare-fd trick accepts and immediately closes the waiting
+clients, turning a brief spike into refused connections, and under ENFILE the
+spare can be lost to another process. With a pause the clients wait in the
+backlog and are served as soon as descriptors free up, the loop sleeps instead
+of spinning on a socket that stays readable, and one log line per burst
+(not per failure) says what happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+from collections import Counter
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._limits import fd_limits
+from ._poller import READ
+from .errors import SetupError
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+    from ._timers import Timer
+
+logger = logging.getLogger("fivetuple")
+
+#: Connections accepted per readiness event at most.
+ACCEPT_BATCH = 64
+#: How long accepting pauses when descriptors or memory run out.
+ACCEPT_RETRY_S = 0.1
+
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+#: Errors about one connection that died before we took it: skip and go on.
+_TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.EINTR}
+
+
+def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
+    """Create a listening TCP socket on ``host``:``port``.
+
+    ``host`` ``"::"`` listens dual-stack (IPv6 and IPv4-mapped); any other
+    IPv6 address is IPv6 only. Port 0 lets the kernel pick a free port.
+
+    Raises:
+        SetupError: unknown host, address in use, permission denied, ...
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise SetupError(
+            f"cannot resolve host {host!r} ({exc.strerror}); "
+            "use an IP address such as 127.0.0.1 or ::1, or a name this machine knows"
+        ) from None
+    except OverflowError:
+        raise SetupError(f"port {port} is out of range; use 0-65535") from None
+    family, _, _, _, sockaddr = infos[0]
+    where = format_address(family, sockaddr)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # A restarted server must be able to bind while the connections of its
+        # previous run linger in TIME_WAIT (2 x MSL, up to a minute); without
+        # SO_REUSEADDR bind() fails with "Address already in use" until then.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+        # Accepted sockets inherit TCP_NODELAY from the listener on Linux; the
+        # server sets it again where they do not.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise _bind_error(exc, where, port) from None
+    return sock
+
+
+def _bind_error(exc: OSError, where: str, port: int) -> SetupError:
+    if exc.errno == errno.EADDRINUSE:
+        return SetupError(
+            f"address {where} is already in use; stop the program using it "
+            f"(ss -ltnp 'sport = :{port}' shows it) or choose another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return SetupError(
+            f"permission denied to listen on {where}; ports below 1024 need root or "
+            "CAP_NET_BIND_SERVICE: choose --port 1024 or above"
+        )
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return SetupError(
+            f"address {where} is not an address of this machine; "
+            "use 127.0.0.1, ::1 or 0.0.0.0 (ip -br addr lists the others)"
+        )
+    return SetupError(f"cannot listen on {where}: {exc.strerror or exc}")
+
+
+def bind_unix(path: str, backlog: int) -> socket.socket:
+    """Create a listening Unix domain stream socket at ``path``.
+
+    A stale socket file (left by a server that died) is removed; a socket that
+    a live server still answers on is not.
+
+    Raises:
+        SetupError: the path is in use, is not a socket, or cannot be created.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise SetupError(f"cannot use {path}: {exc.strerror}") from None
+    else:
+        if not stat.S_ISSOCK(mode):
+            raise SetupError(
+                f"{path} exists and is not a socket; remove it or choose another --unix path"
+            )
+        if _unix_socket_answers(path):
+            raise SetupError(
+                f"unix socket {path} is in use by a running server; stop it or choose another --unix path"
+            )
+        os.unlink(path)  # stale: nobody is listening behind it
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EACCES:
+            raise SetupError(
+                f"permission denied to create {path}; choose a writable directory"
+            ) from None
+        raise SetupError(f"cannot listen on unix://{path}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _unix_socket_answers(path: str) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+def format_address(family: int, sockaddr: Any) -> str:
+    """tcp://host:port with IPv6 hosts in brackets, or unix://path."""
+    if family == getattr(socket, "AF_UNIX", None):
+        return f"unix://{sockaddr}"
+    host, port = sockaddr[0], sockaddr[1]
+    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
+
+
+class Listener:
+    """Accepts connections from one listening socket for the loop.
+
+    Args:
+        loop: the loop that watches the socket.
+        sock: a bound, listening, non-blocking socket.
+        on_accept: called with (fd, address) for every accepted connection.
+        backlog: the backlog the socket was listened with (for statistics).
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        on_accept: Callable[[Listener, int, Any], None],
+        backlog: int,
+    ) -> None:
+        self._loop = loop
+        self.sock = sock
+        self._on_accept = on_accept
+        self.backlog = backlog
+        self.family = sock.family
+        self.address = format_address(sock.family, sock.getsockname())
+        self.accepted = 0
+        self.errors: Counter[str] = Counter()
+        self._pauses: set[str] = set()
+        self._watched = False
+        self._retry_timer: Timer | None = None
+        self._burst_failures = 0
+        self._burst_started = 0.0
+        self._closed = False
+
+    def start(self) -> None:
+        """Begin accepting."""
+        self._watch(True)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self._pauses)
+
+    def pause(self, reason: str) -> None:
+        """Stop accepting for ``reason``; clients wait in the kernel backlog."""
+        self._pauses.add(reason)
+        self._watch(False)
+
+    def resume(self, reason: str) -> None:
+        """Drop ``reason``; accepting resumes once no reason is left."""
+        self._pauses.discard(reason)
+        if not self._pauses and not self._closed:
+            self._watch(True)
+
+    def _watch(self, on: bool) -> None:
+        if on and not self._watched and not self._closed:
+            self._loop.add_io(self.sock.fileno(), self, READ)
+            self._watched = True
+        elif not on and self._watched:
+            self._loop.remove_io(self.sock.fileno())
+            self._watched = False
+
+    def handle_io(self, events: int) -> None:
+        accept = self.sock._accept  # type: ignore[attr-defined]
+        for _ in range(ACCEPT_BATCH):
+            if self._pauses:
+                return
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if self._accept_failed(exc):
+                    continue
+                return
+            if self._burst_failures:
+                self._burst_ended()
+            self.accepted += 1
+            self._on_accept(self, fd, addr)
+
+    def _accept_failed(self, exc: OSError) -> bool:
+        """Count the failure; True if accepting may go on with the next client."""
+        code = exc.errno or 0
+        self.errors[errno.errorcode.get(code, str(code))] += 1
+        if code in _TRANSIENT:
+            return True
+        if self._burst_failures == 0:
+            self._burst_started = self._loop.now
+            logger.warning(
+                "accept on %s failed: %s (%s, descriptor limit %d); pausing accepts, retrying every %.1fs",
+                self.address,
+                exc.strerror,
+                errno.errorcode.get(code, code),
+                fd_limits()[0],
+                ACCEPT_RETRY_S,
+            )
+        self._burst_failures += 1
+        if code not in _EXHAUSTED:
+            logger.error("unexpected accept error on %s: %s", self.address, exc)
+        self.pause("fd-exhausted")
+        self._retry_timer = self._loop.call_later(ACCEPT_RETRY_S, self._retry)
+        return False
+
+    def _retry(self) -> None:
+        self._retry_timer = None
+        self.resume("fd-exhausted")
+
+    def _burst_ended(self) -> None:
+        logger.warning(
+            "accept on %s recovered after %d failed attempts over %.1fs",
+            self.address,
+            self._burst_failures,
+            self._loop.now - self._burst_started,
+        )
+        self._burst_failures = 0
+
+    def close(self) -> None:
+        """Stop accepting and close the listening socket (and its Unix path)."""
+        if self._closed:
+            return
+        self._watch(False)
+        self._closed = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        path = self.sock.getsockname() if self.family == getattr(socket, "AF_UNIX", None) else None
+        self.sock.close()
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass

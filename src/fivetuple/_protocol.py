@@ -1,0 +1,56 @@
+"""The callbacks an application implements: the asyncio grammar.
+
+For every connection the callbacks come in this order and no other::
+
+    connection_made  data_received*  eof_received?  connection_lost
+
+``connection_lost`` is called exactly once, after which the transport is
+dead. ``pause_writing`` / ``resume_writing`` may come in between, always in
+pairs, each at most once in a row.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._transport import Transport
+
+
+class Protocol:
+    """Base class for stream protocols; override the callbacks you need.
+
+    An exception raised by a callback closes that one connection (reason
+    ``app-error``), is logged once with the peer's address, and the server
+    keeps serving everyone else.
+    """
+
+    # Empty slots let subclasses declare __slots__ and stay small: a server
+    # holds one protocol object per connection.
+    __slots__ = ()
+
+    def connection_made(self, transport: Transport) -> None:
+        """The connection is up; keep ``transport`` to write and close."""
+
+    def data_received(self, data: bytes) -> None:
+        """Some bytes arrived. A message may be split or joined across calls:
+        TCP is a byte stream."""
+
+    def eof_received(self) -> bool | None:
+        """The peer closed its writing side (it sent FIN).
+
+        Returns:
+            True to keep the connection open for writing (half-close); anything
+            else closes it once queued bytes are flushed.
+        """
+        return None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The connection is closed. ``exc`` is None for an orderly close, else
+        the error (a ``BrokenResourceError`` chaining the OSError for a reset)."""
+
+    def pause_writing(self) -> None:
+        """The transport's queue went above its high-water mark: stop writing."""
+
+    def resume_writing(self) -> None:
+        """The queue drained to its low-water mark: writing may go on."""

@@ -1,0 +1,79 @@
+"""Immutable statistics records: what a connection and a server look like now.
+
+The live objects keep plain counters in slots (a read costs an addition and a
+store); these records are built only when somebody asks, so observing the
+server costs nothing on the data path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+#: Why connections end. Each close is counted under exactly one reason.
+CLOSE_REASONS = (
+    "eof",  # the peer closed its side and we closed ours
+    "local",  # the application called close()
+    "aborted",  # the application called abort()
+    "reset",  # ECONNRESET: the peer sent RST
+    "broken-pipe",  # EPIPE: writing to a peer that is gone
+    "timeout",  # ETIMEDOUT from the kernel (keepalive or retransmission)
+    "error",  # any other socket error
+    "idle",  # silent longer than the idle timeout
+    "app-error",  # the application raised
+    "slow-reader",  # an application dropped a client that does not read
+    "protocol-error",  # the peer sent bytes the protocol forbids
+    "shutdown",  # the server stopped (graceful or not)
+    "unwatchable",  # the poller cannot watch this fd (select, fd >= FD_SETSIZE)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """One connection, as the Redis ``CLIENT LIST`` shows a client.
+
+    The five-tuple is (protocol, local address, local port, remote address,
+    remote port); for Unix sockets the addresses are paths and ports are None.
+    Times are on the monotonic clock; ``age`` and ``idle`` are seconds.
+    """
+
+    id: int
+    protocol: str
+    local_addr: str
+    local_port: int | None
+    remote_addr: str
+    remote_port: int | None
+    fd: int
+    state: str
+    bytes_in: int
+    bytes_out: int
+    opened_at: float
+    last_activity: float
+    queued_bytes: int
+    age: float
+    idle: float
+    reading_paused: bool
+    writing_paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerStats:
+    """The server's counters."""
+
+    listening: tuple[str, ...]
+    backend: str
+    backlog: int
+    connections: int
+    peak_connections: int
+    max_connections: int | None
+    accepted: int
+    accept_errors: dict[str, int]
+    accept_paused: bool
+    closed: dict[str, int]
+    bytes_in: int
+    bytes_out: int
+    fd_soft_limit: int
+    fd_hard_limit: int
+    fds_open: int | None
+    loop_wakeups: int
+    loop_events: int
+    extra: dict[str, int] = field(default_factory=dict)

@@ -1,0 +1,546 @@
+"""The connection transport: one non-blocking stream socket per client.
+
+Theory of operation. A transport owns one connected socket and its write
+queue; its protocol owns the meaning of the bytes. The loop calls
+``handle_io(events)`` when the socket is ready.
+
+Reading: one ``recv`` per readable event. The poller is level-triggered, so
+if bytes remain it reports the socket again on the next iteration; a client
+that floods us therefore gets one read per iteration and cannot starve the
+others (libuv stops after a partial read for the same reason).
+
+Writing: ``write()`` sends at once when nothing is queued, queues what the
+kernel did not take, and only then asks the poller for WRITE readiness;
+the interest is dropped again as soon as the queue is empty, so an idle
+connection costs no wakeups. The queue has high and low water marks:
+``pause_writing`` fires once when it grows strictly above the high mark,
+``resume_writing`` once when it drains to the low mark (asyncio's rule).
+
+States (every legal transition; anything else is a LocalProtocolError or a
+no-op documented on the method):
+
+    ============  ===========================  ==========================
+    state         event                        next state
+    ============  ===========================  ==========================
+    OPEN          peer EOF, protocol keeps     REMOTE_EOF
+    OPEN          write_eof()                  LOCAL_EOF
+    REMOTE_EOF    write_eof()                  CLOSING (then CLOSED)
+    LOCAL_EOF     peer EOF                     CLOSING (then CLOSED)
+    any open      close(), peer EOF            CLOSING, CLOSED once flushed
+    any           abort(), socket error        CLOSED
+    ============  ===========================  ==========================
+
+Errors never escape to the loop: a reset, a broken pipe or an exception in
+the protocol ends this one connection with a counted reason, and
+``connection_lost`` runs exactly once, on a later loop iteration so that it
+never re-enters the protocol from inside its own ``write()``.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ._poller import ERROR, READ, WRITE
+from ._stats import ConnectionStats
+from .errors import BrokenResourceError, ClosedResourceError
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+    from ._protocol import Protocol as AppProtocol
+    from ._timers import Timer
+
+logger = logging.getLogger("fivetuple")
+
+OPEN = "open"
+REMOTE_EOF = "remote-eof"
+LOCAL_EOF = "local-eof"
+CLOSING = "closing"
+CLOSED = "closed"
+
+#: Bytes asked of recv() per readable event (uvloop and asyncio use 256 KiB).
+RECV_BYTES = 256 * 1024
+#: Default write-queue water marks (asyncio's defaults).
+HIGH_WATER_BYTES = 64 * 1024
+LOW_WATER_BYTES = HIGH_WATER_BYTES // 4
+
+_READ_OR_ERROR = READ | ERROR
+_UNWATCHED = -1
+
+#: errno -> close reason, for errors the socket reports.
+_ERRNO_REASONS = {
+    errno.ECONNRESET: "reset",
+    errno.ECONNABORTED: "reset",
+    errno.EPIPE: "broken-pipe",
+    errno.ETIMEDOUT: "timeout",
+}
+
+
+class TransportOwner(Protocol):
+    """Who is told when a transport has closed (the server)."""
+
+    def transport_closed(self, transport: Transport) -> None: ...
+
+
+class Transport:
+    """A connected stream socket, driven by the loop, feeding a Protocol.
+
+    Args:
+        loop: the loop that watches the socket.
+        sock: a connected socket; it is made non-blocking.
+        protocol: receives the callbacks; see ``fivetuple.Protocol``.
+        conn_id: a number that identifies the connection for its whole life.
+        peer: the remote address as accept() returned it.
+        owner: told through ``transport_closed`` once the connection ends.
+    """
+
+    __slots__ = (
+        "_buffer",
+        "_fd",
+        "_high",
+        "_idle_timer",
+        "_loop",
+        "_low",
+        "_owner",
+        "_protocol",
+        "_read_paused",
+        "_sock",
+        "_watching",
+        "_write_paused",
+        "bytes_in",
+        "bytes_out",
+        "close_reason",
+        "id",
+        "last_activity",
+        "opened_at",
+        "peer",
+        "state",
+    )
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: AppProtocol,
+        *,
+        conn_id: int = 0,
+        peer: Any = None,
+        owner: TransportOwner | None = None,
+    ) -> None:
+        sock.setblocking(False)
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._owner = owner
+        self._buffer: bytearray | None = None
+        self._watching = _UNWATCHED
+        self._read_paused = False
+        self._write_paused = False
+        self._high = HIGH_WATER_BYTES
+        self._low = LOW_WATER_BYTES
+        self._idle_timer: Timer | None = None
+        self.state = OPEN
+        #: Why the connection ended (one of ``CLOSE_REASONS``), None while open.
+        self.close_reason: str | None = None
+        self.id = conn_id
+        self.peer = peer
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.opened_at = self.last_activity = loop.now
+
+    def start(self) -> None:
+        """Register with the loop and call ``protocol.connection_made``.
+
+        Raises:
+            ValueError: the poller cannot watch this descriptor (select backend).
+        """
+        self._loop.add_io(self._fd, self, READ)
+        self._watching = READ
+        try:
+            self._protocol.connection_made(self)
+        except Exception as exc:
+            self._app_error(exc, "connection_made")
+
+    # -- the loop calls this ------------------------------------------------
+
+    def handle_io(self, events: int) -> None:
+        if events & _READ_OR_ERROR:
+            if self._watching & READ:
+                self._read_ready()
+            else:
+                self._hangup_while_not_reading()
+        if events & WRITE and self._buffer:
+            self._write_ready()
+
+    def _read_ready(self) -> None:
+        try:
+            data = self._sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        if data:
+            self.bytes_in += len(data)
+            self.last_activity = self._loop.now
+            try:
+                self._protocol.data_received(data)
+            except Exception as exc:
+                self._app_error(exc, "data_received")
+        else:
+            self._eof_received()
+
+    def _eof_received(self) -> None:
+        # At EOF a level-triggered poller reports the socket readable forever.
+        self._set_watch(self._watching & ~READ)
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:
+            self._app_error(exc, "eof_received")
+            return
+        if keep_open and self.state == OPEN:
+            self.state = REMOTE_EOF
+        elif self.state != CLOSED:
+            self.close("eof")
+
+    def _hangup_while_not_reading(self) -> None:
+        # poll and epoll report ERR/HUP even when READ is not asked for; left
+        # alone, a level-triggered hang-up would wake the loop forever.
+        if self._buffer:
+            self._write_ready()  # makes progress or surfaces the error
+            return
+        err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._fatal(OSError(err, errno.errorcode.get(err, str(err))))
+        elif self.state in (OPEN, LOCAL_EOF) and self._read_paused:
+            # Both directions are shut but unread input may remain: stop
+            # watching until the protocol resumes reading.
+            self._loop.remove_io(self._fd)
+            self._watching = _UNWATCHED
+        else:
+            self.close("eof")
+
+    def _write_ready(self) -> None:
+        buffer = self._buffer
+        assert buffer is not None
+        try:
+            sent = self._sock.send(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        self.bytes_out += sent
+        self.last_activity = self._loop.now
+        del buffer[:sent]
+        if self._write_paused and len(buffer) <= self._low:
+            self._write_paused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:
+                self._app_error(exc, "resume_writing")
+                return
+        if not buffer:
+            self._set_watch(self._watching & ~WRITE)
+            if self.state == CLOSING:
+                self._finish(None)
+            elif self.state == LOCAL_EOF:
+                self._shutdown_write()
+
+    # -- the protocol calls these -------------------------------------------
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data``: now if nothing is queued, else after what is queued.
+
+        Never blocks. Bytes written after the peer has gone are dropped (the
+        protocol learns of it through ``connection_lost``).
+
+        Raises:
+            ClosedResourceError: this side already called close(), abort() or write_eof().
+        """
+        if self._buffer or self.state != OPEN:
+            self._write_queued(data)
+            return
+        try:
+            sent = self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._fatal(exc)
+            return
+        self.bytes_out += sent
+        self.last_activity = self._loop.now
+        if sent != len(data):
+            self._queue(memoryview(data)[sent:])
+
+    def _write_queued(self, data: bytes | bytearray | memoryview) -> None:
+        state = self.state
+        if state == CLOSED and self.close_reason not in ("local", "aborted", "shutdown"):
+            return  # the peer or network is gone; connection_lost tells the protocol
+        if state not in (OPEN, REMOTE_EOF):
+            raise ClosedResourceError(f"write() after this side closed the connection ({state})")
+        if data:
+            self._queue(data)
+
+    def _queue(self, data: bytes | bytearray | memoryview) -> None:
+        if self._buffer is None:
+            self._buffer = bytearray(data)
+        else:
+            self._buffer += data
+        self._set_watch(self._watching | WRITE)
+        if not self._write_paused and len(self._buffer) > self._high:
+            self._write_paused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception as exc:
+                self._app_error(exc, "pause_writing")
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        """Write each chunk in order (joined into one send)."""
+        self.write(b"".join(chunks))
+
+    def write_eof(self) -> None:
+        """Close the writing side (shutdown SHUT_WR) once queued bytes are sent.
+
+        The peer reads EOF; this side can still read. Harmless if repeated.
+        """
+        if self.state == OPEN:
+            self.state = LOCAL_EOF
+            if not self._buffer:
+                self._shutdown_write()
+        elif self.state == REMOTE_EOF:
+            self.close("eof")
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _shutdown_write(self) -> None:
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            self._fatal(exc)
+
+    def close(self, reason: str = "local") -> None:
+        """Stop reading, send what is queued, then close. Harmless if repeated.
+
+        Args:
+            reason: the close reason counted for this connection.
+        """
+        if self.state in (CLOSING, CLOSED):
+            return
+        self.close_reason = reason
+        if self._buffer:
+            self.state = CLOSING
+            self._set_watch(WRITE)
+        else:
+            self._finish(None)
+
+    def abort(self, reason: str = "aborted") -> None:
+        """Close now, dropping whatever is queued. Harmless if repeated.
+
+        Args:
+            reason: the close reason counted for this connection.
+        """
+        if self.state == CLOSED:
+            return
+        self.close_reason = reason
+        self._finish(None)
+
+    def pause_reading(self) -> None:
+        """Stop reading until ``resume_reading()``; the kernel buffers meanwhile,
+        and TCP flow control then slows the peer down."""
+        if not self._read_paused:
+            self._read_paused = True
+            if self.state in (OPEN, LOCAL_EOF):
+                self._set_watch(self._watching & ~READ)
+
+    def resume_reading(self) -> None:
+        """Undo ``pause_reading()``."""
+        if self._read_paused:
+            self._read_paused = False
+            if self.state in (OPEN, LOCAL_EOF):
+                self._set_watch(self._watching | READ if self._watching != _UNWATCHED else READ)
+
+    def is_reading(self) -> bool:
+        return (
+            not self._read_paused and bool(self._watching & READ) and self._watching != _UNWATCHED
+        )
+
+    def is_closing(self) -> bool:
+        return self.state in (CLOSING, CLOSED)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Set the water marks (asyncio's rule: low defaults to high // 4)."""
+        if high is None:
+            high = HIGH_WATER_BYTES if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"need high ({high}) >= low ({low}) >= 0")
+        self._high, self._low = high, low
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes queued and not yet taken by the kernel."""
+        return len(self._buffer) if self._buffer else 0
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname``, ``socket``, ``fd`` (asyncio's names)."""
+        if name == "peername":
+            return self.peer
+        if name == "socket":
+            return self._sock
+        if name == "fd":
+            return self._fd
+        if name == "sockname":
+            try:
+                return self._sock.getsockname()
+            except OSError:
+                return default
+        return default
+
+    @property
+    def protocol(self) -> AppProtocol:
+        return self._protocol
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    # -- idle timeout -------------------------------------------------------
+
+    def set_idle_timeout(self, seconds: float | None) -> None:
+        """Close the connection when no byte has moved for ``seconds``.
+
+        One timer per connection, re-armed only when it fires: a read costs a
+        timestamp store, never a heap operation.
+        """
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if seconds is not None and self.state != CLOSED:
+            self._idle_timer = self._loop.call_at(
+                self.last_activity + seconds, self._idle_check, seconds
+            )
+
+    def _idle_check(self, seconds: float) -> None:
+        now = self._loop.now
+        deadline = self.last_activity + seconds
+        if now >= deadline:
+            self._idle_timer = None
+            self.abort("idle")
+        else:
+            self._idle_timer = self._loop.call_at(deadline, self._idle_check, seconds)
+
+    # -- ending -------------------------------------------------------------
+
+    def _fatal(self, exc: OSError) -> None:
+        if self.state == CLOSED:
+            return
+        self.close_reason = _ERRNO_REASONS.get(exc.errno or 0, "error")
+        error = BrokenResourceError(f"{exc.strerror or exc} ({self.close_reason})")
+        error.__cause__ = exc
+        self._finish(error)
+
+    def _app_error(self, exc: Exception, where: str) -> None:
+        logger.error(
+            "closing connection %s from %s: %s raised %s: %s",
+            self.id,
+            _format_peer(self.peer),
+            where,
+            type(exc).__name__,
+            exc,
+            exc_info=exc,
+        )
+        if self.state != CLOSED:
+            self.close_reason = "app-error"
+            self._finish(exc)
+
+    def _set_watch(self, events: int) -> None:
+        if events != self._watching and self._watching != _UNWATCHED:
+            self._loop.set_io(self._fd, events)
+            self._watching = events
+        elif self._watching == _UNWATCHED and events & READ and self.state != CLOSED:
+            self._loop.add_io(self._fd, self, events)
+            self._watching = events
+
+    def _finish(self, exc: BaseException | None) -> None:
+        self.state = CLOSED
+        if self._watching != _UNWATCHED:
+            self._loop.remove_io(self._fd)
+            self._watching = _UNWATCHED
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        self._buffer = None
+        self._loop.call_soon(self._connection_lost, exc)
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        try:
+            self._protocol.connection_lost(exc)
+        except Exception:
+            logger.exception(
+                "connection %s from %s: connection_lost raised", self.id, _format_peer(self.peer)
+            )
+        finally:
+            self._sock.close()
+            if self._owner is not None:
+                self._owner.transport_closed(self)
+
+    # -- observability ------------------------------------------------------
+
+    def statistics(self) -> ConnectionStats:
+        """A snapshot of this connection: five-tuple, fd, state, bytes, times."""
+        family = self._sock.family
+        try:
+            local = self._sock.getsockname()
+        except OSError:
+            local = None
+        lhost, lport = _split_addr(family, local)
+        rhost, rport = _split_addr(family, self.peer)
+        now = self._loop.time()
+        return ConnectionStats(
+            id=self.id,
+            protocol="unix" if family == getattr(socket, "AF_UNIX", None) else "tcp",
+            local_addr=lhost,
+            local_port=lport,
+            remote_addr=rhost,
+            remote_port=rport,
+            fd=self._fd,
+            state=self.state,
+            bytes_in=self.bytes_in,
+            bytes_out=self.bytes_out,
+            opened_at=self.opened_at,
+            last_activity=self.last_activity,
+            queued_bytes=self.get_write_buffer_size(),
+            age=now - self.opened_at,
+            idle=now - self.last_activity,
+            reading_paused=self._read_paused,
+            writing_paused=self._write_paused,
+        )
+
+    def __repr__(self) -> str:
+        return f"<Transport id={self.id} fd={self._fd} peer={_format_peer(self.peer)} {self.state}>"
+
+
+def _split_addr(family: int, addr: Any) -> tuple[str, int | None]:
+    if isinstance(addr, tuple):
+        return str(addr[0]), int(addr[1])
+    if isinstance(addr, bytes):
+        return addr.decode(errors="replace") or "(unnamed)", None
+    return (addr or "(unnamed)") if isinstance(addr, str) else "?", None
+
+
+def _format_peer(peer: Any) -> str:
+    """address:port, [v6]:port, or a Unix path."""
+    if isinstance(peer, tuple):
+        host = peer[0]
+        return f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+    if isinstance(peer, bytes):
+        peer = peer.decode(errors="replace")
+    return peer or "unix:(unnamed)"
+
+
+format_peer = _format_peer

@@ -1,0 +1,29 @@
+"""echo: every byte received is sent back, in order."""
+
+from __future__ import annotations
+
+from .._protocol import Protocol
+from .._transport import Transport
+
+
+class Echo(Protocol):
+    """Send back what arrives; stop reading while the peer is not reading.
+
+    Backpressure: when the reply queue passes the transport's high-water mark,
+    reading pauses, so a client that sends but never reads fills its own
+    kernel buffers and waits, and the server's memory stays bounded.
+    """
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()

@@ -1,0 +1,152 @@
+"""The ``fivetuple`` command.
+
+A person's mistake (a bad option, an address in use) gets one line on stderr
+that names the problem and the fix, and exit status 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from ._poller import available_backends
+from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, Server
+from .apps import APPS, make_app
+from .errors import SetupError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7000
+USAGE_EXIT = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fivetuple")
+def cli() -> None:
+    """One port, many clients: serve thousands of TCP clients from one thread."""
+
+
+@cli.command()
+@click.argument("app", type=click.Choice(sorted(APPS)), default="chat", required=False)
+@click.option(
+    "--host",
+    default=None,
+    help=f"Address to listen on [default: {DEFAULT_HOST}]; '::' for IPv6 and IPv4.",
+)
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help=f"TCP port; 0 picks a free one [default: {DEFAULT_PORT}].",
+)
+@click.option(
+    "--unix",
+    "unix_path",
+    metavar="PATH",
+    default=None,
+    help="Listen on a Unix domain socket instead of TCP.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(available_backends()),
+    default=None,
+    help=f"Readiness multiplexer [default: {available_backends()[0]}].",
+)
+@click.option(
+    "--backlog",
+    type=click.IntRange(min=0),
+    default=DEFAULT_BACKLOG,
+    show_default=True,
+    help="Listen backlog (clamped to net.core.somaxconn).",
+)
+@click.option(
+    "--max-conns",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Stop accepting at this many connections; new clients wait in the backlog.",
+)
+@click.option(
+    "--idle-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Close a client silent this long.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_GRACE_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGINT/SIGTERM, how long queued bytes may flush.",
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log more (info level).")
+def serve(
+    app: str,
+    host: str | None,
+    port: int | None,
+    unix_path: str | None,
+    backend: str | None,
+    backlog: int,
+    max_conns: int | None,
+    idle_timeout: float | None,
+    grace: float,
+    verbose: bool,
+) -> None:
+    """Serve APP (echo, discard or chat; default chat) on one port.
+
+    Prints one line when ready, then serves until SIGINT or SIGTERM: the first
+    stops accepting and lets queued bytes flush for --grace seconds, a second
+    exits at once.
+    """
+    if unix_path is not None and (host is not None or port is not None):
+        raise click.UsageError(
+            "--unix cannot be combined with --host or --port; use one or the other"
+        )
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="fivetuple: %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
+    server = Server(
+        make_app(app),
+        host if host is not None else DEFAULT_HOST,
+        port if port is not None else DEFAULT_PORT,
+        unix=unix_path,
+        backend=backend,
+        backlog=backlog,
+        max_conns=max_conns,
+        idle_timeout=idle_timeout,
+        grace=grace,
+    )
+    server.start()
+    print(server.banner(app), flush=True)
+    status = server.serve_forever()
+    sys.exit(status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning a person's mistakes into one line."""
+    try:
+        cli.main(args=argv, prog_name="fivetuple", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:  # pragma: no cover - click >= 8.2
+        click.echo(exc.ctx.get_help() if exc.ctx else str(exc))
+        sys.exit(USAGE_EXIT)
+    except click.UsageError as exc:
+        command = exc.ctx.command_path if exc.ctx else "fivetuple"
+        _fail(f"{exc.format_message()} (see '{command} --help')")
+    except SetupError as exc:
+        _fail(str(exc))
+    except click.Abort:
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+def _fail(message: str) -> None:
+    message = " ".join(message.split())  # always one line
+    print(f"fivetuple: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(USAGE_EXIT)
