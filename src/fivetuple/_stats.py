@@ -33,7 +33,9 @@ class ConnectionStats:
 
     The five-tuple is (protocol, local address, local port, remote address,
     remote port); for Unix sockets the addresses are paths and ports are None.
-    Times are on the monotonic clock; ``age`` and ``idle`` are seconds.
+    Times are on the monotonic clock; ``age`` and ``idle`` are seconds. For
+    TCP the byte counts and RTT are the kernel's: ``bytes_in`` is what the
+    peer sent, ``bytes_out`` what the peer acknowledged.
     """
 
     id: int
@@ -51,6 +53,7 @@ class ConnectionStats:
     queued_bytes: int
     age: float
     idle: float
+    rtt_us: int
     reading_paused: bool
     writing_paused: bool
 
