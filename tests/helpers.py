@@ -1,0 +1,188 @@
+"""Shared test helpers: servers on loopback port 0, clients, and the CLI.
+
+Every socket test runs on 127.0.0.1 (or ::1) with port 0, and every test has
+a timeout (pytest-timeout, see pyproject.toml). A server under test runs its
+loop in a background thread (``running_server``) or as a real process
+(``CliServer``); code that touches the server's state from the test thread
+goes through ``on_loop`` so that the loop stays single-threaded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from fivetuple import Protocol, Server, available_backends
+
+T = TypeVar("T")
+
+BACKENDS = available_backends()
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_TIMEOUT_S = 10.0
+
+#: Parametrize a test over every poller backend this OS has.
+every_backend = pytest.mark.parametrize("backend", BACKENDS)
+
+
+@contextlib.contextmanager
+def running_server(
+    factory: Callable[[], Protocol], **options: Any
+) -> Iterator[Server]:
+    """Start a Server on 127.0.0.1 port 0 with its loop in a thread; stop it after.
+
+    Options are Server's keyword arguments (backend, max_conns, ...).
+    """
+    options.setdefault("host", "127.0.0.1")
+    options.setdefault("port", 0)
+    server = Server(factory, **options)
+    server.start()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            server.serve_forever(handle_signals=False)
+        except BaseException as exc:  # surfaced in the test thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, name="fivetuple-server", daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        if thread.is_alive():
+            server.shutdown_threadsafe(grace=1.0)
+            thread.join(10)
+        assert not thread.is_alive(), "server thread did not stop"
+        if errors:
+            raise errors[0]
+
+
+def on_loop(server: Server, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """Run ``fn`` on the server's loop thread and return its result."""
+    done = threading.Event()
+    box: list[Any] = []
+
+    def call() -> None:
+        try:
+            box.append((True, fn()))
+        except BaseException as exc:
+            box.append((False, exc))
+        finally:
+            done.set()
+
+    server.loop.call_soon_threadsafe(call)
+    if not done.wait(timeout):
+        raise TimeoutError("the server loop did not run the call")
+    ok, value = box[0]
+    if not ok:
+        raise value
+    return value
+
+
+def port_of(server: Server) -> int:
+    return int(server.sockname[1])
+
+
+def connect(server_or_port: Server | int, host: str = "127.0.0.1") -> socket.socket:
+    """A blocking client socket connected to the server, with a timeout."""
+    port = server_or_port if isinstance(server_or_port, int) else port_of(server_or_port)
+    sock = socket.create_connection((host, port), timeout=CLIENT_TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def recv_exactly(sock: socket.socket, n: int) -> bytes:
+    """Read exactly n bytes or fail (EOF before n bytes is an AssertionError)."""
+    chunks = []
+    while n:
+        chunk = sock.recv(min(n, 1 << 20))
+        assert chunk, f"EOF with {n} bytes still expected"
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_until_eof(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
+    """Poll ``condition`` until it is truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.01)
+
+
+class CliServer:
+    """``fivetuple serve ...`` as a real process; reads the banner line.
+
+    Use as a context manager; it sends SIGTERM on exit unless already stopped.
+    """
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None, preexec: Any = None) -> None:
+        self.args = [sys.executable, "-m", "fivetuple", "serve", *args]
+        self.proc = subprocess.Popen(
+            self.args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+            preexec_fn=preexec,
+        )
+        assert self.proc.stdout is not None
+        self.banner = self.proc.stdout.readline().strip()
+        if not self.banner.startswith("listening on "):
+            self.proc.kill()
+            _, err = self.proc.communicate(timeout=5)
+            raise AssertionError(f"server did not start: {self.banner!r} {err!r}")
+        self.address = self.banner.split()[2]
+        self.port = int(self.address.rsplit(":", 1)[1]) if self.address.startswith("tcp") else None
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float = 10.0) -> tuple[int, str]:
+        """Wait for exit; returns (exit status, stderr)."""
+        _, err = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, err
+
+    def __enter__(self) -> CliServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+
+def run_cli(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
+    """Run ``fivetuple ARGS`` to completion (for commands that exit by themselves)."""
+    return subprocess.run(
+        [sys.executable, "-m", "fivetuple", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
