@@ -7,9 +7,11 @@ Theory of operation (after Redis's ae.c): each iteration
 2. sleeps in the poller and stamps ``loop.now`` once (a cached monotonic
    time, like libuv's ``uv_now``: cheap to read on every event);
 3. dispatches each ready descriptor to its handler's ``handle_io(events)``;
-4. runs the timers that are due, then the callbacks that were ready when the
-   step began (callbacks they add wait for the next iteration, so a callback
-   that re-schedules itself cannot starve I/O).
+4. appends the timers that are due to the ready queue and runs what the
+   queue holds at that moment, oldest first (as asyncio does: a callback
+   scheduled with call_soon before a timer came due runs before it).
+   Callbacks added meanwhile wait for the next iteration, so a callback that
+   re-schedules itself cannot starve I/O.
 
 Signals arrive through a wakeup descriptor: ``signal.set_wakeup_fd`` makes the
 C-level handler write the signal number into a socketpair that the poller
@@ -124,7 +126,7 @@ class Loop:
         return time.monotonic()
 
     def call_soon(self, callback: Callable[..., Any], *args: Any) -> None:
-        """Run ``callback(*args)`` on the next iteration, after I/O and timers."""
+        """Run ``callback(*args)`` on the next iteration, after its I/O events."""
         self._ready.append((callback, args))
 
     def call_soon_threadsafe(self, callback: Callable[..., Any], *args: Any) -> None:
@@ -229,7 +231,7 @@ class Loop:
                     logger.exception("unhandled error in I/O handler %r", handler)
         if self._timers._heap and self._timers._heap[0][0] <= now:
             for timer in self._timers.pop_due(now):
-                self._ready.append((timer.callback, timer.args))
+                self._ready.append((timer, ()))  # Timer.__call__ rechecks cancelled
         ready = self._ready
         for _ in range(len(ready)):
             callback, args = ready.popleft()

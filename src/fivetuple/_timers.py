@@ -44,6 +44,12 @@ class Timer:
         if self._queue is not None:
             self._queue._note_cancelled()
 
+    def __call__(self) -> None:
+        # The loop queues the timer itself, not its callback: a callback that
+        # runs earlier in the same iteration may still cancel it.
+        if not self.cancelled:
+            self.callback(*self.args)
+
     def __repr__(self) -> str:
         state = " cancelled" if self.cancelled else ""
         return f"<Timer when={self.when:.3f} {getattr(self.callback, '__qualname__', self.callback)}{state}>"
