@@ -61,7 +61,7 @@ class ChatMember(Protocol):
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
-        self.address = format_peer(transport.get_extra_info("peername"))
+        self.address = _member_address(transport.get_extra_info("peername"), transport.id)
         self.nick = self.address
         self.room.members[self] = None
         others = len(self.room.members) - 1
@@ -74,14 +74,23 @@ class ChatMember(Protocol):
     def data_received(self, data: bytes) -> None:
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
-        if len(self._partial) > MAX_LINE_BYTES:
-            self.send(f"* line too long (more than {MAX_LINE_BYTES} bytes); goodbye")
-            self.transport.close("protocol-error")
-            return
         for raw in lines:
             if self.transport.is_closing():
                 return
-            self._line(raw.rstrip(b"\r").decode("utf-8", errors="replace"))
+            text = raw.rstrip(b"\r")
+            # A whole line can arrive in one read: the cap applies to it too.
+            if len(text) > MAX_LINE_BYTES:
+                self._too_long()
+                return
+            self._line(text.decode("utf-8", errors="replace"))
+        # A trailing "\r" may be the first half of a CRLF still on its way.
+        pending = len(self._partial) - self._partial.endswith(b"\r")
+        if pending > MAX_LINE_BYTES and not self.transport.is_closing():
+            self._too_long()
+
+    def _too_long(self) -> None:
+        self.send(f"* line too long (more than {MAX_LINE_BYTES} bytes); goodbye")
+        self.transport.close("protocol-error")
 
     def _line(self, text: str) -> None:
         if not text.startswith("/"):
@@ -141,6 +150,20 @@ class ChatMember(Protocol):
                 self.transport.close_reason or "", ""
             )
             self.room.broadcast(f"* {self.nick} left{why}")
+
+
+def _member_address(peer: object, conn_id: int) -> str:
+    """address:port as the member knows itself.
+
+    A dual-stack listener ('::') sees an IPv4 client as ::ffff:a.b.c.d; the
+    client knows itself as a.b.c.d, so that is the name the room uses. Unix
+    socket clients are usually unnamed: they are told apart by connection id.
+    """
+    if isinstance(peer, tuple) and peer[0].startswith("::ffff:") and "." in peer[0]:
+        peer = (peer[0][len("::ffff:") :], peer[1])
+    if not isinstance(peer, tuple) and not peer:
+        return f"unix:#{conn_id}"
+    return format_peer(peer)
 
 
 _COMMANDS = {"/nick": ChatMember._nick, "/who": ChatMember._who, "/quit": ChatMember._quit}
