@@ -38,6 +38,14 @@ _NEEDED = 136
 _u32 = struct.Struct("=I").unpack_from
 _u64 = struct.Struct("=Q").unpack_from
 
+# A FIN takes one sequence number, and the kernel's byte counters are
+# sequence-space deltas: tcpi_bytes_received includes the peer's FIN once it
+# has arrived, tcpi_bytes_acked our FIN once the peer has acknowledged it.
+# These TCP states (include/net/tcp_states.h) prove that happened; TCP_CLOSE
+# proves neither (a reset also leads there), so there only the caller knows.
+_FIN_RECEIVED_STATES = frozenset({6, 8, 9, 11})  # TIME_WAIT CLOSE_WAIT LAST_ACK CLOSING
+_FIN_ACKED_STATES = frozenset({5, 6})  # FIN_WAIT2 TIME_WAIT
+
 
 @dataclass(frozen=True, slots=True)
 class TcpCounters:
@@ -55,8 +63,12 @@ def kernel_counts(family: int) -> bool:
     return _LINUX and TCP_INFO is not None and family in (socket.AF_INET, socket.AF_INET6)
 
 
-def tcp_counters(sock: Any) -> TcpCounters | None:
-    """Read a connected TCP socket's counters; None where the kernel has none."""
+def tcp_counters(sock: Any, *, eof_read: bool = False) -> TcpCounters | None:
+    """Read a connected TCP socket's counters; None where the kernel has none.
+
+    Args:
+        eof_read: the caller has read the peer's EOF, so a FIN is in the count.
+    """
     if TCP_INFO is None:
         return None
     try:
@@ -65,9 +77,10 @@ def tcp_counters(sock: Any) -> TcpCounters | None:
         return None
     if len(raw) < _NEEDED:
         return None
+    state = raw[_U8_STATE]
     return TcpCounters(
-        bytes_in=_u64(raw, _U64_BYTES_RECEIVED)[0],
-        bytes_out=_u64(raw, _U64_BYTES_ACKED)[0],
+        bytes_in=_u64(raw, _U64_BYTES_RECEIVED)[0] - (eof_read or state in _FIN_RECEIVED_STATES),
+        bytes_out=_u64(raw, _U64_BYTES_ACKED)[0] - (state in _FIN_ACKED_STATES),
         idle_in_s=_u32(raw, _U32_LAST_DATA_RECV_MS)[0] / 1e3,
         idle_out_s=_u32(raw, _U32_LAST_DATA_SENT_MS)[0] / 1e3,
         rtt_us=_u32(raw, _U32_RTT_US)[0],

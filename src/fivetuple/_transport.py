@@ -71,6 +71,9 @@ LOW_WATER_BYTES = HIGH_WATER_BYTES // 4
 _DEFAULT_LIMITS = (HIGH_WATER_BYTES, LOW_WATER_BYTES)
 
 _READ_OR_ERROR = READ | ERROR
+#: Close reasons of the application's own close() and abort(): writing after
+#: them is a bug in the caller. Any other ended connection drops writes.
+_APP_CLOSE_REASONS = frozenset({"local", "aborted"})
 _UNWATCHED = -1
 
 #: errno -> close reason, for errors the socket reports.
@@ -245,11 +248,15 @@ class Transport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data``: now if nothing is queued, else after what is queued.
 
-        Never blocks. Bytes written after the peer has gone are dropped (the
-        protocol learns of it through ``connection_lost``).
+        Never blocks. Bytes written after the connection ended for any other
+        reason (the peer left, the network failed, the server closed it for
+        idleness or shutdown) are dropped: ``connection_lost`` tells the
+        protocol, and code writing to many connections (a chat broadcast) is
+        not made to fail for one that just went away.
 
         Raises:
-            ClosedResourceError: this side already called close(), abort() or write_eof().
+            ClosedResourceError: the application itself already called
+                close() or abort() (with the default reason) or write_eof().
         """
         if self._buffer or self.state != OPEN:
             self._write_queued(data)
@@ -266,12 +273,11 @@ class Transport:
 
     def _write_queued(self, data: bytes | bytearray | memoryview) -> None:
         state = self.state
-        if state == CLOSED and self.close_reason not in ("local", "aborted", "shutdown"):
-            return  # the peer or network is gone; connection_lost tells the protocol
-        if state not in (OPEN, REMOTE_EOF):
+        if state in (OPEN, REMOTE_EOF):
+            if data:
+                self._queue(data)
+        elif state == LOCAL_EOF or self.close_reason in _APP_CLOSE_REASONS:
             raise ClosedResourceError(f"write() after this side closed the connection ({state})")
-        if data:
-            self._queue(data)
 
     def _queue(self, data: bytes | bytearray | memoryview) -> None:
         if self._buffer is None:
@@ -369,6 +375,16 @@ class Transport:
         if not high >= low >= 0:
             raise ValueError(f"need high ({high}) >= low ({low}) >= 0")
         self._limits = (high, low)
+        size = self.get_write_buffer_size()
+        try:
+            if not self._write_paused and size > high:
+                self._write_paused = True
+                self._protocol.pause_writing()
+            elif self._write_paused and size <= low:
+                self._write_paused = False
+                self._protocol.resume_writing()
+        except Exception as exc:
+            self._app_error(exc, "set_write_buffer_limits")
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet taken by the kernel."""
@@ -438,7 +454,11 @@ class Transport:
         sock = self._sock
         if isinstance(sock, CountingSocket):
             return sock.counters()
-        counters = tcp_counters(sock)
+        # After reading EOF the peer's FIN is in the kernel's count even where
+        # the TCP state no longer shows it (both sides closed: TCP_CLOSE).
+        counters = tcp_counters(
+            sock, eof_read=self.state == REMOTE_EOF or self.close_reason == "eof"
+        )
         if counters is None:  # the socket is gone or the kernel is too old
             age = self._loop.time() - self.opened_at
             return TcpCounters(0, 0, age, age, 0)
