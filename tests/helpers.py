@@ -36,9 +36,7 @@ every_backend = pytest.mark.parametrize("backend", BACKENDS)
 
 
 @contextlib.contextmanager
-def running_server(
-    factory: Callable[[], Protocol], **options: Any
-) -> Iterator[Server]:
+def running_server(factory: Callable[[], Protocol], **options: Any) -> Iterator[Server]:
     """Start a Server on 127.0.0.1 port 0 with its loop in a thread; stop it after.
 
     Options are Server's keyword arguments (backend, max_conns, ...).

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from helpers import connect, every_backend, recv_exactly, running_server
-
 from fivetuple.apps import Echo
+from helpers import connect, every_backend, recv_exactly, running_server
 
 
 @every_backend

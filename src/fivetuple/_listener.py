@@ -19,7 +19,10 @@ clients, turning a brief spike into refused connections, and under ENFILE the
 spare can be lost to another process. With a pause the clients wait in the
 backlog and are served as soon as descriptors free up, the loop sleeps instead
 of spinning on a socket that stays readable, and one log line per burst
-(not per failure) says what happened.
+(not per failure) says what happened. A burst ends only after accepting has
+gone ``BURST_QUIET_S`` without a failure: while a backlog of waiting clients
+drains, descriptors run out again and again for a moment each, and ending
+the burst at the first successful accept logged two lines per such moment.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ logger = logging.getLogger("fivetuple")
 ACCEPT_BATCH = 64
 #: How long accepting pauses when descriptors or memory run out.
 ACCEPT_RETRY_S = 0.1
+#: A burst of accept failures is over (and logged as such) after this long without one.
+BURST_QUIET_S = 1.0
 
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: Errors about one connection that died before we took it: skip and go on.
@@ -203,6 +208,8 @@ class Listener:
         self._retry_timer: Timer | None = None
         self._burst_failures = 0
         self._burst_started = 0.0
+        self._burst_last_failure = 0.0
+        self._burst_timer: Timer | None = None
         self._closed = False
 
     def start(self) -> None:
@@ -245,8 +252,6 @@ class Listener:
                 if self._accept_failed(exc):
                     continue
                 return
-            if self._burst_failures:
-                self._burst_ended()
             self.accepted += 1
             self._on_accept(self, fd, addr)
 
@@ -267,6 +272,9 @@ class Listener:
                 ACCEPT_RETRY_S,
             )
         self._burst_failures += 1
+        self._burst_last_failure = self._loop.now
+        if self._burst_timer is None:
+            self._burst_timer = self._loop.call_later(BURST_QUIET_S, self._burst_check)
         if code not in _EXHAUSTED:
             logger.error("unexpected accept error on %s: %s", self.address, exc)
         self.pause("fd-exhausted")
@@ -277,12 +285,17 @@ class Listener:
         self._retry_timer = None
         self.resume("fd-exhausted")
 
-    def _burst_ended(self) -> None:
+    def _burst_check(self) -> None:
+        self._burst_timer = None
+        quiet = self._loop.now - self._burst_last_failure
+        if quiet < BURST_QUIET_S:
+            self._burst_timer = self._loop.call_later(BURST_QUIET_S - quiet, self._burst_check)
+            return
         logger.warning(
             "accept on %s recovered after %d failed attempts over %.1fs",
             self.address,
             self._burst_failures,
-            self._loop.now - self._burst_started,
+            self._burst_last_failure - self._burst_started,
         )
         self._burst_failures = 0
 
@@ -294,6 +307,8 @@ class Listener:
         self._closed = True
         if self._retry_timer is not None:
             self._retry_timer.cancel()
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
         path = self.sock.getsockname() if self.family == getattr(socket, "AF_UNIX", None) else None
         self.sock.close()
         if path:

@@ -27,6 +27,8 @@ no-op documented on the method):
     REMOTE_EOF    write_eof()                  CLOSING (then CLOSED)
     LOCAL_EOF     peer EOF                     CLOSING (then CLOSED)
     any open      close(), peer EOF            CLOSING, CLOSED once flushed
+                                               (and, if input is unread, after
+                                               FIN and the peer's EOF: linger)
     any           abort(), socket error        CLOSED
     ============  ===========================  ==========================
 
@@ -39,8 +41,10 @@ never re-enters the protocol from inside its own ``write()``.
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import socket
+import termios
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._kernel import CountingSocket, TcpCounters, kernel_counts, tcp_counters
@@ -63,6 +67,8 @@ CLOSED = "closed"
 
 #: Bytes asked of recv() per readable event (uvloop and asyncio use 256 KiB).
 RECV_BYTES = 64 * 1024
+#: Longest a closing connection drains unread input before it is closed.
+LINGER_S = 2.0
 #: Idle checks within this of the deadline close the connection.
 _IDLE_SLACK_S = 0.002
 #: Default write-queue water marks (asyncio's defaults).
@@ -239,7 +245,7 @@ class Transport:
         if not buffer:
             self._set_watch(self._watching & ~WRITE)
             if self.state == CLOSING:
-                self._finish(None)
+                self._finish_or_linger()
             elif self.state == LOCAL_EOF:
                 self._shutdown_write()
 
@@ -326,11 +332,31 @@ class Transport:
         if self.state in (CLOSING, CLOSED):
             return
         self.close_reason = reason
+        self.state = CLOSING
         if self._buffer:
-            self.state = CLOSING
             self._set_watch(WRITE)
         else:
+            self._finish_or_linger()
+
+    def _finish_or_linger(self) -> None:
+        # Closing a socket that still holds unread input makes the kernel send
+        # RST and discard what it has not yet delivered of our replies. So,
+        # like nginx's lingering close: send FIN, then read and discard until
+        # the peer's EOF (or LINGER_S), and only then close.
+        if not _unread_input(self._fd):
             self._finish(None)
+            return
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self._finish(None)
+            return
+        self._protocol = _Linger(self, self._protocol)
+        self._read_paused = False
+        self._set_watch(READ)
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(LINGER_S, self.abort, self.close_reason)
 
     def abort(self, reason: str = "aborted") -> None:
         """Close now, dropping whatever is queued. Harmless if repeated.
@@ -419,7 +445,8 @@ class Transport:
 
     @property
     def protocol(self) -> AppProtocol:
-        return self._protocol
+        protocol = self._protocol
+        return protocol._app if isinstance(protocol, _Linger) else protocol
 
     @property
     def fd(self) -> int:
@@ -561,6 +588,46 @@ class Transport:
 
     def __repr__(self) -> str:
         return f"<Transport id={self.id} fd={self._fd} peer={_format_peer(self.peer)} {self.state}>"
+
+
+class _Linger:
+    """Stands in for the protocol while a closing transport drains input.
+
+    Input is discarded; the peer's EOF ends the connection; the application's
+    protocol still gets its one ``connection_lost``.
+    """
+
+    __slots__ = ("_app", "_transport")
+
+    def __init__(self, transport: Transport, app: AppProtocol) -> None:
+        self._transport = transport
+        self._app = app
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def eof_received(self) -> None:
+        self._transport._finish(None)
+
+    def pause_writing(self) -> None:
+        pass
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._app.connection_lost(exc)
+
+
+def _unread_input(fd: int) -> bool:
+    """True if the kernel holds received bytes nobody has read (FIONREAD)."""
+    try:
+        return fcntl.ioctl(fd, termios.FIONREAD, _ZERO_INT) != _ZERO_INT
+    except OSError:
+        return False
+
+
+_ZERO_INT = bytes(4)
 
 
 def _split_addr(addr: Any) -> tuple[str, int | None]:
