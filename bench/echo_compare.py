@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="update this markdown file between its markers")
     args = parser.parse_args()
 
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build_load()
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
