@@ -185,7 +185,9 @@ def main() -> None:
     runs: dict[tuple[str, int], list[dict[str, float]]] = {}
     for rnd in range(args.rounds):
         for conns in args.conns:
-            for name in args.servers:
+            # Alternate the order so that no server is always measured first.
+            order = args.servers if rnd % 2 == 0 else args.servers[::-1]
+            for name in order:
                 r = measure_echo(name, conns, args.size, args.duration)
                 runs.setdefault((name, conns), []).append(r)
                 print(
@@ -219,29 +221,35 @@ def render(
 ) -> str:
     lines = [
         f"Command: `python bench/echo_compare.py --rounds {args.rounds} --duration {args.duration:g}`"
-        f" (message {args.size} B, ping-pong, medians of {args.rounds} interleaved rounds).",
+        f" (message {args.size} B, ping-pong, {args.rounds} interleaved rounds).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}; server on CPU 0, load (echo_load.c) on CPU 1.",
+        "",
+        "Round trips/s and CPU are medians over the rounds. The ratios are the medians of the",
+        "per-round ratios: each round measures every server back to back, so a ratio within a",
+        "round cancels the machine's slow drift, which the plain medians do not.",
         "",
         "| server | conns | round trips/s | vs uvloop | server CPU us/rt (user+sys) | vs uvloop |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for conns in args.conns:
         ref = runs.get(("uvloop", conns))
-        ref_rps = median([r["rps"] for r in ref]) if ref else None
-        ref_cpu = median([r["cpu_us"] for r in ref]) if ref else None
         for name in args.servers:
             rs = runs[(name, conns)]
             rps = median([r["rps"] for r in rs])
             cpu = median([r["cpu_us"] for r in rs])
             user = median([r["user_us"] for r in rs])
             sys_ = median([r["sys_us"] for r in rs])
+            rps_ratio = cpu_ratio = ""
+            if ref:
+                rps_ratio = (
+                    f"{median([a['rps'] / b['rps'] for a, b in zip(rs, ref, strict=True)]):.2f}x"
+                )
+                cpu_ratio = f"{median([a['cpu_us'] / b['cpu_us'] for a, b in zip(rs, ref, strict=True)]):.2f}x"
             lines.append(
-                f"| {name} | {conns} | {rps:,.0f} | {rps / ref_rps:.2f}x | "
-                f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu / ref_cpu:.2f}x |"
-                if ref_rps and ref_cpu
-                else f"| {name} | {conns} | {rps:,.0f} | | {cpu:.2f} ({user:.2f}+{sys_:.2f}) | |"
+                f"| {name} | {conns} | {rps:,.0f} | {rps_ratio} | "
+                f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu_ratio} |"
             )
     if memory:
         lines += [

@@ -176,6 +176,35 @@ class CliServer:
                 self.proc.communicate()
 
 
+def stuff(sock: socket.socket, settle_s: float = 0.3, limit_s: float = 5.0) -> int:
+    """Send from a never-reading client until nothing more goes for ``settle_s``
+    (or ``limit_s`` passed: a server that never pushes back). Returns bytes sent."""
+    sock.setblocking(False)
+    chunk = b"z" * (1 << 16)
+    total = 0
+    idle_since = started = time.monotonic()
+    while time.monotonic() - idle_since < settle_s and idle_since - started < limit_s:
+        try:
+            total += sock.send(chunk)
+            idle_since = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return total
+
+
+def have_ipv6() -> bool:
+    """True if this machine can bind the IPv6 loopback address."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback here")
+
+
 def run_cli(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[str]:
     """Run ``fivetuple ARGS`` to completion (for commands that exit by themselves)."""
     return subprocess.run(

@@ -20,7 +20,15 @@ import pytest
 from fivetuple import Server
 from fivetuple.apps import ChatRoom
 from fivetuple.apps.chat import MAX_LINE_BYTES
-from helpers import connect, every_backend, on_loop, port_of, running_server, wait_for
+from helpers import (
+    connect,
+    every_backend,
+    needs_ipv6,
+    on_loop,
+    port_of,
+    running_server,
+    wait_for,
+)
 
 WELCOME = re.compile(r"\* welcome, you are (\S+); (\d+) other\(s\) here\. Commands: ")
 TOO_LONG = f"* line too long (more than {MAX_LINE_BYTES} bytes); goodbye"
@@ -205,18 +213,6 @@ def test_unknown_command_answered(server: Server) -> None:
     alice.send("/frobnicate now")
     assert alice.readline().startswith("* unknown command /frobnicate;")
     assert bob.lines_before_who() == []
-
-
-def have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback here")
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", pytest.param("::1", marks=needs_ipv6)])

@@ -18,24 +18,19 @@ from pathlib import Path
 import pytest
 
 from fivetuple import available_backends
-from helpers import CLIENT_TIMEOUT_S, CliServer, connect, recv_exactly, run_cli
+from helpers import (
+    CLIENT_TIMEOUT_S,
+    CliServer,
+    connect,
+    needs_ipv6,
+    recv_exactly,
+    run_cli,
+)
 
 BANNER = re.compile(
     r"listening on (?P<address>\S+) app=(?P<app>\w+) backend=(?P<backend>\w+) "
     r"backlog=(?P<backlog>\d+) fd-limit=(?P<fd_limit>\d+)"
 )
-
-
-def have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback here")
 
 
 def stop(server: CliServer) -> tuple[int, str, str]:

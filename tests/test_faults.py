@@ -25,7 +25,7 @@ import pytest
 from fivetuple import Server, SetupError
 from fivetuple._transport import HIGH_WATER_BYTES
 from fivetuple.apps import Echo
-from helpers import CliServer, connect, recv_exactly, run_cli, wait_for
+from helpers import CliServer, connect, recv_exactly, run_cli, stuff, wait_for
 
 # -- what the kernel and the server process show -----------------------------
 
@@ -253,22 +253,6 @@ def test_sigterm_closes_listener_at_once_then_flushes_every_queued_byte() -> Non
         assert "aborting" not in err
 
 
-def _stuff(sock: socket.socket, settle_s: float = 0.3, limit_s: float = 5.0) -> int:
-    """Send from a never-reading client until nothing more goes for ``settle_s``
-    (or ``limit_s`` passed: a server that never pushes back)."""
-    sock.setblocking(False)
-    chunk = b"z" * (1 << 16)
-    total = 0
-    idle_since = started = time.monotonic()
-    while time.monotonic() - idle_since < settle_s and idle_since - started < limit_s:
-        try:
-            total += sock.send(chunk)
-            idle_since = time.monotonic()
-        except BlockingIOError:
-            time.sleep(0.01)
-    return total
-
-
 GRACE_S = 0.5
 
 
@@ -278,7 +262,7 @@ def test_grace_period_bounds_shutdown_when_a_client_never_reads() -> None:
         connect(cli.port or 0) as client,
     ):
         stderr = Stderr(cli)
-        _stuff(client)
+        stuff(client)
         (server_unacked, _), _ = tcp_queues(cli.port or 0, client.getsockname()[1])
         assert server_unacked > 0, "the server has nothing left to send"
         cli.signal(signal.SIGTERM)
@@ -293,7 +277,7 @@ def test_grace_period_bounds_shutdown_when_a_client_never_reads() -> None:
 def test_second_sigterm_during_grace_exits_at_once_with_128_plus_signal() -> None:
     with CliServer("echo", "--port", "0", "--grace", "30") as cli, connect(cli.port or 0) as client:
         stderr = Stderr(cli)
-        _stuff(client)
+        stuff(client)
         cli.signal(signal.SIGTERM)
         wait_for(lambda: _refused(cli.port or 0), timeout=2, what="the listener to close")
         time.sleep(0.2)
@@ -310,7 +294,7 @@ def test_second_sigterm_during_grace_exits_at_once_with_128_plus_signal() -> Non
 def test_graceful_shutdown_delivers_replies_to_a_client_still_sending() -> None:
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         port, client_port = cli.port or 0, client.getsockname()[1]
-        sent = _stuff(client)
+        sent = stuff(client)
         (_, server_unread), (client_unacked, _) = tcp_queues(port, client_port)
         echoed = sent - client_unacked - server_unread  # what the server read and wrote
         assert server_unread > 0

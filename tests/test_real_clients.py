@@ -12,14 +12,13 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import CliServer
+from helpers import CliServer, have_ipv6
 
 TOOL_TIMEOUT_S = 15.0
 WELCOME = re.compile(r"\* welcome, you are (\S+); (\d+) other\(s\) here\.")
@@ -45,15 +44,6 @@ def need_openbsd_nc() -> str:
             pytest.fail(message)
         pytest.skip(message)
     return path
-
-
-def have_ipv6() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
 
 
 class Tool:

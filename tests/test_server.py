@@ -35,6 +35,7 @@ from helpers import (
     port_of,
     recv_exactly,
     running_server,
+    stuff,
     wait_for,
 )
 
@@ -177,22 +178,6 @@ def test_select_clamp_leaves_a_small_max_conns_alone(backend: str) -> None:
 # -- slow clients do not delay the others ----------------------------------
 
 
-def _stuff(sock: socket.socket, settle_s: float = 0.3, limit_s: float = 5.0) -> int:
-    """Send from a never-reading client until nothing more goes for ``settle_s``
-    (or ``limit_s`` passed: a server that never pushes back)."""
-    sock.setblocking(False)
-    chunk = b"x" * (1 << 16)
-    total = 0
-    idle_since = started = time.monotonic()
-    while time.monotonic() - idle_since < settle_s and idle_since - started < limit_s:
-        try:
-            total += sock.send(chunk)
-            idle_since = time.monotonic()
-        except BlockingIOError:
-            time.sleep(0.01)
-    return total
-
-
 def _conn_stats(server: Server, client: socket.socket) -> ConnectionStats:
     """The server's record of the connection from ``client``."""
     port = client.getsockname()[1]
@@ -209,7 +194,7 @@ def test_silent_and_never_reading_clients_do_not_delay_others(backend: str) -> N
         connect(server) as silent,
         connect(server) as hog,
     ):
-        stuffed = _stuff(hog)
+        stuffed = stuff(hog)
         assert stuffed > HIGH_WATER_BYTES
         hog_stats = _conn_stats(server, hog)
         # Backpressure: the server stopped reading the hog and holds a bounded queue.
