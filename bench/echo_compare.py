@@ -228,7 +228,8 @@ def render(
         "",
         "Round trips/s and CPU are medians over the rounds. The ratios are the medians of the",
         "per-round ratios: each round measures every server back to back, so a ratio within a",
-        "round cancels the machine's slow drift, which the plain medians do not.",
+        "round cancels the machine's slow drift, which the plain medians do not; the range",
+        "in brackets is the lowest and highest per-round ratio.",
         "",
         "| server | conns | round trips/s | vs uvloop | server CPU us/rt (user+sys) | vs uvloop |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
@@ -260,6 +261,11 @@ def render(
         for name, values in memory.items():
             lines.append(f"| {name} | {median(values):,.0f} B |")
     return "\n".join(lines)
+
+
+def ratio_summary(ratios: list[float]) -> str:
+    """Median of per-round ratios, with their range."""
+    return f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
 
 
 def update_markdown(path: Path, table: str) -> None:

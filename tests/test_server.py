@@ -450,3 +450,27 @@ def test_start_raises_the_soft_fd_limit_to_the_hard_limit() -> None:
             server.loop.close()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, original)
+
+
+def test_accepted_sockets_have_tcp_nodelay_and_backpressure_is_counted() -> None:
+    with running_server(Echo, max_conns=1) as server, connect(server) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_for(lambda: on_loop(server, lambda: len(server.connections())) == 1)
+        nodelay = on_loop(
+            server,
+            lambda: (
+                server.connections()[0]
+                .get_extra_info("socket")
+                .getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            ),
+        )
+        assert nodelay != 0
+        stats = on_loop(server, server.statistics)
+        assert stats.accept_paused and stats.accept_pauses == {"max-conns": 1}
+        assert (stats.reading_paused, stats.writing_paused) == (0, 0)
+        stuff(client)  # never read: echo pauses writing, then reading
+        stats = wait_for(
+            lambda: (s := on_loop(server, server.statistics)).writing_paused and s,
+            what="the echo to pause",
+        )
+        assert (stats.reading_paused, stats.writing_paused) == (1, 1)

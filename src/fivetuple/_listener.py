@@ -204,6 +204,8 @@ class Listener:
         self.accepted = 0
         self.errors: Counter[str] = Counter()
         self._pauses: set[str] = set()
+        #: How many times accepting paused, by reason (max-conns, fd-exhausted).
+        self.pause_counts: Counter[str] = Counter()
         self._watched = False
         self._retry_timer: Timer | None = None
         self._burst_failures = 0
@@ -222,7 +224,9 @@ class Listener:
 
     def pause(self, reason: str) -> None:
         """Stop accepting for ``reason``; clients wait in the kernel backlog."""
-        self._pauses.add(reason)
+        if reason not in self._pauses:
+            self._pauses.add(reason)
+            self.pause_counts[reason] += 1
         self._watch(False)
 
     def resume(self, reason: str) -> None:

@@ -304,10 +304,13 @@ class Server:
 
     def statistics(self) -> ServerStats:
         """The server's counters now."""
-        live = [t.counters() for t in self._conns.values()]
+        transports = list(self._conns.values())
+        live = [t.counters() for t in transports]
         accept_errors: Counter[str] = Counter()
+        accept_pauses: Counter[str] = Counter()
         for listener in self.listeners:
             accept_errors.update(listener.errors)
+            accept_pauses.update(listener.pause_counts)
         return ServerStats(
             listening=tuple(self.addresses),
             backend=self.loop.backend,
@@ -318,6 +321,7 @@ class Server:
             accepted=sum(listener.accepted for listener in self.listeners),
             accept_errors=dict(accept_errors),
             accept_paused=any(listener.paused for listener in self.listeners),
+            accept_pauses=dict(accept_pauses),
             closed=dict(self.closed_by_reason),
             bytes_in=self._closed_bytes_in + sum(c.bytes_in for c in live),
             bytes_out=self._closed_bytes_out + sum(c.bytes_out for c in live),
@@ -326,4 +330,6 @@ class Server:
             fds_open=open_fd_count(),
             loop_wakeups=self.loop.wakeups,
             loop_events=self.loop.events,
+            reading_paused=sum(t._read_paused for t in transports),
+            writing_paused=sum(t._write_paused for t in transports),
         )

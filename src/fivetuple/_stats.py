@@ -7,7 +7,7 @@ server costs nothing on the data path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 #: Why connections end. Each close is counted under exactly one reason.
 CLOSE_REASONS = (
@@ -71,6 +71,7 @@ class ServerStats:
     accepted: int
     accept_errors: dict[str, int]
     accept_paused: bool
+    accept_pauses: dict[str, int]
     closed: dict[str, int]
     bytes_in: int
     bytes_out: int
@@ -79,4 +80,6 @@ class ServerStats:
     fds_open: int | None
     loop_wakeups: int
     loop_events: int
-    extra: dict[str, int] = field(default_factory=dict)
+    #: Connections whose reading / writing is paused now (backpressure at work).
+    reading_paused: int
+    writing_paused: int
