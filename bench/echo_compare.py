@@ -138,6 +138,61 @@ def measure_echo(name: str, conns: int, size: int, duration: float) -> dict[str,
     }
 
 
+def measure_concurrent(
+    names: list[str], conns: int, size: int, duration: float
+) -> dict[str, dict[str, float]]:
+    """Run the servers at the same time, all on CPU 0, each with its own load on CPU 1.
+
+    Every server then sees the same neighbours in the same seconds, which
+    sequential runs on a shared machine cannot give; the CPU each spends per
+    round trip is compared within one window.
+    """
+    servers = [RunningServer(name) for name in names]
+    loads = []
+    try:
+        for server in servers:
+            argv = [
+                str(LOAD_BIN),
+                "127.0.0.1",
+                str(server.port),
+                str(conns),
+                str(size),
+                str(duration),
+                "1",
+            ]
+            loads.append(subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE, text=True))
+        for load in loads:
+            assert load.stdout is not None
+            if load.stdout.readline().strip() != "START":
+                raise RuntimeError("a load failed to start")
+        before = [server.cpu_seconds() for server in servers]
+        for load in loads:
+            assert load.stdout is not None
+            if load.stdout.readline().strip() != "END":
+                raise RuntimeError("a load failed")
+        after = [server.cpu_seconds() for server in servers]
+        results = {}
+        for name, load, (u0, s0), (u1, s1) in zip(names, loads, before, after, strict=True):
+            assert load.stdout is not None
+            result = dict(kv.split("=") for kv in load.stdout.readline().split())
+            if load.wait(10) != 0 or int(result["errors"]):
+                raise RuntimeError(f"load against {name} reported errors: {result}")
+            roundtrips = int(result["roundtrips"])
+            results[name] = {
+                "rps": roundtrips / float(result["seconds"]),
+                "user_us": (u1 - u0) * 1e6 / roundtrips,
+                "sys_us": (s1 - s0) * 1e6 / roundtrips,
+                "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
+            }
+        return results
+    finally:
+        for load in loads:
+            if load.poll() is None:
+                load.kill()
+        for server in servers:
+            server.stop()
+
+
 def measure_idle_memory(name: str, count: int) -> float:
     """RSS growth per idle connection, in bytes."""
     server = RunningServer(name)
@@ -162,6 +217,9 @@ def measure_idle_memory(name: str, count: int) -> float:
         server.stop()
 
 
+_SAVED_ARGS = ("rounds", "duration", "conns", "size", "idle", "servers", "concurrent")
+
+
 def median(values: list[float]) -> float:
     return statistics.median(values)
 
@@ -175,9 +233,26 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=int, default=10_000, help="idle connections for memory (0: skip)"
     )
+    parser.add_argument(
+        "--concurrent", type=int, default=5, help="rounds of the concurrent A/B (0: skip)"
+    )
     parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
     parser.add_argument("--write", type=Path, help="update this markdown file between its markers")
+    parser.add_argument(
+        "--from-json", type=Path, help="render the tables of an earlier run instead of measuring"
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        memory = saved.pop("memory")
+        concurrent = {int(k): v for k, v in saved.pop("concurrent", {}).items()}
+        args.__dict__.update(saved.pop("args"))
+        runs = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in saved.items()}
+        table = render(args, runs, memory, concurrent)
+        print(table)
+        if args.write:
+            update_markdown(args.write, table)
+        return
 
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -195,6 +270,22 @@ def main() -> None:
                     f"cpu/rt={r['cpu_us']:6.2f}us (user {r['user_us']:5.2f} sys {r['sys_us']:5.2f})",
                     flush=True,
                 )
+    concurrent: dict[int, list[dict[str, dict[str, float]]]] = {}
+    pair = [name for name in ("fivetuple", "uvloop") if name in args.servers]
+    if args.concurrent and len(pair) == 2:
+        for rnd in range(args.concurrent):
+            for conns in args.conns:
+                r = measure_concurrent(
+                    pair if rnd % 2 == 0 else pair[::-1], conns, args.size, args.duration
+                )
+                concurrent.setdefault(conns, []).append(r)
+                print(
+                    f"concurrent {rnd + 1} conns={conns:5d} "
+                    + " ".join(
+                        f"{n}: {r[n]['rps']:.0f} rt/s {r[n]['cpu_us']:.2f}us/rt" for n in pair
+                    ),
+                    flush=True,
+                )
     memory: dict[str, list[float]] = {}
     if args.idle:
         for _ in range(3):
@@ -203,12 +294,20 @@ def main() -> None:
                 memory.setdefault(name, []).append(per_conn)
                 print(f"memory {name:10s} {per_conn:7.0f} bytes per idle connection", flush=True)
 
-    table = render(args, runs, memory)
+    table = render(args, runs, memory, concurrent)
     print()
     print(table)
     out = BUILD / "echo_compare.json"
     out.write_text(
-        json.dumps({f"{k[0]}@{k[1]}": v for k, v in runs.items()} | {"memory": memory}, indent=1)
+        json.dumps(
+            {f"{k[0]}@{k[1]}": v for k, v in runs.items()}
+            | {
+                "memory": memory,
+                "concurrent": concurrent,
+                "args": {k: v for k, v in vars(args).items() if k in _SAVED_ARGS},
+            },
+            indent=1,
+        )
     )
     if args.write:
         update_markdown(args.write, table)
@@ -218,6 +317,7 @@ def render(
     args: argparse.Namespace,
     runs: dict[tuple[str, int], list[dict[str, float]]],
     memory: dict[str, list[float]],
+    concurrent: dict[int, list[dict[str, dict[str, float]]]],
 ) -> str:
     lines = [
         f"Command: `python bench/echo_compare.py --rounds {args.rounds} --duration {args.duration:g}`"
@@ -234,7 +334,7 @@ def render(
         "| server | conns | round trips/s | vs uvloop | server CPU us/rt (user+sys) | vs uvloop |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    for conns in args.conns:
+    for conns in args.conns if runs else []:
         ref = runs.get(("uvloop", conns))
         for name in args.servers:
             rs = runs[(name, conns)]
@@ -244,14 +344,38 @@ def render(
             sys_ = median([r["sys_us"] for r in rs])
             rps_ratio = cpu_ratio = ""
             if ref:
-                rps_ratio = (
-                    f"{median([a['rps'] / b['rps'] for a, b in zip(rs, ref, strict=True)]):.2f}x"
+                rps_ratio = ratio_summary(
+                    [a["rps"] / b["rps"] for a, b in zip(rs, ref, strict=True)]
                 )
-                cpu_ratio = f"{median([a['cpu_us'] / b['cpu_us'] for a, b in zip(rs, ref, strict=True)]):.2f}x"
+                cpu_ratio = ratio_summary(
+                    [a["cpu_us"] / b["cpu_us"] for a, b in zip(rs, ref, strict=True)]
+                )
             lines.append(
                 f"| {name} | {conns} | {rps:,.0f} | {rps_ratio} | "
                 f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu_ratio} |"
             )
+    if concurrent:
+        lines += [
+            "",
+            f"Concurrent A/B ({args.concurrent} rounds): fivetuple and uvloop run at the same time, both on",
+            "CPU 0, each with its own load on CPU 1, so both see the same neighbours in the same",
+            "seconds. The ratio is fivetuple's over uvloop's within each window; median [range].",
+            "",
+            "| conns | fivetuple round trips/s vs uvloop | fivetuple CPU us/rt vs uvloop | fivetuple user / sys us/rt | uvloop user / sys us/rt |",
+            "| ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for conns, rounds in concurrent.items():
+            ours = [r["fivetuple"] for r in rounds]
+            theirs = [r["uvloop"] for r in rounds]
+            rps = ratio_summary([a["rps"] / b["rps"] for a, b in zip(ours, theirs, strict=True)])
+            cpu = ratio_summary(
+                [a["cpu_us"] / b["cpu_us"] for a, b in zip(ours, theirs, strict=True)]
+            )
+
+            def split(rs: list[dict[str, float]]) -> str:
+                return f"{median([r['user_us'] for r in rs]):.2f} / {median([r['sys_us'] for r in rs]):.2f}"
+
+            lines.append(f"| {conns} | {rps} | {cpu} | {split(ours)} | {split(theirs)} |")
     if memory:
         lines += [
             "",
