@@ -8,7 +8,7 @@ somebody looks costs nothing on the data path, whereas counting in Python
 costs two integer allocations and two stores per round trip (measured: about
 a third of the transport's own instructions per echo). Sockets the kernel
 keeps no such record for (Unix domain sockets, other systems) are wrapped in
-``CountingSocket``, which counts in user space instead.
+``CountingTransport``, which counts in user space instead.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,42 +97,3 @@ def listen_queue(sock: socket.socket) -> tuple[int, int] | None:
     if len(raw) < _U32_SACKED + 4:
         return None
     return _u32(raw, _U32_UNACKED)[0], _u32(raw, _U32_SACKED)[0]
-
-
-class CountingSocket:
-    """A socket that counts its bytes and stamps its activity in user space.
-
-    For sockets without kernel counters (Unix domain sockets, non-Linux). It
-    passes every other attribute through to the socket it wraps.
-    """
-
-    __slots__ = ("_sock", "bytes_in", "bytes_out", "last_in", "last_out")
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        self.bytes_in = 0
-        self.bytes_out = 0
-        self.last_in = self.last_out = time.monotonic()
-
-    def recv(self, size: int) -> bytes:
-        data = self._sock.recv(size)
-        if data:
-            self.bytes_in += len(data)
-            self.last_in = time.monotonic()
-        return data
-
-    def send(self, data: Any) -> int:
-        sent = self._sock.send(data)
-        if sent:
-            self.bytes_out += sent
-            self.last_out = time.monotonic()
-        return sent
-
-    def counters(self) -> TcpCounters:
-        now = time.monotonic()
-        return TcpCounters(
-            self.bytes_in, self.bytes_out, now - self.last_in, now - self.last_out, 0
-        )
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sock, name)
