@@ -99,49 +99,14 @@ class RunningServer:
 
 
 def measure_echo(name: str, conns: int, size: int, duration: float) -> dict[str, float]:
-    server = RunningServer(name)
-    try:
-        load = subprocess.Popen(
-            pinned(
-                1,
-                [
-                    str(LOAD_BIN),
-                    "127.0.0.1",
-                    str(server.port),
-                    str(conns),
-                    str(size),
-                    str(duration),
-                    "1",
-                ],
-            ),
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert load.stdout is not None
-        if load.stdout.readline().strip() != "START":
-            raise RuntimeError(f"load against {name} failed to start")
-        u0, s0 = server.cpu_seconds()
-        if load.stdout.readline().strip() != "END":
-            raise RuntimeError(f"load against {name} failed")
-        u1, s1 = server.cpu_seconds()
-        result = dict(kv.split("=") for kv in load.stdout.readline().split())
-        if load.wait(10) != 0 or int(result["errors"]):
-            raise RuntimeError(f"load against {name} reported errors: {result}")
-    finally:
-        server.stop()
-    roundtrips = int(result["roundtrips"])
-    return {
-        "rps": roundtrips / float(result["seconds"]),
-        "user_us": (u1 - u0) * 1e6 / roundtrips,
-        "sys_us": (s1 - s0) * 1e6 / roundtrips,
-        "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
-    }
+    """One server alone: round trips per second and CPU per round trip."""
+    return measure_concurrent([name], conns, size, duration)[name]
 
 
 def measure_concurrent(
     names: list[str], conns: int, size: int, duration: float
 ) -> dict[str, dict[str, float]]:
-    """Run the servers at the same time, all on CPU 0, each with its own load on CPU 1.
+    """Run the servers at the same time (or one alone), on CPU 0, each with its own load on CPU 1.
 
     Every server then sees the same neighbours in the same seconds, which
     sequential runs on a shared machine cannot give; the CPU each spends per

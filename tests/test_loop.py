@@ -33,16 +33,6 @@ def loop(backend: str) -> Iterator[Loop]:
     loop.close()
 
 
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
-
-
 class Recorder:
     """An I/O handler that records every mask and then runs an optional action."""
 

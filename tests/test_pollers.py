@@ -6,7 +6,6 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -16,16 +15,6 @@ from helpers import BACKENDS, every_backend
 
 #: Backends that report errors and hang-ups with no interest registered.
 ERROR_REPORTING = [name for name in ("epoll", "poll") if name in BACKENDS]
-
-
-@pytest.fixture
-def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
-    a, b = socket.socketpair()
-    a.setblocking(False)
-    b.setblocking(False)
-    yield a, b
-    a.close()
-    b.close()
 
 
 def _events(poller: Poller, timeout: float = 1.0) -> dict[int, int]:
