@@ -1,0 +1,74 @@
+"""What every codec shares: the NEED_DATA sentinel, statistics, error counting.
+
+A codec is sans-IO (h11's shape): ``receive_data(data)`` only files bytes
+away; ``next_event()`` returns the next whole message (as ``bytes``) or
+``NEED_DATA``; ``encode(message)`` returns the bytes to send. No socket,
+no clock. The message itself is the event: wrapping each one in an object
+would cost an allocation per message on the hottest path a codec has.
+
+After ``next_event()`` raises ``RemoteProtocolError`` the codec is broken:
+every later call raises the same error again, and the connection should be
+closed (the reason is on the error).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Final
+
+from ..errors import RemoteProtocolError
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: ``next_event()`` returns this when no whole message is buffered yet.
+NEED_DATA: Final = _NeedData()
+
+
+@dataclass(frozen=True, slots=True)
+class CodecStats:
+    """Counters of one codec: messages and bytes each way, errors by reason."""
+
+    codec: str
+    messages_in: int
+    bytes_in: int
+    messages_out: int
+    bytes_out: int
+    buffered_bytes: int
+    errors: dict[str, int]
+
+
+class CodecBase:
+    """Statistics and the broken state; subclasses parse and encode."""
+
+    name = "codec"
+
+    def __init__(self) -> None:
+        self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
+        self.errors: Counter[str] = Counter()
+        self._error: RemoteProtocolError | None = None
+
+    def _fail(self, message: str, reason: str) -> RemoteProtocolError:
+        self.errors[reason] += 1
+        self._error = RemoteProtocolError(message, reason=reason)
+        return self._error
+
+    def _buffered(self) -> int:
+        return 0
+
+    def statistics(self) -> CodecStats:
+        return CodecStats(
+            codec=self.name,
+            messages_in=self.messages_in,
+            bytes_in=self.bytes_in,
+            messages_out=self.messages_out,
+            bytes_out=self.bytes_out,
+            buffered_bytes=self._buffered(),
+            errors=dict(self.errors),
+        )
