@@ -9,6 +9,7 @@ underscored modules.
 from __future__ import annotations
 
 from ._loop import Loop, LoopStats
+from ._messages import MessageProtocol
 from ._poller import available_backends
 from ._protocol import Protocol
 from ._server import Server
@@ -35,6 +36,7 @@ __all__ = [
     "LocalProtocolError",
     "Loop",
     "LoopStats",
+    "MessageProtocol",
     "Protocol",
     "RemoteProtocolError",
     "Server",

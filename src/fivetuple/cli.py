@@ -13,7 +13,7 @@ import click
 
 from ._poller import available_backends
 from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, Server
-from .apps import APPS, make_app
+from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -81,6 +81,13 @@ def cli() -> None:
     metavar="SECONDS",
     help="On SIGINT/SIGTERM, how long queued bytes may flush.",
 )
+@click.option(
+    "--codec",
+    type=click.Choice(["raw", "lines", "length"]),
+    default="raw",
+    show_default=True,
+    help="Framing: raw bytes, or whole messages (echo only).",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more (info level).")
 def serve(
     app: str,
@@ -92,6 +99,7 @@ def serve(
     max_conns: int | None,
     idle_timeout: float | None,
     grace: float,
+    codec: str,
     verbose: bool,
 ) -> None:
     """Serve APP (echo, discard or chat; default chat) on one port.
@@ -104,13 +112,17 @@ def serve(
         raise click.UsageError(
             "--unix cannot be combined with --host or --port; use one or the other"
         )
+    if codec != "raw" and app not in MESSAGE_APPS:
+        raise click.UsageError(
+            f"--codec {codec} applies to: {', '.join(MESSAGE_APPS)}; {app} speaks raw bytes"
+        )
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING,
         format="fivetuple: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
     server = Server(
-        make_app(app),
+        make_app(app, None if codec == "raw" else codec),
         host if host is not None else DEFAULT_HOST,
         port if port is not None else DEFAULT_PORT,
         unix=unix_path,
@@ -121,7 +133,7 @@ def serve(
         grace=grace,
     )
     server.start()
-    print(server.banner(app), flush=True)
+    print(server.banner(app if codec == "raw" else f"{app} codec={codec}"), flush=True)
     status = server.serve_forever()
     sys.exit(status)
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from .._protocol import Protocol
 from .chat import ChatRoom
 from .discard import Discard
-from .echo import Echo
+from .echo import Echo, MessageEcho
 
 ProtocolFactory = Callable[[], Protocol]
 
@@ -22,13 +22,22 @@ APPS: dict[str, Callable[[], ProtocolFactory]] = {
 }
 
 
-def make_app(name: str) -> ProtocolFactory:
-    """A protocol factory for the app called ``name``.
+#: Apps that can speak whole messages through a codec (--codec).
+MESSAGE_APPS = {"echo": MessageEcho}
+
+
+def make_app(name: str, codec: str | None = None) -> ProtocolFactory:
+    """A protocol factory for the app called ``name``, raw or over ``codec``.
 
     Raises:
-        KeyError: no such app.
+        KeyError: no such app, or the app has no message form.
     """
-    return APPS[name]()
+    if codec is None:
+        return APPS[name]()
+    from .._messages import CODECS
+
+    app, make_codec = MESSAGE_APPS[name], CODECS[codec]
+    return lambda: app(make_codec())
 
 
-__all__ = ["APPS", "ChatRoom", "Discard", "Echo", "make_app"]
+__all__ = ["APPS", "MESSAGE_APPS", "ChatRoom", "Discard", "Echo", "MessageEcho", "make_app"]

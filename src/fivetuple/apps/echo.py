@@ -1,7 +1,8 @@
-"""echo: every byte received is sent back, in order."""
+"""echo: every byte (or, with a codec, every message) received is sent back."""
 
 from __future__ import annotations
 
+from .._messages import MessageProtocol
 from .._protocol import Protocol
 from .._transport import Transport
 
@@ -21,6 +22,21 @@ class Echo(Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()
+
+
+class MessageEcho(MessageProtocol):
+    """Send back every whole message, re-encoded; same backpressure as Echo."""
+
+    __slots__ = ()
+
+    def message_received(self, message: bytes) -> None:
+        self.send(message)
 
     def pause_writing(self) -> None:
         self.transport.pause_reading()

@@ -1,0 +1,91 @@
+"""Whole messages over TCP: codecs on the engine, and malformed frames."""
+
+from __future__ import annotations
+
+import logging
+import struct
+
+import pytest
+
+from fivetuple.apps import make_app
+from fivetuple.codecs import LengthPrefixed, Lines
+from helpers import (
+    CliServer,
+    connect,
+    every_backend,
+    on_loop,
+    recv_exactly,
+    run_cli,
+    running_server,
+    wait_for,
+)
+
+
+def frame(message: bytes) -> bytes:
+    return struct.pack(">I", len(message)) + message
+
+
+@every_backend
+def test_length_echo_returns_whole_messages_however_split(backend: str) -> None:
+    messages = [b"", b"one", b"x" * 100_000, bytes(range(256))]
+    stream = b"".join(frame(m) for m in messages)
+    with (
+        running_server(make_app("echo", "length"), backend=backend) as server,
+        connect(server) as client,
+    ):
+        client.sendall(stream[:5])
+        for i in range(5, 40):  # a stretch one byte at a time
+            client.sendall(stream[i : i + 1])
+        client.sendall(stream[40:])
+        assert recv_exactly(client, len(stream)) == stream
+
+
+def test_malformed_frame_closes_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fivetuple")
+    with (
+        running_server(make_app("echo", "length")) as server,
+        connect(server) as good,
+        connect(server) as bad,
+    ):
+        good.sendall(frame(b"before"))
+        assert recv_exactly(good, 10) == frame(b"before")
+        bad.sendall(frame(b"fine") + b"\xff\xff\xff\xff" + b"junk")
+        assert recv_exactly(bad, 8) == frame(b"fine")  # what came before is answered
+        assert bad.recv(100) == b""  # then that connection ends
+        good.sendall(frame(b"after"))
+        assert recv_exactly(good, 9) == frame(b"after")
+        stats = wait_for(
+            lambda: (s := on_loop(server, server.statistics)).closed and s,
+            what="the close to be counted",
+        )
+        assert stats.closed == {"protocol-error": 1}
+        assert stats.connections == 1
+        port = bad.getsockname()[1]
+    records = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert len(records) == 1
+    assert "length-over-limit" in records[0] and f"127.0.0.1:{port}" in records[0]
+
+
+def test_lines_codec_from_the_command_line() -> None:
+    with CliServer("echo", "--port", "0", "--codec", "lines") as cli:
+        assert "app=echo codec=lines" in cli.banner
+        with connect(cli.port or 0) as client:
+            client.sendall(b"alpha\nbe")
+            client.sendall(b"ta\n")
+            assert recv_exactly(client, 11) == b"alpha\nbeta\n"
+
+
+def test_codec_for_an_app_without_messages_is_one_line() -> None:
+    result = run_cli("serve", "chat", "--port", "0", "--codec", "lines")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--codec" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_message_codecs_count_per_connection() -> None:
+    codec = Lines()
+    codec.receive_data(b"a\nbb\n")
+    assert [codec.next_event(), codec.next_event()] == [b"a", b"bb"]
+    length = LengthPrefixed()
+    length.encode(b"abc")
+    assert (codec.statistics().messages_in, length.statistics().bytes_out) == (2, 7)
