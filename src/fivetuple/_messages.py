@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._protocol import Protocol
 from ._transport import format_peer
-from .codecs import NEED_DATA, LengthPrefixed, Lines
+from .codecs import NEED_DATA, LengthPrefixed, Lines, Packets
 from .codecs._base import CodecBase
 from .errors import RemoteProtocolError
 
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fivetuple")
 
 #: Codec names the command line knows, with their defaults.
-CODECS = {"lines": Lines, "length": LengthPrefixed}
+CODECS = {"lines": Lines, "length": LengthPrefixed, "packets": Packets}
 
 
 class MessageProtocol(Protocol):

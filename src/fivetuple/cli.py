@@ -83,7 +83,7 @@ def cli() -> None:
 )
 @click.option(
     "--codec",
-    type=click.Choice(["raw", "lines", "length"]),
+    type=click.Choice(["raw", "lines", "length", "packets"]),
     default="raw",
     show_default=True,
     help="Framing: raw bytes, or whole messages (echo only).",

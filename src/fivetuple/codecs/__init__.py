@@ -10,5 +10,6 @@ from __future__ import annotations
 from ._base import NEED_DATA, CodecStats
 from ._length import LengthPrefixed
 from ._lines import Lines
+from ._packets import Packets
 
-__all__ = ["NEED_DATA", "CodecStats", "LengthPrefixed", "Lines"]
+__all__ = ["NEED_DATA", "CodecStats", "LengthPrefixed", "Lines", "Packets"]

@@ -1,0 +1,242 @@
+"""packets: the project's own wire format (docs/protocol.md).
+
+Theory of operation. Each packet is a 20-byte header, a payload and a CRC-32
+trailer over both. ``next_event`` checks one packet at a time in the order
+the spec lists its fields, so that every malformed input gets the first
+reason it breaks. A message of one fragment is returned straight away; other
+fragments wait in a per-message table until the message is complete. The
+table is bounded by ``max_message_bytes`` per message and
+``max_partial_messages`` in all, and ``expire(now)`` drops partial messages
+older than ``partial_timeout_s`` (time is an argument: no clock here).
+"""
+
+from __future__ import annotations
+
+import zlib
+from struct import Struct
+
+from ..errors import LocalProtocolError
+from ._base import NEED_DATA, CodecBase, _NeedData
+from ._receivebuffer import ReceiveBuffer
+
+MAGIC = 0x4654
+VERSION = 1
+TYPE_DATA = 1
+HEADER = Struct(">HBBBBHIII")
+HEADER_BYTES = HEADER.size  # 20
+TRAILER = Struct(">I")
+TRAILER_BYTES = TRAILER.size  # 4
+OVERHEAD_BYTES = HEADER_BYTES + TRAILER_BYTES
+
+MAX_PAYLOAD_BYTES = 16 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_PARTIAL_MESSAGES = 64
+PARTIAL_TIMEOUT_S = 30.0
+
+
+class _Partial:
+    """A message some of whose fragments have arrived."""
+
+    __slots__ = ("count", "first_seen", "fragments", "size")
+
+    def __init__(self, count: int, first_seen: float) -> None:
+        self.count = count
+        self.first_seen = first_seen
+        self.fragments: dict[int, bytes] = {}
+        self.size = 0
+
+
+class Packets(CodecBase):
+    """Packets with header, CRC-32 trailer, fragmentation and reassembly.
+
+    Args:
+        max_payload_bytes: largest payload per packet, sent and accepted (<= 65535).
+        max_message_bytes: largest message accepted or sent.
+        max_partial_messages: incomplete messages held at once.
+        partial_timeout_s: age after which ``expire`` drops a partial message.
+    """
+
+    name = "packets"
+
+    def __init__(
+        self,
+        max_payload_bytes: int = MAX_PAYLOAD_BYTES,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
+        max_partial_messages: int = MAX_PARTIAL_MESSAGES,
+        partial_timeout_s: float = PARTIAL_TIMEOUT_S,
+    ) -> None:
+        super().__init__()
+        if not 1 <= max_payload_bytes <= 0xFFFF:
+            raise LocalProtocolError("max_payload_bytes must be 1..65535")
+        self.max_payload_bytes = max_payload_bytes
+        self.max_message_bytes = max_message_bytes
+        self.max_partial_messages = max_partial_messages
+        self.partial_timeout_s = partial_timeout_s
+        self.expired = 0
+        self._buffer = ReceiveBuffer()
+        self._partials: dict[int, _Partial] = {}
+        self._next_id = 0
+        self._now = 0.0
+
+    # -- receiving ----------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """File bytes away for ``next_event``.
+
+        Args:
+            now: the time now (any monotonic clock). Partial messages parsed
+                from here on are aged from it; the last value given is kept,
+                so call ``next_event`` after each ``receive_data``.
+        """
+        if now is not None:
+            self._now = now
+        self._buffer.append(data)
+
+    def next_event(self) -> bytes | _NeedData:
+        """The next whole message, or NEED_DATA.
+
+        Raises:
+            RemoteProtocolError: a malformed packet or a broken bound; the
+                ``reason`` is one of those docs/protocol.md lists. The codec
+                stays broken afterwards.
+        """
+        if self._error is not None:
+            raise self._error
+        buffer = self._buffer
+        while len(buffer) >= HEADER_BYTES:
+            data, pos = buffer.gather(HEADER_BYTES)
+            magic, version, kind, flags, reserved, length, msg_id, index, count = (
+                HEADER.unpack_from(data, pos)
+            )
+            self._check_header(magic, version, kind, flags, reserved, length)
+            size = HEADER_BYTES + length + TRAILER_BYTES
+            if len(buffer) < size:
+                return NEED_DATA
+            data, pos = buffer.gather(size)
+            end = pos + HEADER_BYTES + length
+            if zlib.crc32(data[pos:end]) != TRAILER.unpack_from(data, end)[0]:
+                raise self._fail("CRC-32 does not match the packet", "crc-mismatch")
+            self._check_fragment(index, count, length)
+            payload = data[pos + HEADER_BYTES : end]
+            buffer.skip(size)
+            self.bytes_in += size
+            message = payload if count == 1 else self._reassemble(msg_id, index, count, payload)
+            if message is not None:
+                self.messages_in += 1
+                return message
+        return NEED_DATA
+
+    def _check_header(
+        self, magic: int, version: int, kind: int, flags: int, reserved: int, length: int
+    ) -> None:
+        if magic != MAGIC:
+            raise self._fail(f"bad magic 0x{magic:04x}", "bad-magic")
+        if version != VERSION:
+            raise self._fail(f"version {version} is not supported", "unsupported-version")
+        if kind != TYPE_DATA:
+            raise self._fail(f"unknown packet type {kind}", "unknown-type")
+        if flags or reserved:
+            raise self._fail("reserved bits are set", "reserved-bits")
+        if length > self.max_payload_bytes:
+            raise self._fail(
+                f"payload of {length} bytes is over the limit of {self.max_payload_bytes}",
+                "length-over-limit",
+            )
+
+    def _check_fragment(self, index: int, count: int, length: int) -> None:
+        if count == 0:
+            raise self._fail("fragment count is zero", "fragment-count-zero")
+        if index >= count:
+            raise self._fail(f"fragment {index} of {count}", "fragment-index-out-of-range")
+        if count > 1 and length == 0:
+            raise self._fail("empty fragment in a message of several", "empty-fragment")
+        if count > self.max_message_bytes:
+            raise self._fail(
+                f"{count} fragments cannot fit the message limit", "message-over-limit"
+            )
+
+    def _reassemble(self, msg_id: int, index: int, count: int, payload: bytes) -> bytes | None:
+        partial = self._partials.get(msg_id)
+        if partial is None:
+            if len(self._partials) >= self.max_partial_messages:
+                raise self._fail(
+                    f"more than {self.max_partial_messages} partial messages",
+                    "too-many-partial-messages",
+                )
+            partial = self._partials[msg_id] = _Partial(count, self._now)
+        elif partial.count != count:
+            raise self._fail(
+                f"message {msg_id} said {partial.count} fragments, now {count}",
+                "inconsistent-fragment-count",
+            )
+        if index in partial.fragments:
+            raise self._fail(f"fragment {index} of message {msg_id} again", "duplicate-fragment")
+        partial.size += len(payload)
+        if partial.size > self.max_message_bytes:
+            raise self._fail(
+                f"message {msg_id} is over {self.max_message_bytes} bytes", "message-over-limit"
+            )
+        partial.fragments[index] = payload
+        if len(partial.fragments) < count:
+            return None
+        del self._partials[msg_id]
+        fragments = partial.fragments
+        return b"".join([fragments[i] for i in range(count)])
+
+    # -- time ---------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """When the oldest partial message goes stale, or None."""
+        if not self._partials:
+            return None
+        return min(p.first_seen for p in self._partials.values()) + self.partial_timeout_s
+
+    def expire(self, now: float) -> int:
+        """Drop partial messages older than ``partial_timeout_s``; returns how many."""
+        stale = [
+            msg_id
+            for msg_id, partial in self._partials.items()
+            if now - partial.first_seen >= self.partial_timeout_s
+        ]
+        for msg_id in stale:
+            del self._partials[msg_id]
+        self.expired += len(stale)
+        return len(stale)
+
+    # -- sending ------------------------------------------------------------
+
+    def encode_packets(self, message: bytes) -> list[bytes]:
+        """The packets that carry ``message``, in order (they may be interleaved
+        with other messages' packets).
+
+        Raises:
+            LocalProtocolError: the message is over ``max_message_bytes``.
+        """
+        size = len(message)
+        if size > self.max_message_bytes:
+            raise LocalProtocolError(
+                f"message of {size} bytes is over the limit of {self.max_message_bytes}"
+            )
+        msg_id = self._next_id
+        self._next_id = (msg_id + 1) & 0xFFFFFFFF
+        step = self.max_payload_bytes
+        count = max(1, -(-size // step))
+        view = memoryview(message)
+        packets = []
+        for index in range(count):
+            payload = view[index * step : (index + 1) * step]
+            header = HEADER.pack(
+                MAGIC, VERSION, TYPE_DATA, 0, 0, len(payload), msg_id, index, count
+            )
+            crc = zlib.crc32(payload, zlib.crc32(header))
+            packets.append(b"".join((header, payload, TRAILER.pack(crc))))
+        self.messages_out += 1
+        self.bytes_out += size + count * OVERHEAD_BYTES
+        return packets
+
+    def encode(self, message: bytes) -> bytes:
+        """The bytes that carry ``message`` (its packets, joined)."""
+        return b"".join(self.encode_packets(message))
+
+    def _buffered(self) -> int:
+        return len(self._buffer) + sum(p.size for p in self._partials.values())

@@ -1,0 +1,212 @@
+"""The packets codec (docs/protocol.md), with no sockets; one TCP test at the end."""
+
+from __future__ import annotations
+
+import random
+import struct
+import zlib
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fivetuple import RemoteProtocolError
+from fivetuple.apps import make_app
+from fivetuple.codecs import NEED_DATA, Packets
+from fivetuple.codecs._packets import HEADER, MAGIC, TRAILER
+from helpers import connect, on_loop, recv_exactly, running_server, wait_for
+
+
+def drain(codec: Packets) -> list[bytes]:
+    out = []
+    while (event := codec.next_event()) is not NEED_DATA:
+        assert isinstance(event, bytes)
+        out.append(event)
+    return out
+
+
+def packet(
+    payload: bytes = b"abc",
+    *,
+    magic: int = MAGIC,
+    version: int = 1,
+    kind: int = 1,
+    flags: int = 0,
+    reserved: int = 0,
+    length: int | None = None,
+    msg_id: int = 7,
+    index: int = 0,
+    count: int = 1,
+    crc_delta: int = 0,
+) -> bytes:
+    """One packet with any field set by hand; the CRC is right unless crc_delta."""
+    size = len(payload) if length is None else length
+    header = HEADER.pack(magic, version, kind, flags, reserved, size, msg_id, index, count)
+    crc = (zlib.crc32(header + payload) + crc_delta) & 0xFFFFFFFF
+    return header + payload + TRAILER.pack(crc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    messages=st.lists(st.binary(max_size=700), max_size=8),
+    payload=st.integers(1, 200),
+    data=st.data(),
+)
+def test_round_trip_fragmented_and_cut_anywhere(
+    messages: list[bytes], payload: int, data: st.DataObject
+) -> None:
+    sender, receiver = Packets(max_payload_bytes=payload), Packets(max_payload_bytes=payload)
+    stream = b"".join(sender.encode(m) for m in messages)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
+    out: list[bytes] = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        receiver.receive_data(stream[start:end])
+        out += drain(receiver)
+    assert out == messages
+    stats = receiver.statistics()
+    assert (stats.messages_in, stats.bytes_in, stats.buffered_bytes) == (
+        len(messages),
+        len(stream),
+        0,
+    )
+
+
+def test_one_byte_at_a_time() -> None:
+    messages = [b"", b"x" * 1000, bytes(range(256))]
+    sender, receiver = Packets(max_payload_bytes=100), Packets(max_payload_bytes=100)
+    stream = b"".join(sender.encode(m) for m in messages)
+    out = []
+    for i in range(len(stream)):
+        receiver.receive_data(stream[i : i + 1])
+        out += drain(receiver)
+    assert out == messages
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_interleaved_and_shuffled_fragments_reassemble(seed: int) -> None:
+    rng = random.Random(seed)
+    sender = Packets(max_payload_bytes=50)
+    messages = [rng.randbytes(rng.randrange(1, 400)) for _ in range(6)]
+    packets = [p for m in messages for p in sender.encode_packets(m)]
+    rng.shuffle(packets)
+    receiver = Packets(max_payload_bytes=50)
+    receiver.receive_data(b"".join(packets))
+    assert sorted(drain(receiver)) == sorted(messages), f"seed {seed}"
+
+
+def test_large_message_reassembles() -> None:
+    message = bytes(range(256)) * 4096 * 3  # 3 MiB
+    codec = Packets()
+    codec.receive_data(Packets().encode(message))
+    assert drain(codec) == [message]
+
+
+MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
+    ("bad magic", lambda: packet(magic=0x4655), "bad-magic"),
+    ("version 2", lambda: packet(version=2), "unsupported-version"),
+    ("type 9", lambda: packet(kind=9), "unknown-type"),
+    ("flags set", lambda: packet(flags=1), "reserved-bits"),
+    ("reserved set", lambda: packet(reserved=0x80), "reserved-bits"),
+    ("payload over limit", lambda: packet(b"x" * 101), "length-over-limit"),
+    ("CRC off by one", lambda: packet(crc_delta=1), "crc-mismatch"),
+    ("payload byte flipped", lambda: _flip(packet(b"hello"), 21), "crc-mismatch"),
+    ("count zero", lambda: packet(count=0), "fragment-count-zero"),
+    ("index = count", lambda: packet(index=3, count=3), "fragment-index-out-of-range"),
+    ("empty fragment", lambda: packet(b"", count=2), "empty-fragment"),
+    ("count past the limit", lambda: packet(count=10_001), "message-over-limit"),
+    (
+        "count changes",
+        lambda: packet(index=0, count=3) + packet(index=1, count=4),
+        "inconsistent-fragment-count",
+    ),
+    (
+        "same fragment twice",
+        lambda: packet(index=1, count=3) + packet(index=1, count=3),
+        "duplicate-fragment",
+    ),
+    (
+        "too many partials",
+        lambda: b"".join(packet(msg_id=i, count=2) for i in range(5)),
+        "too-many-partial-messages",
+    ),
+    (
+        "message over limit",
+        lambda: b"".join(packet(b"y" * 100, index=i, count=200) for i in range(101)),
+        "message-over-limit",
+    ),
+]
+
+
+def _flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+@pytest.mark.parametrize(("case", "make", "reason"), MALFORMED, ids=[m[0] for m in MALFORMED])
+@pytest.mark.parametrize("how", ["whole", "byte-at-a-time"])
+def test_malformed_packets_raise_their_reason(
+    case: str, make: Callable[[], bytes], reason: str, how: str
+) -> None:
+    codec = Packets(max_payload_bytes=100, max_message_bytes=10_000, max_partial_messages=4)
+    stream = make()
+    with pytest.raises(RemoteProtocolError) as info:
+        if how == "whole":
+            codec.receive_data(stream)
+            drain(codec)
+        else:
+            for i in range(len(stream)):
+                codec.receive_data(stream[i : i + 1])
+                drain(codec)
+    assert info.value.reason == reason
+    assert codec.statistics().errors == {reason: 1}
+    with pytest.raises(RemoteProtocolError) as again:
+        codec.next_event()
+    assert again.value is info.value
+
+
+def test_stale_partial_messages_expire_with_time_passed_in() -> None:
+    codec = Packets(partial_timeout_s=5.0)
+    assert codec.get_timer() is None
+    codec.receive_data(packet(msg_id=1, index=0, count=2), now=100.0)
+    assert drain(codec) == []
+    codec.receive_data(packet(msg_id=2, index=0, count=2), now=103.0)
+    assert drain(codec) == []
+    assert codec.get_timer() == 105.0
+    assert codec.expire(104.9) == 0
+    assert codec.expire(105.0) == 1
+    assert codec.get_timer() == 108.0
+    assert codec.expire(200.0) == 1
+    assert codec.expired == 2 and codec.get_timer() is None
+    # A late fragment of an expired message starts a new partial message.
+    codec.receive_data(packet(msg_id=1, index=1, count=2), now=201.0)
+    assert drain(codec) == [] and codec.get_timer() == 206.0
+
+
+def test_fragment_sizes_and_overhead() -> None:
+    codec = Packets(max_payload_bytes=10)
+    packets = codec.encode_packets(b"x" * 25)
+    assert [len(p) for p in packets] == [34, 34, 29]
+    assert [struct.unpack(">I", p[16:20])[0] for p in packets] == [3, 3, 3]
+    assert codec.statistics().bytes_out == 25 + 3 * 24
+
+
+def test_corrupted_packet_mid_stream_closes_only_that_connection() -> None:
+    sender = Packets()
+    with (
+        running_server(make_app("echo", "packets")) as server,
+        connect(server) as good,
+        connect(server) as bad,
+    ):
+        first = sender.encode(b"first")
+        bad.sendall(first + _flip(sender.encode(b"second"), 22))
+        echoed = Packets()
+        echoed.receive_data(recv_exactly(bad, len(first)))
+        assert drain(echoed) == [b"first"]
+        assert bad.recv(100) == b""
+        message = sender.encode(b"still here")
+        good.sendall(message)
+        reply = Packets()
+        reply.receive_data(recv_exactly(good, len(message)))  # same size, the server's own id
+        assert drain(reply) == [b"still here"]
+        stats = wait_for(lambda: (s := on_loop(server, server.statistics)).closed and s)
+        assert stats.closed == {"protocol-error": 1} and stats.connections == 1
