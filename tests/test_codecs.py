@@ -82,7 +82,7 @@ def test_partial_message_waits() -> None:
     codec = LengthPrefixed()
     codec.receive_data(b"\x00\x00\x00\x05abc")
     assert codec.next_event() is NEED_DATA
-    assert codec.statistics().buffered_bytes == 3
+    assert codec.statistics().buffered_bytes == 7  # the header too: nothing is delivered yet
     codec.receive_data(b"de\x00")
     assert codec.next_event() == b"abcde"
     assert codec.next_event() is NEED_DATA

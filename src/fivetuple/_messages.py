@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ._protocol import Protocol
 from ._transport import format_peer
-from .codecs import NEED_DATA, LengthPrefixed, Lines, Packets
+from .codecs import LengthPrefixed, Lines, Packets
 from .codecs._base import CodecBase
 from .errors import RemoteProtocolError
 
@@ -44,26 +44,32 @@ class MessageProtocol(Protocol):
 
     def data_received(self, data: bytes) -> None:
         codec = self.codec
-        codec.receive_data(data)  # type: ignore[attr-defined]
         try:
-            while (message := codec.next_event()) is not NEED_DATA:  # type: ignore[attr-defined]
-                self.message_received(message)  # type: ignore[arg-type]
-                if self.transport.is_closing():
-                    return
+            messages = codec.receive_messages(data)
         except RemoteProtocolError as exc:
-            logger.warning(
-                "closing connection %s from %s: malformed %s frame (%s): %s",
-                self.transport.id,
-                format_peer(self.transport.peer),
-                codec.name,
-                exc.reason,
-                exc,
-            )
-            self.transport.abort("protocol-error")
+            self._malformed(exc)
+            return
+        for message in messages:
+            self.message_received(message)
+            if self.transport.is_closing():
+                return
+        if codec.error is not None:  # after the messages that came before it
+            self._malformed(codec.error)
+
+    def _malformed(self, exc: RemoteProtocolError) -> None:
+        logger.warning(
+            "closing connection %s from %s: malformed %s frame (%s): %s",
+            self.transport.id,
+            format_peer(self.transport.peer),
+            self.codec.name,
+            exc.reason,
+            exc,
+        )
+        self.transport.abort("protocol-error")
 
     def message_received(self, message: bytes) -> None:
         """One whole message arrived."""
 
     def send(self, message: bytes) -> None:
         """Encode ``message`` and write it."""
-        self.transport.write(self.codec.encode(message))  # type: ignore[attr-defined]
+        self.transport.write(self.codec.encode(message))

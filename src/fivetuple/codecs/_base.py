@@ -40,6 +40,7 @@ class CodecStats:
     bytes_in: int
     messages_out: int
     bytes_out: int
+    #: Bytes received and not yet delivered as messages (framing included).
     buffered_bytes: int
     errors: dict[str, int]
 
@@ -58,6 +59,39 @@ class CodecBase:
         self.errors[reason] += 1
         self._error = RemoteProtocolError(message, reason=reason)
         return self._error
+
+    @property
+    def error(self) -> RemoteProtocolError | None:
+        """The error that broke the codec, or None."""
+        return self._error
+
+    def receive_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def next_event(self) -> object:
+        raise NotImplementedError
+
+    def encode(self, message: bytes) -> bytes:
+        raise NotImplementedError
+
+    def receive_messages(self, data: bytes) -> list[bytes]:
+        """``receive_data(data)``, then every whole message now buffered.
+
+        Messages before a malformed frame are returned; the error is then on
+        ``error`` and the next call raises it.
+
+        Raises:
+            RemoteProtocolError: the codec was already broken.
+        """
+        self.receive_data(data)
+        out: list[bytes] = []
+        try:
+            while (message := self.next_event()) is not NEED_DATA:
+                out.append(message)  # type: ignore[arg-type]
+        except RemoteProtocolError:
+            if not out:
+                raise
+        return out
 
     def _buffered(self) -> int:
         return 0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections import deque
 from struct import Struct
 
 from ..errors import LocalProtocolError
 from ._base import NEED_DATA, CodecBase, _NeedData
-from ._receivebuffer import ReceiveBuffer
 
 #: Largest message accepted by default (the field could say 4 GiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -16,6 +16,12 @@ _U32 = Struct(">I")
 
 class LengthPrefixed(CodecBase):
     """Length-prefixed messages.
+
+    Parsing is batched: when enough bytes for the pending message have
+    arrived, one tight loop slices every whole message out of the joined
+    bytes into a ready queue, and ``next_event`` pops from it. Chunks are
+    joined only then, so a large message arriving in small pieces is copied
+    once, not once per piece.
 
     Args:
         max_message_bytes: a length field above this is a protocol error
@@ -28,41 +34,92 @@ class LengthPrefixed(CodecBase):
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         super().__init__()
         self.max_message_bytes = max_message_bytes
-        self._buffer = ReceiveBuffer()
-        self._size = -1  # length of the message being read, once its header is in
+        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
+        self._pending = 0  # their total
+        self._need = HEADER_BYTES  # bytes that must be pending before a parse can progress
+        self._ready: deque[bytes] = deque()
 
     def receive_data(self, data: bytes) -> None:
         """File bytes away for ``next_event`` (copies nothing yet)."""
-        self._buffer.append(data)
+        if data:
+            self._chunks.append(data)
+            self._pending += len(data)
 
     def next_event(self) -> bytes | _NeedData:
         """The next whole message, or NEED_DATA.
+
+        Messages that arrived before a malformed frame are returned first.
 
         Raises:
             RemoteProtocolError: the length is over the limit (reason
                 ``length-over-limit``); the codec stays broken afterwards.
         """
+        ready = self._ready
+        if not ready and self._error is None and self._pending >= self._need:
+            ready.extend(self.receive_messages(b""))
+        if ready:
+            return ready.popleft()
         if self._error is not None:
             raise self._error
-        buffer = self._buffer
-        size = self._size
-        if size < 0:
-            if len(buffer) < HEADER_BYTES:
-                return NEED_DATA
-            size = buffer.u32()
-            if size > self.max_message_bytes:
-                raise self._fail(
-                    f"message length {size} is over the limit of {self.max_message_bytes} bytes",
+        return NEED_DATA
+
+    def receive_messages(self, data: bytes) -> list[bytes]:
+        """``receive_data(data)``, then every whole message now buffered.
+
+        The batched twin of calling ``next_event`` until NEED_DATA: one call
+        per chunk instead of one per message, and the one place that parses
+        (``next_event`` uses it too). Messages before a malformed frame are
+        returned; the error is then on ``error`` and the next call raises it.
+
+        Raises:
+            RemoteProtocolError: the codec was already broken.
+        """
+        if self._ready:  # queued by next_event: they come first
+            out = list(self._ready)
+            self._ready.clear()
+            return out + self.receive_messages(data)
+        if self._error is not None:
+            raise self._error
+        chunks = self._chunks
+        if chunks:
+            if data:
+                chunks.append(data)
+                self._pending += len(data)
+            if self._pending < self._need:
+                return []
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        elif len(data) < self._need:
+            if data:
+                self._chunks = [data]
+                self._pending = len(data)
+            return []
+        total = len(data)
+        limit = self.max_message_bytes
+        unpack = _U32.unpack_from
+        out = []
+        append = out.append
+        pos = 0
+        need = HEADER_BYTES
+        while total - pos >= HEADER_BYTES:
+            size = unpack(data, pos)[0]
+            if size > limit:
+                self._fail(
+                    f"message length {size} is over the limit of {limit} bytes",
                     "length-over-limit",
                 )
-            buffer.skip(HEADER_BYTES)
-            self._size = size
-        if len(buffer) < size:
-            return NEED_DATA
-        self._size = -1
-        self.messages_in += 1
-        self.bytes_in += size + HEADER_BYTES
-        return buffer.take(size)
+                break
+            end = pos + HEADER_BYTES + size
+            if end > total:
+                need = HEADER_BYTES + size
+                break
+            append(data[pos + HEADER_BYTES : end])
+            pos = end
+        self.messages_in += len(out)
+        self.bytes_in += pos
+        self._chunks = [data[pos:]] if pos < total else []
+        self._pending = total - pos
+        self._need = need
+        return out
 
     def encode(self, message: bytes) -> bytes:
         """The bytes that carry ``message``.
@@ -80,4 +137,4 @@ class LengthPrefixed(CodecBase):
         return _U32.pack(size) + message
 
     def _buffered(self) -> int:
-        return len(self._buffer)
+        return self._pending + sum(len(m) for m in self._ready)
