@@ -123,6 +123,7 @@ def main() -> None:
     import atheris  # type: ignore[import-not-found]
 
     codec_name = sys.argv.pop(1)
+    atheris.instrument_all()  # coverage guidance over the codecs already imported
     atheris.Setup(sys.argv, lambda data: check(codec_name, data))
     atheris.Fuzz()
 
