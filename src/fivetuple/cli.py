@@ -138,6 +138,41 @@ def serve(
     sys.exit(status)
 
 
+@cli.command()
+@click.argument("target")
+@click.option(
+    "--codec",
+    type=click.Choice(["raw", "lines", "length", "packets"]),
+    default="raw",
+    show_default=True,
+    help="Framing of what is sent and printed.",
+)
+@click.option(
+    "--send",
+    "send_file",
+    metavar="FILE",
+    default=None,
+    help="Send FILE as one message and verify the echo.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=30.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --send: how long to wait for the echo.",
+)
+def client(target: str, codec: str, send_file: str | None, timeout: float) -> None:
+    """Connect to TARGET (tcp://HOST:PORT or unix://PATH) and talk.
+
+    Each stdin line is sent (one message per line with a codec) and every reply
+    is printed. With --send, exits 0 if the echo matches the file, 1 if not.
+    """
+    from .client import run_client
+
+    sys.exit(run_client(target, codec, send_file, timeout))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning a person's mistakes into one line."""
     try:
