@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from ..errors import LocalProtocolError
 from ._base import NEED_DATA, CodecBase, _NeedData
-from ._receivebuffer import ReceiveBuffer
 
 #: Longest line accepted by default, delimiter not counted.
 MAX_LINE_BYTES = 64 * 1024
@@ -28,45 +29,76 @@ class Lines(CodecBase):
             raise LocalProtocolError("the delimiter must not be empty")
         self.delimiter = delimiter
         self.max_line_bytes = max_line_bytes
-        self._buffer = ReceiveBuffer()
+        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
+        self._pending = 0  # their total
         self._scanned = 0  # unparsed bytes already known to hold no delimiter
+        self._ready: deque[bytes] = deque()
 
     def receive_data(self, data: bytes) -> None:
         """File bytes away for ``next_event`` (copies nothing yet)."""
-        self._buffer.append(data)
+        if data:
+            self._chunks.append(data)
+            self._pending += len(data)
 
     def next_event(self) -> bytes | _NeedData:
         """The next whole line, or NEED_DATA.
+
+        Lines that arrived before an over-long one are returned first.
 
         Raises:
             RemoteProtocolError: a line is longer than ``max_line_bytes``
                 (reason ``line-too-long``); the codec stays broken afterwards.
         """
+        ready = self._ready
+        if not ready and self._error is None and self._pending > self._scanned:
+            ready.extend(self.receive_messages(b""))
+        if ready:
+            return ready.popleft()
         if self._error is not None:
             raise self._error
-        buffer = self._buffer
-        if len(buffer) <= self._scanned:
-            return NEED_DATA
-        data, pos = buffer.gather_all()
-        # Search only what has not been searched (a delimiter may straddle).
-        start = pos + max(0, self._scanned - len(self.delimiter) + 1)
-        end = data.find(self.delimiter, start, pos + self.max_line_bytes + len(self.delimiter))
-        if end < 0:
-            self._scanned = len(buffer)
-            if self._scanned > self.max_line_bytes + len(self.delimiter) - 1:
-                raise self._fail(f"line longer than {self.max_line_bytes} bytes", "line-too-long")
-            return NEED_DATA
-        size = end - pos
-        if size > self.max_line_bytes:
-            raise self._fail(
-                f"line of {size} bytes is over the limit of {self.max_line_bytes}", "line-too-long"
-            )
-        line = buffer.take(size)
-        buffer.skip(len(self.delimiter))
-        self._scanned = 0
-        self.messages_in += 1
-        self.bytes_in += size + len(self.delimiter)
-        return line
+        return NEED_DATA
+
+    def receive_messages(self, data: bytes) -> list[bytes]:
+        """``receive_data(data)``, then every whole line now buffered.
+
+        One loop finds every delimiter of the chunk, searching only bytes not
+        searched before (a long line fed one byte at a time stays linear).
+
+        Raises:
+            RemoteProtocolError: the codec was already broken.
+        """
+        if self._ready:  # queued by next_event: they come first
+            out = list(self._ready)
+            self._ready.clear()
+            return out + self.receive_messages(data)
+        if self._error is not None:
+            raise self._error
+        self.receive_data(data)
+        if self._pending <= self._scanned:
+            return []
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        total = len(data)
+        delimiter = self.delimiter
+        width = len(delimiter)
+        limit = self.max_line_bytes
+        out: list[bytes] = []
+        pos = 0
+        start = max(0, self._scanned - width + 1)  # a delimiter may straddle chunks
+        while True:
+            end = data.find(delimiter, start, pos + limit + width)
+            if end < 0:
+                if total - pos > limit + width - 1:
+                    self._fail(f"line longer than {limit} bytes", "line-too-long")
+                break
+            out.append(data[pos:end])
+            pos = start = end + width
+        self.messages_in += len(out)
+        self.bytes_in += pos
+        self._chunks = [data[pos:]] if pos < total else []
+        self._pending = total - pos
+        self._scanned = total - pos
+        return out
 
     def encode(self, message: bytes) -> bytes:
         """The bytes that carry ``message``.
@@ -83,4 +115,4 @@ class Lines(CodecBase):
         return message + self.delimiter
 
     def _buffered(self) -> int:
-        return len(self._buffer)
+        return self._pending + sum(len(m) for m in self._ready)
