@@ -13,7 +13,7 @@ closed (the reason is on the error).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,6 +54,10 @@ class CodecBase:
         self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         self.errors: Counter[str] = Counter()
         self._error: RemoteProtocolError | None = None
+        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
+        self._pending = 0  # their total
+        self._need = 1  # pending bytes needed before a parse can make progress
+        self._ready: deque[bytes] = deque()  # parsed by next_event, not yet returned
 
     def _fail(self, message: str, reason: str) -> RemoteProtocolError:
         self.errors[reason] += 1
@@ -66,35 +70,52 @@ class CodecBase:
         return self._error
 
     def receive_data(self, data: bytes) -> None:
-        raise NotImplementedError
+        """File bytes away for ``next_event`` (copies nothing yet)."""
+        if data:
+            self._chunks.append(data)
+            self._pending += len(data)
 
-    def next_event(self) -> object:
-        raise NotImplementedError
+    def next_event(self) -> bytes | _NeedData:
+        """The next whole message, or NEED_DATA.
 
-    def encode(self, message: bytes) -> bytes:
-        raise NotImplementedError
+        Messages that arrived before a malformed frame are returned first.
+
+        Raises:
+            RemoteProtocolError: the reason the codec's docs list; the codec
+                stays broken afterwards.
+        """
+        ready = self._ready
+        if not ready and self._error is None and self._pending >= self._need:
+            ready.extend(self.receive_messages(b""))
+        if ready:
+            return ready.popleft()
+        if self._error is not None:
+            raise self._error
+        return NEED_DATA
 
     def receive_messages(self, data: bytes) -> list[bytes]:
         """``receive_data(data)``, then every whole message now buffered.
 
-        Messages before a malformed frame are returned; the error is then on
-        ``error`` and the next call raises it.
+        The batched twin of calling ``next_event`` until NEED_DATA, and the
+        one place each codec parses. Messages before a malformed frame are
+        returned; the error is then on ``error`` and the next call raises it.
 
         Raises:
             RemoteProtocolError: the codec was already broken.
         """
-        self.receive_data(data)
-        out: list[bytes] = []
-        try:
-            while (message := self.next_event()) is not NEED_DATA:
-                out.append(message)  # type: ignore[arg-type]
-        except RemoteProtocolError:
-            if not out:
-                raise
+        raise NotImplementedError
+
+    def _take_ready(self) -> list[bytes]:
+        """Messages ``next_event`` parsed and has not returned: they come first."""
+        out = list(self._ready)
+        self._ready.clear()
         return out
 
+    def encode(self, message: bytes) -> bytes:
+        raise NotImplementedError
+
     def _buffered(self) -> int:
-        return 0
+        return self._pending + sum(len(m) for m in self._ready)
 
     def statistics(self) -> CodecStats:
         return CodecStats(

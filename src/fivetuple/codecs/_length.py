@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections import deque
 from struct import Struct
 
 from ..errors import LocalProtocolError
-from ._base import NEED_DATA, CodecBase, _NeedData
+from ._base import CodecBase
 
 #: Largest message accepted by default (the field could say 4 GiB).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -34,54 +33,18 @@ class LengthPrefixed(CodecBase):
     def __init__(self, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         super().__init__()
         self.max_message_bytes = max_message_bytes
-        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
-        self._pending = 0  # their total
-        self._need = HEADER_BYTES  # bytes that must be pending before a parse can progress
-        self._ready: deque[bytes] = deque()
-
-    def receive_data(self, data: bytes) -> None:
-        """File bytes away for ``next_event`` (copies nothing yet)."""
-        if data:
-            self._chunks.append(data)
-            self._pending += len(data)
-
-    def next_event(self) -> bytes | _NeedData:
-        """The next whole message, or NEED_DATA.
-
-        Messages that arrived before a malformed frame are returned first.
-
-        Raises:
-            RemoteProtocolError: the length is over the limit (reason
-                ``length-over-limit``); the codec stays broken afterwards.
-        """
-        ready = self._ready
-        if not ready and self._error is None and self._pending >= self._need:
-            ready.extend(self.receive_messages(b""))
-        if ready:
-            return ready.popleft()
-        if self._error is not None:
-            raise self._error
-        return NEED_DATA
+        self._need = HEADER_BYTES
 
     def receive_messages(self, data: bytes) -> list[bytes]:
-        """``receive_data(data)``, then every whole message now buffered.
-
-        The batched twin of calling ``next_event`` until NEED_DATA: one call
-        per chunk instead of one per message, and the one place that parses
-        (``next_event`` uses it too). Messages before a malformed frame are
-        returned; the error is then on ``error`` and the next call raises it.
-
-        Raises:
-            RemoteProtocolError: the codec was already broken.
+        """See ``CodecBase.receive_messages``: one loop slices every whole
+        message of the chunk; the length over the limit is ``length-over-limit``.
         """
-        if self._ready:  # queued by next_event: they come first
-            out = list(self._ready)
-            self._ready.clear()
-            return out + self.receive_messages(data)
+        if self._ready:
+            return self._take_ready() + self.receive_messages(data)
         if self._error is not None:
             raise self._error
         chunks = self._chunks
-        if chunks:
+        if chunks:  # receive_data, inlined: this runs once per chunk
             if data:
                 chunks.append(data)
                 self._pending += len(data)
@@ -135,6 +98,3 @@ class LengthPrefixed(CodecBase):
         self.messages_out += 1
         self.bytes_out += size + HEADER_BYTES
         return _U32.pack(size) + message
-
-    def _buffered(self) -> int:
-        return self._pending + sum(len(m) for m in self._ready)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections import deque
-
 from ..errors import LocalProtocolError
-from ._base import NEED_DATA, CodecBase, _NeedData
+from ._base import CodecBase
 
 #: Longest line accepted by default, delimiter not counted.
 MAX_LINE_BYTES = 64 * 1024
@@ -29,52 +27,20 @@ class Lines(CodecBase):
             raise LocalProtocolError("the delimiter must not be empty")
         self.delimiter = delimiter
         self.max_line_bytes = max_line_bytes
-        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
-        self._pending = 0  # their total
         self._scanned = 0  # unparsed bytes already known to hold no delimiter
-        self._ready: deque[bytes] = deque()
-
-    def receive_data(self, data: bytes) -> None:
-        """File bytes away for ``next_event`` (copies nothing yet)."""
-        if data:
-            self._chunks.append(data)
-            self._pending += len(data)
-
-    def next_event(self) -> bytes | _NeedData:
-        """The next whole line, or NEED_DATA.
-
-        Lines that arrived before an over-long one are returned first.
-
-        Raises:
-            RemoteProtocolError: a line is longer than ``max_line_bytes``
-                (reason ``line-too-long``); the codec stays broken afterwards.
-        """
-        ready = self._ready
-        if not ready and self._error is None and self._pending > self._scanned:
-            ready.extend(self.receive_messages(b""))
-        if ready:
-            return ready.popleft()
-        if self._error is not None:
-            raise self._error
-        return NEED_DATA
 
     def receive_messages(self, data: bytes) -> list[bytes]:
-        """``receive_data(data)``, then every whole line now buffered.
-
-        One loop finds every delimiter of the chunk, searching only bytes not
-        searched before (a long line fed one byte at a time stays linear).
-
-        Raises:
-            RemoteProtocolError: the codec was already broken.
+        """See ``CodecBase.receive_messages``: one loop finds every delimiter
+        of the chunk, searching only bytes not searched before (a long line fed
+        one byte at a time stays linear); a line over ``max_line_bytes`` is
+        ``line-too-long``.
         """
-        if self._ready:  # queued by next_event: they come first
-            out = list(self._ready)
-            self._ready.clear()
-            return out + self.receive_messages(data)
+        if self._ready:
+            return self._take_ready() + self.receive_messages(data)
         if self._error is not None:
             raise self._error
         self.receive_data(data)
-        if self._pending <= self._scanned:
+        if self._pending < self._need:
             return []
         chunks = self._chunks
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -98,6 +64,7 @@ class Lines(CodecBase):
         self._chunks = [data[pos:]] if pos < total else []
         self._pending = total - pos
         self._scanned = total - pos
+        self._need = self._scanned + 1  # a parse needs at least one unsearched byte
         return out
 
     def encode(self, message: bytes) -> bytes:
@@ -113,6 +80,3 @@ class Lines(CodecBase):
         self.messages_out += 1
         self.bytes_out += len(message) + len(self.delimiter)
         return message + self.delimiter
-
-    def _buffered(self) -> int:
-        return self._pending + sum(len(m) for m in self._ready)

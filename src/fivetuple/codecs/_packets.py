@@ -13,11 +13,10 @@ older than ``partial_timeout_s`` (time is an argument: no clock here).
 from __future__ import annotations
 
 import zlib
-from collections import deque
 from struct import Struct
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ._base import NEED_DATA, CodecBase, _NeedData
+from ._base import CodecBase
 
 MAGIC = 0x4654
 VERSION = 1
@@ -78,10 +77,7 @@ class Packets(CodecBase):
         self.max_partial_messages = max_partial_messages
         self.partial_timeout_s = partial_timeout_s
         self.expired = 0
-        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
-        self._pending = 0  # their total
-        self._need = HEADER_BYTES  # bytes that must be pending before a parse can progress
-        self._ready: deque[bytes] = deque()
+        self._need = HEADER_BYTES
         self._partials: dict[int, _Partial] = {}
         self._next_id = 0
         self._now = 0.0
@@ -98,28 +94,7 @@ class Packets(CodecBase):
         """
         if now is not None:
             self._now = now
-        if data:
-            self._chunks.append(data)
-            self._pending += len(data)
-
-    def next_event(self) -> bytes | _NeedData:
-        """The next whole message, or NEED_DATA.
-
-        Messages completed before a malformed packet are returned first.
-
-        Raises:
-            RemoteProtocolError: a malformed packet or a broken bound; the
-                ``reason`` is one of those docs/protocol.md lists. The codec
-                stays broken afterwards.
-        """
-        ready = self._ready
-        if not ready and self._error is None and self._pending >= self._need:
-            ready.extend(self.receive_messages(b""))
-        if ready:
-            return ready.popleft()
-        if self._error is not None:
-            raise self._error
-        return NEED_DATA
+        super().receive_data(data)
 
     def receive_messages(self, data: bytes, now: float | None = None) -> list[bytes]:
         """``receive_data(data, now)``, then every whole message now complete.
@@ -131,10 +106,8 @@ class Packets(CodecBase):
         Raises:
             RemoteProtocolError: the codec was already broken.
         """
-        if self._ready:  # queued by next_event: they come first
-            out = list(self._ready)
-            self._ready.clear()
-            return out + self.receive_messages(data, now)
+        if self._ready:
+            return self._take_ready() + self.receive_messages(data, now)
         if self._error is not None:
             raise self._error
         self.receive_data(data, now)
@@ -303,8 +276,4 @@ class Packets(CodecBase):
         return header + message + TRAILER.pack(zlib.crc32(message, zlib.crc32(header)))
 
     def _buffered(self) -> int:
-        return (
-            self._pending
-            + sum(len(m) for m in self._ready)
-            + sum(p.size for p in self._partials.values())
-        )
+        return super()._buffered() + sum(p.size for p in self._partials.values())
