@@ -6,6 +6,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -15,6 +16,14 @@ from helpers import BACKENDS, every_backend
 
 #: Backends that report errors and hang-ups with no interest registered.
 ERROR_REPORTING = [name for name in ("epoll", "poll") if name in BACKENDS]
+
+
+@pytest.fixture
+def poller(backend: str) -> Iterator[Poller]:
+    """A poller of the test's backend, closed after the test."""
+    poller = make_poller(backend)
+    yield poller
+    poller.close()
 
 
 def _events(poller: Poller, timeout: float = 1.0) -> dict[int, int]:
@@ -43,12 +52,8 @@ def test_make_poller_default_is_best_backend() -> None:
 
 
 @every_backend
-def test_make_poller_by_name(backend: str) -> None:
-    poller = make_poller(backend)
-    try:
-        assert poller.name == backend
-    finally:
-        poller.close()
+def test_make_poller_by_name(backend: str, poller: Poller) -> None:
+    assert poller.name == backend
 
 
 def test_unknown_backend_is_a_one_line_setup_error() -> None:
@@ -63,124 +68,100 @@ def test_unknown_backend_is_a_one_line_setup_error() -> None:
 
 @every_backend
 def test_read_readiness_when_data_arrives(
-    backend: str, pair: tuple[socket.socket, socket.socket]
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, b = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), READ)
-        assert poller.poll(0) == []
-        b.send(b"x")
-        ready = _events(poller)
-        assert set(ready) == {a.fileno()}
-        assert ready[a.fileno()] & READ
-        assert not ready[a.fileno()] & WRITE
-        # Level-triggered: still ready until the byte is read.
-        assert _events(poller, 0).get(a.fileno(), 0) & READ
-        assert a.recv(10) == b"x"
-        assert poller.poll(0) == []
-    finally:
-        poller.close()
+    poller.register(a.fileno(), READ)
+    assert poller.poll(0) == []
+    b.send(b"x")
+    ready = _events(poller)
+    assert set(ready) == {a.fileno()}
+    assert ready[a.fileno()] & READ
+    assert not ready[a.fileno()] & WRITE
+    # Level-triggered: still ready until the byte is read.
+    assert _events(poller, 0).get(a.fileno(), 0) & READ
+    assert a.recv(10) == b"x"
+    assert poller.poll(0) == []
 
 
 @every_backend
-def test_write_readiness(backend: str, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_write_readiness(poller: Poller, pair: tuple[socket.socket, socket.socket]) -> None:
     a, _ = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), WRITE)
-        ready = _events(poller)
-        assert ready[a.fileno()] & WRITE
-        assert not ready[a.fileno()] & READ
-    finally:
-        poller.close()
+    poller.register(a.fileno(), WRITE)
+    ready = _events(poller)
+    assert ready[a.fileno()] & WRITE
+    assert not ready[a.fileno()] & READ
 
 
 @every_backend
 def test_write_readiness_stops_while_buffer_is_full(
-    backend: str, pair: tuple[socket.socket, socket.socket]
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, b = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), WRITE)
-        chunk = b"\0" * 65536
-        with pytest.raises(BlockingIOError):
-            while True:
-                a.send(chunk)
-        assert poller.poll(0) == []
-        while True:  # drain the peer so a has room again
-            try:
-                b.recv(1 << 20)
-            except BlockingIOError:
-                break
-        assert _events(poller)[a.fileno()] & WRITE
-    finally:
-        poller.close()
+    poller.register(a.fileno(), WRITE)
+    chunk = b"\0" * 65536
+    with pytest.raises(BlockingIOError):
+        while True:
+            a.send(chunk)
+    assert poller.poll(0) == []
+    while True:  # drain the peer so a has room again
+        try:
+            b.recv(1 << 20)
+        except BlockingIOError:
+            break
+    assert _events(poller)[a.fileno()] & WRITE
 
 
 @every_backend
-def test_modify_changes_interest(backend: str, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_modify_changes_interest(poller: Poller, pair: tuple[socket.socket, socket.socket]) -> None:
     a, b = pair
     fd = a.fileno()
     b.send(b"x")  # a is both readable and writable from here on
-    poller = make_poller(backend)
-    try:
-        poller.register(fd, READ)
-        assert _events(poller)[fd] & (READ | WRITE) == READ
-        poller.modify(fd, WRITE)
-        assert _events(poller)[fd] & (READ | WRITE) == WRITE
-        poller.modify(fd, READ | WRITE)
-        assert _events(poller)[fd] & (READ | WRITE) == READ | WRITE
-        poller.modify(fd, 0)
-        assert poller.poll(0) == []
-    finally:
-        poller.close()
+    poller.register(fd, READ)
+    assert _events(poller)[fd] & (READ | WRITE) == READ
+    poller.modify(fd, WRITE)
+    assert _events(poller)[fd] & (READ | WRITE) == WRITE
+    poller.modify(fd, READ | WRITE)
+    assert _events(poller)[fd] & (READ | WRITE) == READ | WRITE
+    poller.modify(fd, 0)
+    assert poller.poll(0) == []
 
 
 @every_backend
-def test_unregister_stops_reports(backend: str, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_unregister_stops_reports(
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
+) -> None:
     a, b = pair
     b.send(b"x")
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), READ | WRITE)
-        assert a.fileno() in _events(poller)
-        poller.unregister(a.fileno())
-        assert poller.poll(0) == []
-        # Registered again after unregister: allowed, and reported again.
-        poller.register(a.fileno(), READ)
-        assert _events(poller)[a.fileno()] & READ
-    finally:
-        poller.close()
+    poller.register(a.fileno(), READ | WRITE)
+    assert a.fileno() in _events(poller)
+    poller.unregister(a.fileno())
+    assert poller.poll(0) == []
+    # Registered again after unregister: allowed, and reported again.
+    poller.register(a.fileno(), READ)
+    assert _events(poller)[a.fileno()] & READ
 
 
 @every_backend
-def test_registering_twice_raises(backend: str, pair: tuple[socket.socket, socket.socket]) -> None:
+def test_registering_twice_raises(
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
+) -> None:
     a, b = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), READ)
-        with pytest.raises(FileExistsError):
-            poller.register(a.fileno(), WRITE)
-        # The failed second register did not change the first one's interest.
-        b.send(b"x")
-        assert _events(poller)[a.fileno()] & (READ | WRITE) == READ
-    finally:
-        poller.close()
+    poller.register(a.fileno(), READ)
+    with pytest.raises(FileExistsError):
+        poller.register(a.fileno(), WRITE)
+    # The failed second register did not change the first one's interest.
+    b.send(b"x")
+    assert _events(poller)[a.fileno()] & (READ | WRITE) == READ
 
 
 @every_backend
 def test_modify_unregistered_raises(
-    backend: str, pair: tuple[socket.socket, socket.socket]
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, _ = pair
-    poller = make_poller(backend)
-    try:
-        with pytest.raises(FileNotFoundError):
-            poller.modify(a.fileno(), READ)
-    finally:
-        poller.close()
+    with pytest.raises(FileNotFoundError):
+        poller.modify(a.fileno(), READ)
 
 
 @every_backend
@@ -203,40 +184,32 @@ def test_several_fds_reported_together(backend: str) -> None:
 
 @every_backend
 def test_poll_timeout_waits_when_nothing_is_ready(
-    backend: str, pair: tuple[socket.socket, socket.socket]
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, _ = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), READ)
-        start = time.monotonic()
-        assert poller.poll(0.1) == []
-        elapsed = time.monotonic() - start
-        assert 0.095 <= elapsed < 1.0
-        # Sub-millisecond timeouts are rounded up, never down to a busy zero.
-        start = time.monotonic()
-        assert poller.poll(0.0004) == []
-        assert time.monotonic() - start >= 0.0003
-    finally:
-        poller.close()
+    poller.register(a.fileno(), READ)
+    start = time.monotonic()
+    assert poller.poll(0.1) == []
+    elapsed = time.monotonic() - start
+    assert 0.095 <= elapsed < 1.0
+    # Sub-millisecond timeouts are rounded up, never down to a busy zero.
+    start = time.monotonic()
+    assert poller.poll(0.0004) == []
+    assert time.monotonic() - start >= 0.0003
 
 
 @pytest.mark.parametrize("backend", ERROR_REPORTING)
 def test_hangup_reported_with_no_interest(
-    backend: str, pair: tuple[socket.socket, socket.socket]
+    poller: Poller, pair: tuple[socket.socket, socket.socket]
 ) -> None:
     a, b = pair
-    poller = make_poller(backend)
-    try:
-        poller.register(a.fileno(), 0)
-        assert poller.poll(0) == []
-        b.close()
-        ready = _events(poller)
-        assert set(ready) == {a.fileno()}
-        assert ready[a.fileno()] & ERROR
-        assert not ready[a.fileno()] & (READ | WRITE)
-    finally:
-        poller.close()
+    poller.register(a.fileno(), 0)
+    assert poller.poll(0) == []
+    b.close()
+    ready = _events(poller)
+    assert set(ready) == {a.fileno()}
+    assert ready[a.fileno()] & ERROR
+    assert not ready[a.fileno()] & (READ | WRITE)
 
 
 @pytest.mark.parametrize("backend", ERROR_REPORTING)
@@ -282,12 +255,8 @@ def test_select_fd_ceiling_is_fd_setsize() -> None:
 
 
 @pytest.mark.parametrize("backend", [name for name in BACKENDS if name != "select"])
-def test_other_backends_have_no_fd_ceiling(backend: str) -> None:
-    poller = make_poller(backend)
-    try:
-        assert poller.fd_ceiling is None
-    finally:
-        poller.close()
+def test_other_backends_have_no_fd_ceiling(poller: Poller) -> None:
+    assert poller.fd_ceiling is None
 
 
 @pytest.mark.parametrize("high_fd", [1024, 1500])
