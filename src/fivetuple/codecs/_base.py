@@ -17,7 +17,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Final
 
-from ..errors import RemoteProtocolError
+from ..errors import LocalProtocolError, RemoteProtocolError
 
 
 class _NeedData:
@@ -113,6 +113,14 @@ class CodecBase:
 
     def encode(self, message: bytes) -> bytes:
         raise NotImplementedError
+
+    @staticmethod
+    def _outgoing_size(message: bytes, limit: int) -> int:
+        """len(message), or LocalProtocolError if the peer would refuse it."""
+        size = len(message)
+        if size > limit:
+            raise LocalProtocolError(f"message of {size} bytes is over the limit of {limit}")
+        return size
 
     def _buffered(self) -> int:
         return self._pending + sum(len(m) for m in self._ready)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from struct import Struct
 
-from ..errors import LocalProtocolError
 from ._base import CodecBase
 
 #: Largest message accepted by default (the field could say 4 GiB).
@@ -90,11 +89,7 @@ class LengthPrefixed(CodecBase):
         Raises:
             LocalProtocolError: the message is over ``max_message_bytes``.
         """
-        size = len(message)
-        if size > self.max_message_bytes:
-            raise LocalProtocolError(
-                f"message of {size} bytes is over the limit of {self.max_message_bytes}"
-            )
+        size = self._outgoing_size(message, self.max_message_bytes)
         self.messages_out += 1
         self.bytes_out += size + HEADER_BYTES
         return _U32.pack(size) + message

@@ -241,11 +241,7 @@ class Packets(CodecBase):
         Raises:
             LocalProtocolError: the message is over ``max_message_bytes``.
         """
-        size = len(message)
-        if size > self.max_message_bytes:
-            raise LocalProtocolError(
-                f"message of {size} bytes is over the limit of {self.max_message_bytes}"
-            )
+        size = self._outgoing_size(message, self.max_message_bytes)
         msg_id = self._next_id
         self._next_id = (msg_id + 1) & 0xFFFFFFFF
         step = self.max_payload_bytes
