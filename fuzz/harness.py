@@ -22,6 +22,7 @@ from pathlib import Path
 
 from fivetuple import RemoteProtocolError
 from fivetuple.codecs import LengthPrefixed, Lines, Packets
+from fivetuple.codecs._packets import TRAILER
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
@@ -94,7 +95,7 @@ def mutate_packet_field(data: bytes, rng: random.Random) -> bytes:
     value = rng.choice([0, 1, 2, 3, top, top - 1, rng.randrange(top + 1)])
     buf[start + offset : start + offset + size] = value.to_bytes(size, "big")
     for begin, end in packet_spans(bytes(buf)):
-        buf[end : end + 4] = zlib.crc32(buf[begin:end]).to_bytes(4, "big")
+        buf[end : end + 4] = TRAILER.pack(zlib.crc32(buf[begin:end]))
     return bytes(buf)
 
 

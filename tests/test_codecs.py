@@ -22,13 +22,24 @@ def drain(codec: Codec) -> list[bytes]:
     return out
 
 
-def feed(codec: Codec, stream: bytes, cuts: list[int]) -> list[bytes]:
-    """Feed ``stream`` cut at ``cuts`` and collect every message."""
+def feed(codec: Codec, stream: bytes, cuts: list[int], api: str = "pull") -> list[bytes]:
+    """Feed ``stream`` cut at ``cuts`` and collect every message.
+
+    ``api`` is "pull" (receive_data, then next_event until NEED_DATA),
+    "batch" (receive_messages) or "mixed" (the two by turns). After every
+    piece, the bytes delivered plus the bytes buffered are the bytes fed.
+    """
     out: list[bytes] = []
     last = 0
-    for cut in [*sorted(cuts), len(stream)]:
-        codec.receive_data(stream[last:cut])
-        out += drain(codec)
+    for turn, cut in enumerate([*sorted(cuts), len(stream)]):
+        piece = stream[last:cut]
+        if api == "batch" or (api == "mixed" and turn % 2):
+            out += codec.receive_messages(piece)
+        else:
+            codec.receive_data(piece)
+            out += drain(codec)
+        stats = codec.statistics()
+        assert stats.bytes_in + stats.buffered_bytes == cut
         last = cut
     return out
 
@@ -45,28 +56,30 @@ messages_for = {
 
 @pytest.mark.parametrize("name", MAKERS)
 @pytest.mark.parametrize("how", ["whole", "byte-at-a-time"])
-def test_round_trip_fixed_messages(name: str, how: str) -> None:
+@pytest.mark.parametrize("api", ["pull", "batch", "mixed"])
+def test_round_trip_fixed_messages(name: str, how: str, api: str) -> None:
     messages = [b"", b"a", b"hello world", bytes(range(10)) * 100, b"x" * 60_000]
     if name == "lines":
         messages[3] = messages[3].replace(b"\n", b"")
     sender, receiver = MAKERS[name](), MAKERS[name]()
     stream = b"".join(sender.encode(m) for m in messages)
     cuts = list(range(1, len(stream))) if how == "byte-at-a-time" else []
-    assert feed(receiver, stream, cuts) == messages
+    assert feed(receiver, stream, cuts, api) == messages
     stats = receiver.statistics()
     assert (stats.messages_in, stats.bytes_in, stats.buffered_bytes) == (5, len(stream), 0)
     assert sender.statistics().bytes_out == len(stream)
 
 
 @pytest.mark.parametrize("name", MAKERS)
-@settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("api", ["pull", "batch", "mixed"])
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
-def test_round_trip_any_messages_any_cuts(name: str, data: st.DataObject) -> None:
+def test_round_trip_any_messages_any_cuts(name: str, api: str, data: st.DataObject) -> None:
     messages = data.draw(messages_for[name])
     sender, receiver = MAKERS[name](), MAKERS[name]()
     stream = b"".join(sender.encode(m) for m in messages)
     cuts = data.draw(st.lists(st.integers(0, len(stream)), max_size=30))
-    assert feed(receiver, stream, cuts) == messages
+    assert feed(receiver, stream, cuts, api) == messages
     assert receiver.statistics().buffered_bytes == 0
 
 

@@ -47,6 +47,7 @@ def packet(
     return header + payload + TRAILER.pack(crc)
 
 
+@pytest.mark.parametrize("api", ["pull", "batch"])
 @settings(max_examples=100, deadline=None)
 @given(
     messages=st.lists(st.binary(max_size=700), max_size=8),
@@ -54,15 +55,18 @@ def packet(
     data=st.data(),
 )
 def test_round_trip_fragmented_and_cut_anywhere(
-    messages: list[bytes], payload: int, data: st.DataObject
+    api: str, messages: list[bytes], payload: int, data: st.DataObject
 ) -> None:
     sender, receiver = Packets(max_payload_bytes=payload), Packets(max_payload_bytes=payload)
     stream = b"".join(sender.encode(m) for m in messages)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=20)))
     out: list[bytes] = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
-        receiver.receive_data(stream[start:end])
-        out += drain(receiver)
+        if api == "batch":
+            out += receiver.receive_messages(stream[start:end])
+        else:
+            receiver.receive_data(stream[start:end])
+            out += drain(receiver)
     assert out == messages
     stats = receiver.statistics()
     assert (stats.messages_in, stats.bytes_in, stats.buffered_bytes) == (
@@ -162,6 +166,25 @@ def test_malformed_packets_raise_their_reason(
     with pytest.raises(RemoteProtocolError) as again:
         codec.next_event()
     assert again.value is info.value
+
+
+@pytest.mark.parametrize(("case", "make", "reason"), MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_packet_cut_in_two_after_a_good_one(
+    case: str, make: Callable[[], bytes], reason: str
+) -> None:
+    """The batched API, cut anywhere: the good message comes out, then the reason."""
+    good = packet(b"good", msg_id=99)
+    stream = good + make()
+    for cut in range(1, len(stream), max(1, len(stream) // 60)):
+        codec = Packets(max_payload_bytes=100, max_message_bytes=10_000, max_partial_messages=4)
+        out = codec.receive_messages(stream[:cut])
+        if codec.error is None:  # else the next call raises it
+            out += codec.receive_messages(stream[cut:])
+        assert out == [b"good"], cut
+        assert codec.error is not None and codec.error.reason == reason, cut
+        assert codec.statistics().messages_in == 1
+        with pytest.raises(RemoteProtocolError):
+            codec.receive_messages(b"")
 
 
 def test_stale_partial_messages_expire_with_time_passed_in() -> None:

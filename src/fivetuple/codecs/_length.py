@@ -15,11 +15,13 @@ _U32 = Struct(">I")
 class LengthPrefixed(CodecBase):
     """Length-prefixed messages.
 
-    Parsing is batched: when enough bytes for the pending message have
-    arrived, one tight loop slices every whole message out of the joined
-    bytes into a ready queue, and ``next_event`` pops from it. Chunks are
-    joined only then, so a large message arriving in small pieces is copied
-    once, not once per piece.
+    Parsing is batched: one tight loop slices every whole message out of a
+    chunk. A message cut by the chunk's end is kept as the head of its
+    payload, its header already read; the chunk that completes it is not
+    joined to it but cut once (``head + data[:k]``), and the loop goes on in
+    that chunk where the message ended. So each payload byte is copied once
+    or twice, however the stream is cut, and a large message arriving in
+    small pieces is joined once, not once per piece.
 
     Args:
         max_message_bytes: a length field above this is a protocol error
@@ -33,6 +35,7 @@ class LengthPrefixed(CodecBase):
         super().__init__()
         self.max_message_bytes = max_message_bytes
         self._need = HEADER_BYTES
+        self._size = -1  # the buffered message's length, once its header is read
 
     def receive_messages(self, data: bytes) -> list[bytes]:
         """See ``CodecBase.receive_messages``: one loop slices every whole
@@ -42,15 +45,32 @@ class LengthPrefixed(CodecBase):
             return self._take_ready() + self.receive_messages(data)
         if self._error is not None:
             raise self._error
+        out = []
+        pos = start = 0
         chunks = self._chunks
-        if chunks:  # receive_data, inlined: this runs once per chunk
-            if data:
-                chunks.append(data)
-                self._pending += len(data)
-            if self._pending < self._need:
+        if chunks:  # a message (or a header) began in an earlier chunk
+            pending = self._pending + len(data)
+            if pending < self._need:
+                if data:
+                    chunks.append(data)
+                    self._pending = pending
                 return []
-            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        elif len(data) < self._need:
+            size = self._size
+            if size < 0:  # the header itself was cut: rare, join it all
+                chunks.append(data)
+                data = b"".join(chunks)
+            else:  # the payload's head is buffered, its header already read
+                pos = size - self._pending  # bytes of data that complete it
+                if pos >= 0:
+                    out.append(b"".join(chunks) + data[:pos])
+                else:  # receive_data buffered past it: join it all
+                    chunks.append(data)
+                    data = b"".join(chunks)
+                    out.append(data[:size])
+                    pos = size
+                start = pos - size - HEADER_BYTES  # counted once delivered
+                self._size = -1
+        elif len(data) < HEADER_BYTES:
             if data:
                 self._chunks = [data]
                 self._pending = len(data)
@@ -58,10 +78,7 @@ class LengthPrefixed(CodecBase):
         total = len(data)
         limit = self.max_message_bytes
         unpack = _U32.unpack_from
-        out = []
         append = out.append
-        pos = 0
-        need = HEADER_BYTES
         while total - pos >= HEADER_BYTES:
             size = unpack(data, pos)[0]
             if size > limit:
@@ -69,19 +86,27 @@ class LengthPrefixed(CodecBase):
                     f"message length {size} is over the limit of {limit} bytes",
                     "length-over-limit",
                 )
+                self._chunks = [data[pos:]]
                 break
             end = pos + HEADER_BYTES + size
-            if end > total:
-                need = HEADER_BYTES + size
+            if end > total:  # keep the payload's head, the header read
+                self._size = self._need = size
+                pos += HEADER_BYTES
+                start += HEADER_BYTES  # bytes_in counts delivered messages
+                self._chunks = [data[pos:]]
                 break
             append(data[pos + HEADER_BYTES : end])
             pos = end
+        else:
+            self._need = HEADER_BYTES
+            self._chunks = [data[pos:]] if pos < total else []
         self.messages_in += len(out)
-        self.bytes_in += pos
-        self._chunks = [data[pos:]] if pos < total else []
+        self.bytes_in += pos - start
         self._pending = total - pos
-        self._need = need
         return out
+
+    def _buffered(self) -> int:
+        return super()._buffered() + (HEADER_BYTES if self._size >= 0 else 0)
 
     def encode(self, message: bytes) -> bytes:
         """The bytes that carry ``message``.

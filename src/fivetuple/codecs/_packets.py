@@ -28,8 +28,13 @@ HEADER_BYTES = HEADER.size  # 20
 # index and count in one u64 (a message of one fragment reads as 1).
 _FAST = Struct(">IHHIQ")
 _EXPECTED = (MAGIC << 16) | (VERSION << 8) | TYPE_DATA
-TRAILER = Struct(">I")
+# The CRC is stored least significant byte first, as Ethernet sends its FCS
+# and gzip stores its CRC-32. Then the CRC-32 of header, payload and trailer
+# together is always this constant (the "residue"), so a receiver checks a
+# packet with one zlib.crc32 call and one compare of a small integer.
+TRAILER = Struct("<I")
 TRAILER_BYTES = TRAILER.size  # 4
+CRC_RESIDUE = 0x2144DF1C
 OVERHEAD_BYTES = HEADER_BYTES + TRAILER_BYTES
 
 MAX_PAYLOAD_BYTES = 16 * 1024
@@ -110,50 +115,92 @@ class Packets(CodecBase):
             return self._take_ready() + self.receive_messages(data, now)
         if self._error is not None:
             raise self._error
-        self.receive_data(data, now)
-        if self._pending < self._need:
-            return []
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        total = len(data)
-        view = memoryview(data)
-        unpack = HEADER.unpack_from
-        fast = _FAST.unpack_from
-        trailer = TRAILER.unpack_from
-        crc32 = zlib.crc32
-        max_payload = self.max_payload_bytes
+        if now is not None:
+            self._now = now
         out: list[bytes] = []
-        pos = 0
-        need = HEADER_BYTES
+        pos = start = 0
+        chunks = self._chunks
+        crc32 = zlib.crc32
+        fast = _FAST.unpack_from
         try:
-            while total - pos >= HEADER_BYTES:
-                head, bits, length, msg_id, index_count = fast(data, pos)
-                if head != _EXPECTED or bits or length > max_payload:
-                    self._check_header(*unpack(data, pos)[:6])
-                end = pos + HEADER_BYTES + length
-                if end + TRAILER_BYTES > total:
-                    need = HEADER_BYTES + length + TRAILER_BYTES
-                    break
-                if crc32(view[pos:end]) != trailer(data, end)[0]:
-                    raise self._fail("CRC-32 does not match the packet", "crc-mismatch")
-                if index_count == 1:  # index 0 of 1: a whole message
-                    out.append(data[pos + HEADER_BYTES : end])
-                else:
-                    index, count = index_count >> 32, index_count & 0xFFFFFFFF
-                    self._check_fragment(index, count, length)
-                    message = self._reassemble(msg_id, index, count, data[pos + HEADER_BYTES : end])
-                    if message is not None:
-                        out.append(message)
-                pos = end + TRAILER_BYTES
+            if chunks:  # a packet (or a header) began in an earlier chunk
+                pending = self._pending + len(data)
+                if pending < self._need:
+                    if data:
+                        chunks.append(data)
+                        self._pending = pending
+                    return []
+                rest = self._need - self._pending  # bytes of data that end the packet
+                start = -self._pending
+                if self._need > HEADER_BYTES and rest >= TRAILER_BYTES:
+                    # The header was checked when the packet was cut: check
+                    # the CRC over both pieces, and join the payload once.
+                    head = b"".join(chunks)
+                    pos = rest - TRAILER_BYTES
+                    tail = data[:pos]
+                    if crc32(data[pos:rest], crc32(tail, crc32(head))) != CRC_RESIDUE:
+                        chunks.append(data)  # kept, as the loop keeps a bad packet
+                        self._pending = pending
+                        pos = start = 0
+                        raise self._fail("CRC-32 does not match the packet", "crc-mismatch")
+                    _, _, length, msg_id, index_count = fast(head)
+                    payload = head[HEADER_BYTES:] + tail
+                    if index_count == 1:
+                        out.append(payload)
+                    else:
+                        self._fragment(msg_id, index_count, length, payload, out)
+                    pos = rest
+                else:  # the header or the trailer was cut: join it all
+                    chunks.append(data)
+                    data = b"".join(chunks)
+                    start = 0
+            elif len(data) < HEADER_BYTES:
+                if data:
+                    self._chunks = [data]
+                    self._pending = len(data)
+                return []
+            total = len(data)
+            view = memoryview(data)
+            unpack = HEADER.unpack_from
+            max_payload = self.max_payload_bytes
+            need = HEADER_BYTES
+            try:
+                while total - pos >= HEADER_BYTES:
+                    head, bits, length, msg_id, index_count = fast(data, pos)
+                    if head != _EXPECTED or bits or length > max_payload:
+                        self._check_header(*unpack(data, pos)[:6])
+                    end = pos + HEADER_BYTES + length
+                    if end + TRAILER_BYTES > total:
+                        need = HEADER_BYTES + length + TRAILER_BYTES
+                        break
+                    if crc32(view[pos : end + TRAILER_BYTES]) != CRC_RESIDUE:
+                        raise self._fail("CRC-32 does not match the packet", "crc-mismatch")
+                    if index_count == 1:  # index 0 of 1: a whole message
+                        out.append(data[pos + HEADER_BYTES : end])
+                    else:
+                        payload = data[pos + HEADER_BYTES : end]
+                        self._fragment(msg_id, index_count, length, payload, out)
+                    pos = end + TRAILER_BYTES
+            finally:
+                view.release()
+                self._chunks = [data[pos:]] if pos < total else []
+                self._pending = total - pos
+                self._need = need
         except RemoteProtocolError:
             pass  # recorded on self.error; raised by the next call
-        view.release()
         self.messages_in += len(out)
-        self.bytes_in += pos
-        self._chunks = [data[pos:]] if pos < total else []
-        self._pending = total - pos
-        self._need = need
+        self.bytes_in += pos - start
         return out
+
+    def _fragment(
+        self, msg_id: int, index_count: int, length: int, payload: bytes, out: list[bytes]
+    ) -> None:
+        """File one fragment away; append its message to ``out`` once whole."""
+        index, count = index_count >> 32, index_count & 0xFFFFFFFF
+        self._check_fragment(index, count, length)
+        message = self._reassemble(msg_id, index, count, payload)
+        if message is not None:
+            out.append(message)
 
     def _check_header(
         self, magic: int, version: int, kind: int, flags: int, reserved: int, length: int
