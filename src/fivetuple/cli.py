@@ -173,6 +173,133 @@ def client(target: str, codec: str, send_file: str | None, timeout: float) -> No
     sys.exit(run_client(target, codec, send_file, timeout))
 
 
+@cli.command()
+@click.argument("args", nargs=-1, required=True, metavar="[echo|hold|connect] TARGET")
+@click.option(
+    "--conns", type=click.IntRange(min=1), default=50, show_default=True, help="Connections."
+)
+@click.option(
+    "--size", type=int, default=64, show_default=True, metavar="BYTES", help="Message size (echo)."
+)
+@click.option(
+    "--pipeline",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Messages in flight per connection (echo, closed loop).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to run (after connecting).",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="R",
+    help="Open loop: R messages/s per connection; latency counts from when each was due.",
+)
+@click.option(
+    "--procs",
+    type=click.IntRange(min=1, max=256),
+    default=1,
+    show_default=True,
+    metavar="K",
+    help="Worker processes; their results are merged.",
+)
+@click.option(
+    "--source-addrs",
+    default=None,
+    metavar="RANGE",
+    help="Spread connections over source addresses, e.g. 127.0.0.2-127.0.0.254.",
+)
+@click.option(
+    "--connect-rate",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="N",
+    help="Open at most N connections per second (per process).",
+)
+@click.option(
+    "--timeout",
+    "reply_timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="A reply later than this is counted missing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Progress bar on stderr (default: when it is a terminal).",
+)
+def bench(
+    args: tuple[str, ...],
+    conns: int,
+    size: int,
+    pipeline: int,
+    duration: float,
+    rate: float | None,
+    procs: int,
+    source_addrs: str | None,
+    connect_rate: float | None,
+    reply_timeout: float,
+    as_json: bool,
+    progress: bool | None,
+) -> None:
+    """Load TARGET (tcp://HOST:PORT or unix://PATH) and report what it did.
+
+    \b
+    echo     each connection sends a numbered, checksummed message and waits
+             for it back (or --rate: sends on a schedule); every reply is
+             verified, and a wrong, missing or reordered one is an error
+    hold     open --conns connections, keep them idle for --duration, then
+             check with one echo each that they are still up
+    connect  open and close connections, --conns at a time: connections/s
+
+    Exit status: 0 if all went well, 1 if anything failed (an error, a failed
+    or lost connection, a limit), 2 for a bad option or an unreachable target.
+    """
+    import json
+
+    from .loadgen import MODES, BenchConfig, failed, parse_source_addrs, render, run_bench
+
+    if len(args) == 1:
+        mode, target = "echo", args[0]
+    elif len(args) == 2 and args[0] in MODES:
+        mode, target = args
+    else:
+        raise click.UsageError(f"expected [{'|'.join(MODES)}] TARGET, got {' '.join(args)!r}")
+    config = BenchConfig(
+        target=target,
+        mode=mode,
+        conns=conns,
+        size=size,
+        pipeline=pipeline,
+        duration=duration,
+        rate=rate,
+        procs=procs,
+        source_addrs=parse_source_addrs(source_addrs) if source_addrs else (),
+        connect_rate=connect_rate,
+        reply_timeout=reply_timeout,
+    )
+    report = run_bench(config, show_progress=progress)
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        from rich.console import Console
+
+        Console().print(render(report))
+    sys.exit(1 if failed(report) else 0)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI, turning a person's mistakes into one line."""
     try:

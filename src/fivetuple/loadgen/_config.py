@@ -1,0 +1,79 @@
+"""What a bench run was asked to do, checked once, with one-line errors."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from ..errors import SetupError
+from ._message import MIN_SIZE
+
+MODES = ("echo", "hold", "connect")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """One run of ``fivetuple bench``; see ``fivetuple bench --help``."""
+
+    target: str
+    mode: str = "echo"
+    conns: int = 50
+    size: int = 64
+    pipeline: int = 1
+    duration: float = 10.0
+    rate: float | None = None
+    procs: int = 1
+    source_addrs: tuple[str, ...] = ()
+    connect_rate: float | None = None
+    connect_timeout: float = 10.0
+    reply_timeout: float = 5.0
+    backend: str | None = None
+
+    def check(self) -> None:
+        """Raises SetupError naming the first option that cannot work."""
+        if self.mode not in MODES:
+            raise SetupError(f"unknown mode {self.mode!r}; use one of {', '.join(MODES)}")
+        if self.conns < 1:
+            raise SetupError("--conns must be at least 1")
+        if self.size < MIN_SIZE:
+            raise SetupError(
+                f"--size must be at least {MIN_SIZE} bytes (each message carries a "
+                "sequence number and a checksum)"
+            )
+        if self.pipeline < 1:
+            raise SetupError("--pipeline must be at least 1")
+        if not self.duration > 0:
+            raise SetupError("--duration must be more than 0 seconds")
+        if self.rate is not None and not self.rate > 0:
+            raise SetupError("--rate must be more than 0 messages per second")
+        if self.connect_rate is not None and not self.connect_rate > 0:
+            raise SetupError("--connect-rate must be more than 0 connections per second")
+        if not 1 <= self.procs <= 256:
+            raise SetupError("--procs must be between 1 and 256")
+        if self.procs > self.conns:
+            raise SetupError(f"--procs {self.procs} is more than --conns {self.conns}")
+
+
+def parse_source_addrs(text: str) -> tuple[str, ...]:
+    """``127.0.0.2-127.0.0.254`` or ``a,b,c`` (or one address) -> the addresses.
+
+    Raises:
+        SetupError: not addresses, a range that runs backwards, or not loopback.
+    """
+    addresses: list[str] = []
+    for part in text.split(","):
+        first, sep, last = part.strip().partition("-")
+        try:
+            low = ipaddress.ip_address(first)
+            high = ipaddress.ip_address(last) if sep else low
+        except ValueError:
+            raise SetupError(
+                f"--source-addrs {text!r}: {part!r} is not an address or a range "
+                "such as 127.0.0.2-127.0.0.254"
+            ) from None
+        if low.version != high.version or int(high) < int(low):
+            raise SetupError(f"--source-addrs {text!r}: the range {part!r} runs backwards")
+        if int(high) - int(low) >= 65536:
+            raise SetupError(f"--source-addrs {text!r}: more than 65,536 addresses")
+        addresses += [str(ipaddress.ip_address(n)) for n in range(int(low), int(high) + 1)]
+    return tuple(addresses)
