@@ -39,8 +39,9 @@ def raise_nofile() -> tuple[int, int]:
     return soft, hard
 
 
-def resolve(target: str) -> tuple[int, Any]:
-    """The family and address to connect to, checked by one blocking connect.
+def resolve(target: str, source: str | None = None) -> tuple[int, Any]:
+    """The family and address to connect to, checked by one blocking connect
+    (from ``source``, the first source address, if there is one).
 
     Raises:
         SetupError: one line naming the target and what went wrong.
@@ -55,6 +56,14 @@ def resolve(target: str) -> tuple[int, Any]:
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(PROBE_TIMEOUT_S)
     try:
+        if source is not None:
+            try:
+                probe.bind((source, 0))
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot connect from source address {source}: {exc.strerror}; "
+                    "--source-addrs must be addresses of this machine (127.x.y.z on loopback)"
+                ) from None
         probe.connect(address)
     except ConnectionRefusedError:
         raise SetupError(
@@ -109,7 +118,7 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
         SetupError: a bad option, or a target that cannot be reached.
     """
     config.check()
-    family, address = resolve(config.target)
+    family, address = resolve(config.target, (config.source_addrs or (None,))[0])
     soft, _ = raise_nofile()
     per_worker = -(-config.conns // config.procs)
     if config.mode != "connect" and per_worker + SPARE_FDS > soft:

@@ -1,0 +1,1192 @@
+"""The echo matrix: fivetuple against its peers, each server written in its own style.
+
+usage: python bench/matrix.py [--rounds 3] [--duration 5] [--servers a,b] [--quick]
+                              [--write docs/benchmarks.md] [--json-out FILE]
+       python bench/matrix.py --from-json FILE [--write docs/benchmarks.md]
+
+Theory of operation
+-------------------
+Every measurement starts its server fresh (one small file per peer under
+``bench/servers/``, or ``fivetuple serve echo``), waits for the one line
+``listening on tcp://HOST:PORT``, runs one ``fivetuple bench`` against it and
+stops it (SIGTERM, SIGKILL after 3 s). A fresh server per measurement costs
+about half a second of start-up, which is not measured, and buys independence:
+no cell inherits another's heap, thread pool or half-closed connections, and a
+server that crashes costs one measurement, which is reported, not the run.
+
+The order is round, then cell, then server (reversed every other round, so no
+server is always first after a pause), so a noisy neighbour on this shared
+machine hurts every server alike; after the echo cells each round measures
+idle memory and accept rate per server. Tables quote medians over the rounds;
+the "vs fivetuple" ratios are medians of per-round ratios, which cancel the
+machine's slow drift better than a ratio of medians.
+
+What is measured, per server and cell:
+
+- round trips per second and latency p50/p99: the load generator's JSON;
+- server CPU per round trip: utime+stime of the server PID (/proc/PID/stat,
+  all its threads) read just before the load starts and again once the
+  server has closed the load's connections, over the JSON's round trips. It
+  includes connecting and tearing down, a small share at >= 5 s per run;
+- memory per idle connection: VmRSS growth of the server while
+  ``fivetuple bench hold`` keeps 10,000 idle connections open (read once the
+  server's descriptor count has grown by 10,000, or after 30 s), per connection;
+- accepts per second: ``fivetuple bench connect`` (open and close churn).
+
+The server runs on CPU 0, the load (and this script) on CPU 1, when taskset
+exists and there are 2 CPUs or more. taskset execs the server, so the PID we
+read is the server's; this is checked. A run whose JSON reports errors,
+failed or lost connections, or an early stop is flagged in the tables with
+its reason and left out of the medians, never averaged in silently.
+
+Raw results are saved after every measurement (``--json-out``, default
+``bench/results/matrix.json``); ``--from-json`` renders a saved file without
+running anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+SERVERS_DIR = HERE / "servers"
+DEFAULT_JSON_OUT = HERE / "results" / "matrix.json"
+MARK_BEGIN = "<!-- matrix:begin -->"
+MARK_END = "<!-- matrix:end -->"
+SECTION_HEADING = "## Echo matrix: fivetuple against its peers (issue 4)"
+TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+SERVER_CPU = 0
+LOAD_CPU = 1
+BANNER_TIMEOUT_S = 10.0
+STOP_GRACE_S = 3.0
+LOAD_SLACK_S = 60.0
+FD_WAIT_S = 30.0
+SETTLE_S = 0.3
+DRAIN_WAIT_S = 2.0
+USAGE_EXIT = 2
+RESULTS_VERSION = 1
+REFERENCE = "fivetuple"
+BANNER_RE = re.compile(r"listening on tcp://(\S+):(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One echo server: how to start it and what it needs installed."""
+
+    name: str
+    argv: tuple[str, ...]
+    style: str
+    needs: tuple[str, ...] = ()  # import names that must be installed
+    dists: tuple[str, ...] = ()  # distributions whose versions are reported
+
+
+def _script(name: str, *extra: str) -> tuple[str, ...]:
+    return (sys.executable, str(SERVERS_DIR / name), *extra, "0")
+
+
+PEERS: dict[str, Peer] = {
+    peer.name: peer
+    for peer in (
+        Peer(
+            "fivetuple",
+            (sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"),
+            "fivetuple serve echo (epoll)",
+            ("fivetuple",),
+            ("fivetuple",),
+        ),
+        Peer("asyncio", _script("asyncio_echo.py"), "asyncio Protocol, default loop"),
+        Peer(
+            "asyncio-streams",
+            _script("asyncio_streams_echo.py"),
+            "asyncio start_server streams, default loop",
+        ),
+        Peer(
+            "uvloop",
+            _script("asyncio_echo.py", "--uvloop"),
+            "asyncio Protocol on uvloop",
+            ("uvloop",),
+            ("uvloop",),
+        ),
+        Peer("trio", _script("trio_echo.py"), "trio.serve_tcp", ("trio",), ("trio",)),
+        Peer(
+            "gevent",
+            _script("gevent_echo.py"),
+            "gevent StreamServer, a greenlet per connection",
+            ("gevent",),
+            ("gevent", "greenlet"),
+        ),
+        Peer(
+            "twisted",
+            _script("twisted_echo.py"),
+            "Twisted Protocol + Factory, epoll reactor",
+            ("twisted",),
+            ("Twisted",),
+        ),
+        Peer(
+            "threads",
+            _script("threads_echo.py"),
+            "socketserver.ThreadingTCPServer, a thread per connection",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Cell:
+    """One echo load: message size in bytes, connections, messages in flight per connection."""
+
+    size: int
+    conns: int
+    pipeline: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.size}B-c{self.conns}-p{self.pipeline}"
+
+    @property
+    def label(self) -> str:
+        return f"{_size_text(self.size)} x{self.conns} p{self.pipeline}"
+
+
+FULL_CELLS = (
+    *(
+        Cell(size, conns, pipeline)
+        for size in (64, 1024)
+        for conns in (10, 50, 1000)
+        for pipeline in (1, 8)
+    ),
+    Cell(10 * 1024, 10, 1),
+    Cell(100 * 1024, 10, 1),
+)
+QUICK_CELLS = (Cell(1024, 50, 1), Cell(64, 1000, 8))
+FULL_IDLE_CONNS = 10_000
+QUICK_IDLE_CONNS = 1_000
+
+
+class Failure(Exception):
+    """A server or a load run that did not work; reported and skipped, never fatal."""
+
+
+# -- processes -----------------------------------------------------------------
+
+
+def pinning_available() -> bool:
+    return shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
+
+
+def pinned(cpu: int, argv: Iterable[str], pin: bool) -> list[str]:
+    return ["taskset", "-c", str(cpu), *argv] if pin else list(argv)
+
+
+def child_env() -> dict[str, str]:
+    """The working tree's fivetuple first, whatever is installed."""
+    env = dict(os.environ)
+    src = str(ROOT / "src")
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def _tail(path: Path, limit: int = 300) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return " ".join(text[-limit:].split())
+
+
+class RunningServer:
+    """A server process started for one measurement; use as a context manager.
+
+    Its stdout and stderr go to temporary files (never a pipe that could fill
+    and block it); the banner is polled from the stdout file.
+    """
+
+    def __init__(self, peer: Peer, pin: bool) -> None:
+        self.peer = peer
+        self._dir = tempfile.TemporaryDirectory(prefix="matrix-")
+        self._out = Path(self._dir.name) / "stdout"
+        self._err = Path(self._dir.name) / "stderr"
+        with self._out.open("wb") as out, self._err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                pinned(SERVER_CPU, peer.argv, pin),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=child_env(),
+                cwd=ROOT,
+            )
+        self.pid = self.proc.pid
+        try:
+            self.port = self._wait_banner()
+            self._check_pid()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _wait_banner(self) -> int:
+        deadline = time.monotonic() + BANNER_TIMEOUT_S
+        while time.monotonic() < deadline:
+            text = self._out.read_text(errors="replace")
+            if match := BANNER_RE.search(text):
+                return int(match.group(2))
+            if self.proc.poll() is not None:
+                raise Failure(
+                    f"{self.peer.name} exited with status {self.proc.returncode} before "
+                    f"listening: {_tail(self._err) or _tail(self._out)}"
+                )
+            time.sleep(0.02)
+        raise Failure(
+            f"{self.peer.name} printed no 'listening on' line in {BANNER_TIMEOUT_S:g} s: "
+            f"{_tail(self._err) or _tail(self._out)}"
+        )
+
+    def _check_pid(self) -> None:
+        # taskset execs the server, so the PID must now be the server itself.
+        comm = Path(f"/proc/{self.pid}/comm").read_text().strip()
+        if comm == "taskset":
+            raise Failure(f"{self.peer.name}: PID {self.pid} is still taskset, not the server")
+
+    def cpu_seconds(self) -> tuple[float, float]:
+        """(user, system) seconds of the whole process, all threads."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # After the ")" field 3 (state) is index 0, so utime (14) and stime (15) are 11, 12.
+        return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise Failure(f"{self.peer.name}: no VmRSS in /proc/{self.pid}/status")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def wait_fds(self, done: Callable[[int], bool], timeout: float) -> int:
+        """Poll the descriptor count until done(count) or the timeout; returns the last count."""
+        deadline = time.monotonic() + timeout
+        count = self.fd_count()
+        while not done(count) and time.monotonic() < deadline:
+            self.alive()
+            time.sleep(0.05)
+            count = self.fd_count()
+        return count
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise Failure(
+                f"{self.peer.name} died with status {self.proc.returncode}: {_tail(self._err)}"
+            )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._dir.cleanup()
+
+
+def bench_argv(mode: str, port: int, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fivetuple",
+        "bench",
+        mode,
+        f"tcp://127.0.0.1:{port}",
+        *options,
+        "--json",
+    ]
+
+
+def _parse_report(stdout: str, returncode: int, stderr: str) -> dict[str, Any]:
+    text = stdout.strip()
+    for candidate in (text, text.splitlines()[-1] if text else ""):
+        try:
+            report = json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(report, dict):
+            return report
+    raise Failure(
+        f"load exited with status {returncode} and no JSON report: "
+        f"{' '.join(stderr.strip()[-300:].split()) or text[-300:]}"
+    )
+
+
+def run_load(argv: list[str], timeout: float, pin: bool) -> tuple[dict[str, Any], int]:
+    """Run one ``fivetuple bench`` to completion; returns its report and exit status."""
+    try:
+        done = subprocess.run(
+            pinned(LOAD_CPU, argv, pin),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=child_env(),
+            cwd=ROOT,
+        )
+    except subprocess.TimeoutExpired:
+        raise Failure(f"load did not finish within {timeout:g} s") from None
+    return _parse_report(done.stdout, done.returncode, done.stderr), done.returncode
+
+
+class BackgroundLoad:
+    """A ``fivetuple bench`` running while we watch the server; output to temp files."""
+
+    def __init__(self, argv: list[str], pin: bool) -> None:
+        self._dir = tempfile.TemporaryDirectory(prefix="matrix-load-")
+        self._out = Path(self._dir.name) / "stdout"
+        self._err = Path(self._dir.name) / "stderr"
+        with self._out.open("wb") as out, self._err.open("wb") as err:
+            self.proc = subprocess.Popen(
+                pinned(LOAD_CPU, argv, pin),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                env=child_env(),
+                cwd=ROOT,
+            )
+
+    def finish(self, timeout: float) -> tuple[dict[str, Any], int]:
+        try:
+            returncode = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise Failure(f"load did not finish within {timeout:g} s") from None
+        stdout = self._out.read_text(errors="replace")
+        return _parse_report(stdout, returncode, self._err.read_text(errors="replace")), returncode
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def close(self) -> None:
+        self.kill()
+        self._dir.cleanup()
+
+
+# -- flags: anything that must not be averaged in silently ----------------------
+
+
+def report_flags(report: dict[str, Any], returncode: int, want_conns: int | None) -> list[str]:
+    """Reasons to distrust one load report; empty when the run was clean."""
+    flags: list[str] = []
+    connections = report.get("connections") or {}
+    if report.get("error_count"):
+        flags.append(f"{report['error_count']} errors {_counts(report.get('errors'))}")
+    if failed := sum((connections.get("failed") or {}).values()):
+        flags.append(f"{failed} connections failed {_counts(connections.get('failed'))}")
+    if lost := sum((connections.get("lost") or {}).values()):
+        flags.append(f"{lost} connections lost {_counts(connections.get('lost'))}")
+    established = connections.get("established")
+    if want_conns is not None and established is not None and established < want_conns:
+        flags.append(f"{established:,} of {want_conns:,} connections established")
+    if stopped := report.get("stopped_by"):
+        flags.append(f"stopped by {stopped.get('limit')}: {stopped.get('detail')}")
+    if returncode != 0:
+        flags.append(f"load exit status {returncode}")
+    return flags
+
+
+def _counts(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    return "(" + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")"
+
+
+# -- measurements ----------------------------------------------------------------
+
+
+def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str, Any]:
+    """Round trips/s, latency and server CPU per round trip for one cell."""
+    with RunningServer(peer, pin) as server:
+        base_fds = server.fd_count()
+        user0, sys0 = server.cpu_seconds()
+        report, returncode = run_load(
+            bench_argv(
+                "echo",
+                server.port,
+                *("--conns", str(cell.conns), "--size", str(cell.size)),
+                *("--pipeline", str(cell.pipeline), "--duration", f"{duration:g}"),
+            ),
+            duration + LOAD_SLACK_S,
+            pin,
+        )
+        # Count the teardown in: wait (briefly) until the server closed the load's sockets.
+        server.wait_fds(lambda n: n <= base_fds, DRAIN_WAIT_S)
+        server.alive()
+        user1, sys1 = server.cpu_seconds()
+    round_trips = int(report.get("round_trips") or 0)
+    flags = report_flags(report, returncode, cell.conns)
+    if round_trips == 0:
+        flags.append("no round trips")
+    latency = report.get("latency_us") or {}
+    per_rt = 1e6 / round_trips if round_trips else None
+    return {
+        "rps": report.get("round_trips_per_s"),
+        "round_trips": round_trips,
+        "cpu_user_us": (user1 - user0) * per_rt if per_rt else None,
+        "cpu_sys_us": (sys1 - sys0) * per_rt if per_rt else None,
+        "cpu_us": (user1 - user0 + sys1 - sys0) * per_rt if per_rt else None,
+        "p50_us": latency.get("p50"),
+        "p99_us": latency.get("p99"),
+        "flags": flags,
+        "load": report,
+    }
+
+
+def measure_idle(peer: Peer, count: int, hold_duration: float, pin: bool) -> dict[str, Any]:
+    """RSS growth of the server per idle connection while ``count`` are held open."""
+    with RunningServer(peer, pin) as server:
+        time.sleep(SETTLE_S)
+        base_fds = server.fd_count()
+        rss0 = server.rss_bytes()
+        load = BackgroundLoad(
+            bench_argv(
+                "hold", server.port, "--conns", str(count), "--duration", f"{hold_duration:g}"
+            ),
+            pin,
+        )
+        try:
+            reached = server.wait_fds(lambda n: n >= base_fds + count, FD_WAIT_S) - base_fds
+            time.sleep(SETTLE_S)
+            server.alive()
+            rss1 = server.rss_bytes()
+            report, returncode = load.finish(hold_duration + LOAD_SLACK_S)
+        finally:
+            load.close()
+    flags = report_flags(report, returncode, count)
+    if reached < count:
+        flags.append(f"server held {reached:,} of {count:,} connections after {FD_WAIT_S:g} s")
+    hold = report.get("hold") or {}
+    if hold.get("still_up") is not None and hold["still_up"] < count:
+        flags.append(f"{hold['still_up']:,} of {count:,} still up at the end")
+    return {
+        "conns": count,
+        "reached": reached,
+        "rss_before": rss0,
+        "rss_after": rss1,
+        "bytes_per_conn": (rss1 - rss0) / max(reached, 1),
+        "flags": flags,
+        "load": report,
+    }
+
+
+def measure_accept(peer: Peer, conns: int, duration: float, pin: bool) -> dict[str, Any]:
+    """Connections accepted per second under open/close churn, and server CPU per accept."""
+    with RunningServer(peer, pin) as server:
+        base_fds = server.fd_count()
+        user0, sys0 = server.cpu_seconds()
+        report, returncode = run_load(
+            bench_argv(
+                "connect", server.port, "--conns", str(conns), "--duration", f"{duration:g}"
+            ),
+            duration + LOAD_SLACK_S,
+            pin,
+        )
+        server.wait_fds(lambda n: n <= base_fds, DRAIN_WAIT_S)
+        server.alive()
+        user1, sys1 = server.cpu_seconds()
+    flags = report_flags(report, returncode, None)
+    rate = report.get("connects_per_s")
+    elapsed = report.get("elapsed_s") or duration
+    connects = rate * elapsed if rate else 0
+    if not connects:
+        flags.append("no connections completed")
+    return {
+        "connects_per_s": rate,
+        "cpu_us_per_connect": (user1 - user0 + sys1 - sys0) * 1e6 / connects if connects else None,
+        "flags": flags,
+        "load": report,
+    }
+
+
+# -- the run ---------------------------------------------------------------------
+
+
+def machine_info(peers: Iterable[Peer]) -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions: dict[str, str] = {}
+    for peer in peers:
+        for dist in peer.dists:
+            try:
+                versions[dist] = importlib.metadata.version(dist)
+            except importlib.metadata.PackageNotFoundError:
+                pass
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if commit and "fivetuple" in versions:
+        versions["fivetuple"] += f" ({commit})"
+    return {
+        "python": f"{platform.python_implementation()} {platform.python_version()}",
+        "cpu_model": model,
+        "cpu_count": os.cpu_count(),
+        "kernel": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "versions": versions,
+    }
+
+
+def missing_modules(peer: Peer) -> list[str]:
+    missing = []
+    for name in peer.needs:
+        try:
+            if importlib.util.find_spec(name) is None:
+                missing.append(name)
+        except (ImportError, ValueError):
+            missing.append(name)
+    return missing
+
+
+def check_bench_command() -> None:
+    """Fail early, with one line, when ``fivetuple bench`` is not there."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fivetuple", "bench", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(),
+        cwd=ROOT,
+        check=False,
+    )
+    if done.returncode != 0:
+        detail = " ".join((done.stderr or done.stdout).strip().split())[:200]
+        fail(f"'python -m fivetuple bench' is not available: {detail}")
+
+
+def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    peers = [PEERS[name] for name in args.servers]
+    skipped = {}
+    for peer in peers:
+        if missing := missing_modules(peer):
+            skipped[peer.name] = f"{', '.join(missing)} not installed"
+            note(f"skipping {peer.name}: {skipped[peer.name]}")
+    peers = [peer for peer in peers if peer.name not in skipped]
+    if not peers:
+        fail("no server left to measure: " + "; ".join(f"{k}: {v}" for k, v in skipped.items()))
+    check_bench_command()
+    pin = pinning_available()
+    if pin:
+        # This script polls /proc while loads run: keep it off the server's CPU too.
+        os.sched_setaffinity(0, {LOAD_CPU})
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    cells: tuple[Cell, ...] = QUICK_CELLS if args.quick else FULL_CELLS
+    idle = (
+        args.idle if args.idle is not None else QUICK_IDLE_CONNS if args.quick else FULL_IDLE_CONNS
+    )
+    results: dict[str, Any] = {
+        "version": RESULTS_VERSION,
+        "command": command,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "machine": machine_info(PEERS.values()),
+        "config": {
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "servers": [peer.name for peer in peers],
+            "styles": {peer.name: peer.style for peer in peers},
+            "cells": [[c.size, c.conns, c.pipeline] for c in cells],
+            "idle_conns": idle,
+            "hold_duration_s": args.hold_duration,
+            "accept_conns": args.accept_conns,
+            "pinned": pin,
+        },
+        "skipped": skipped,
+        "echo": [],
+        "idle": [],
+        "accept": [],
+    }
+    plan = args.rounds * len(peers) * (len(cells) + bool(idle) + bool(args.accept_conns))
+    estimate = (
+        args.rounds
+        * len(peers)
+        * (
+            len(cells) * (args.duration + 1.5)
+            + (args.hold_duration + 3 if idle else 0)
+            + (args.accept_conns and args.duration + 1.5)
+        )
+    )
+    note(f"{plan} measurements, about {estimate / 60:.0f} minutes; pinned: {pin}")
+    started = time.monotonic()
+    done = 0
+
+    def record(
+        kind: str, peer: Peer, rnd: int, extra: dict[str, Any], run: Callable[[], dict[str, Any]]
+    ) -> None:
+        nonlocal done
+        entry: dict[str, Any] = {"round": rnd, "server": peer.name, **extra}
+        try:
+            entry |= run() | {"ok": True}
+        except Failure as exc:
+            entry |= {"ok": False, "error": str(exc), "flags": [str(exc)]}
+        results[kind].append(entry)
+        done += 1
+        save(args.json_out, results)
+        eta = (time.monotonic() - started) / done * (plan - done)
+        note(f"[{done}/{plan} eta {eta / 60:.1f} min] round {rnd + 1} {kind} {describe(entry)}")
+
+    for rnd in range(args.rounds):
+        order = peers if rnd % 2 == 0 else peers[::-1]
+        for cell in cells:
+            for peer in order:
+                record(
+                    "echo",
+                    peer,
+                    rnd,
+                    {"size": cell.size, "conns": cell.conns, "pipeline": cell.pipeline},
+                    lambda p=peer, c=cell: measure_echo(p, c, args.duration, pin),
+                )
+        for peer in order:
+            if idle:
+                record(
+                    "idle",
+                    peer,
+                    rnd,
+                    {},
+                    lambda p=peer: measure_idle(p, idle, args.hold_duration, pin),
+                )
+            if args.accept_conns:
+                record(
+                    "accept",
+                    peer,
+                    rnd,
+                    {"conns": args.accept_conns},
+                    lambda p=peer: measure_accept(p, args.accept_conns, args.duration, pin),
+                )
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    save(args.json_out, results)
+    return results
+
+
+def describe(entry: dict[str, Any]) -> str:
+    head = entry["server"]
+    if "size" in entry:
+        head += f" {Cell(entry['size'], entry['conns'], entry['pipeline']).label}"
+    if not entry["ok"]:
+        return f"{head}: FAILED {entry['error']}"
+    parts = [head]
+    if entry.get("rps") is not None:
+        parts.append(f"{entry['rps']:,.0f} rt/s")
+    if entry.get("cpu_us") is not None:
+        parts.append(f"{entry['cpu_us']:.2f} us/rt")
+    if entry.get("p99_us") is not None:
+        parts.append(f"p50 {entry['p50_us']} p99 {entry['p99_us']} us")
+    if entry.get("bytes_per_conn") is not None:
+        parts.append(f"{entry['bytes_per_conn']:,.0f} B/idle conn")
+    if entry.get("connects_per_s") is not None:
+        parts.append(f"{entry['connects_per_s']:,.0f} accepts/s")
+    if entry["flags"]:
+        parts.append("FLAGGED: " + "; ".join(entry["flags"]))
+    return " ".join(parts)
+
+
+def save(path: Path | None, results: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(results, indent=1))
+    tmp.replace(path)
+
+
+# -- summaries ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    """The median of one metric over the clean runs, and what was flagged and why.
+
+    When no run was clean, ``value`` is the median of the flagged runs that still
+    measured something and ``flagged_only`` says so; the tables print it in italics.
+    """
+
+    value: float | None
+    clean: int
+    total: int
+    flags: tuple[str, ...]
+    flagged_only: bool
+
+
+def _by_round(entries: list[dict[str, Any]], metric: str, clean_only: bool) -> dict[int, float]:
+    return {
+        e["round"]: e[metric]
+        for e in entries
+        if e["ok"] and e.get(metric) is not None and not (clean_only and e["flags"])
+    }
+
+
+def summarize(entries: list[dict[str, Any]], metric: str) -> Summary:
+    clean = _by_round(entries, metric, clean_only=True)
+    values = clean or _by_round(entries, metric, clean_only=False)
+    flags = tuple(f"round {e['round'] + 1}: {'; '.join(e['flags'])}" for e in entries if e["flags"])
+    return Summary(
+        statistics.median(values.values()) if values else None,
+        len(clean),
+        len(entries),
+        flags,
+        bool(values) and not clean,
+    )
+
+
+def ratio(
+    entries: list[dict[str, Any]], reference: list[dict[str, Any]], metric: str
+) -> tuple[float | None, bool]:
+    """Median of per-round ratios, and whether flagged runs had to be used.
+
+    Only rounds where both runs were clean count, unless there is no such round.
+    """
+    for clean_only in (True, False):
+        ours = _by_round(entries, metric, clean_only)
+        theirs = _by_round(reference, metric, clean_only)
+        ratios = [value / theirs[rnd] for rnd, value in ours.items() if theirs.get(rnd)]
+        if ratios:
+            return statistics.median(ratios), not clean_only
+    return None, False
+
+
+def group_by(
+    entries: list[dict[str, Any]], *keys: str
+) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for entry in entries:
+        groups.setdefault(tuple(entry[k] for k in keys), []).append(entry)
+    return groups
+
+
+# -- markdown ---------------------------------------------------------------------
+
+
+class Footnotes:
+    """Flag texts collected while rendering, numbered in order of first use."""
+
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def mark(self, where: str, summary: Summary) -> str:
+        if not summary.flags:
+            return ""
+        if summary.flagged_only:
+            outcome = "the number in italics is their median"
+        elif summary.value is None:
+            outcome = "nothing measured"
+        else:
+            outcome = "left out of the median"
+        self.texts.append(
+            f"{where}: {summary.total - summary.clean} of {summary.total} runs flagged, "
+            f"{outcome}. " + " | ".join(summary.flags)
+        )
+        return f" [!{len(self.texts)}]"
+
+
+def _num(summary: Summary, fmt: str = ",.0f", suffix: str = "") -> str:
+    if summary.value is None:
+        return "-"
+    text = f"{summary.value:{fmt}}{suffix}"
+    return f"*{text}*" if summary.flagged_only else text
+
+
+def _times(found: tuple[float | None, bool]) -> str:
+    value, flagged = found
+    if value is None:
+        return "-"
+    return f"*{value:.2f}x*" if flagged else f"{value:.2f}x"
+
+
+def _size_text(size: int) -> str:
+    return f"{size // 1024} KiB" if size >= 1024 and size % 1024 == 0 else f"{size} B"
+
+
+def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
+    config = results["config"]
+    machine = results["machine"]
+    servers: list[str] = config["servers"]
+    versions = ", ".join(f"{k} {v}" for k, v in machine["versions"].items())
+    pinning = (
+        f"server on CPU {SERVER_CPU}, load on CPU {LOAD_CPU} (taskset)"
+        if config["pinned"]
+        else "no CPU pinning (taskset missing or one CPU)"
+    )
+    lines = [
+        f"Command: `{results['command']}` ({results.get('started', '')}).",
+        "",
+        f"Machine: {machine['cpu_model']}, {machine['cpu_count']} CPUs, {machine['kernel']}, "
+        f"{machine['python']}; {pinning}. Versions: {versions}; asyncio, asyncio-streams "
+        "and threads are the standard library.",
+        "",
+        "Servers: "
+        + "; ".join(f"{name} ({config['styles'].get(name, '')})" for name in servers)
+        + ". Sources in `bench/servers/`; each reads 64 KiB at most per receive and sets "
+        "TCP_NODELAY, as asyncio does by default.",
+        "",
+        f"Load: `fivetuple bench`, {config['duration_s']:g} s per run, a fresh server per run. "
+        f"Every number is the median of {config['rounds']} interleaved rounds (round, cell, "
+        'server); "vs fivetuple" is the median of per-round ratios (above 1 is more round '
+        "trips, or more CPU, than fivetuple). Server CPU is user+system time of the server "
+        "process per round trip, connecting and teardown included. A run with errors, failed "
+        "or lost connections or an early stop is flagged [!n] and left out of the median; where "
+        "every run of a cell was flagged, the number is their median, in italics.",
+    ]
+    if results.get("skipped"):
+        lines += [
+            "",
+            "Skipped: " + "; ".join(f"{k} ({v})" for k, v in results["skipped"].items()) + ".",
+        ]
+    if not results.get("finished"):
+        lines += ["", "**This run did not finish: the tables show what was measured.**"]
+    footnotes = Footnotes()
+    echo = group_by(results["echo"], "size", "pipeline", "conns", "server")
+    cells = [Cell(*c) for c in config["cells"]]
+    groups: dict[tuple[int, int], list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault((cell.size, cell.pipeline), []).append(cell)
+    for (size, pipeline), group in groups.items():
+        lines += [
+            "",
+            f"**{_size_text(size)} messages, pipeline {pipeline}**"
+            + (" (ping-pong)" if pipeline == 1 else f" ({pipeline} in flight per connection)"),
+            "",
+            "| conns | server | round trips/s | vs fivetuple | server CPU us/rt (user+sys) "
+            "| CPU vs fivetuple | p50 us | p99 us |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for cell in sorted(group, key=lambda c: c.conns):
+            reference = echo.get((size, pipeline, cell.conns, REFERENCE), [])
+            for name in servers:
+                entries = echo.get((size, pipeline, cell.conns, name), [])
+                if not entries:
+                    continue
+                rps = summarize(entries, "rps")
+                cpu = summarize(entries, "cpu_us")
+                user = summarize(entries, "cpu_user_us").value
+                sys_ = summarize(entries, "cpu_sys_us").value
+                split = f" ({user:.2f}+{sys_:.2f})" if user is not None and sys_ is not None else ""
+                mark = footnotes.mark(f"{name}, {cell.label}", rps)
+                lines.append(
+                    f"| {cell.conns:,} | {name}{mark} | {_num(rps)} "
+                    f"| {_times(ratio(entries, reference, 'rps'))} "
+                    f"| {_num(cpu, '.2f')}{split} "
+                    f"| {_times(ratio(entries, reference, 'cpu_us'))} "
+                    f"| {_num(summarize(entries, 'p50_us'))} "
+                    f"| {_num(summarize(entries, 'p99_us'))} |"
+                )
+    idle = group_by(results["idle"], "server")
+    accept = group_by(results["accept"], "server")
+    if idle or accept:
+        lines += [
+            "",
+            f"**Idle connections and accepts** (memory: VmRSS growth while {config['idle_conns']:,} "
+            f"idle connections are held, per connection; accepts: `fivetuple bench connect` with "
+            f"{config['accept_conns']} connections opening and closing)",
+            "",
+            "| server | memory per idle connection | vs fivetuple | accepts/s | vs fivetuple "
+            "| server CPU us/accept |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for name in servers:
+            mem_entries = idle.get((name,), [])
+            acc_entries = accept.get((name,), [])
+            if not mem_entries and not acc_entries:
+                continue
+            mem = summarize(mem_entries, "bytes_per_conn")
+            acc = summarize(acc_entries, "connects_per_s")
+            mark = footnotes.mark(f"{name}, idle memory", mem) + footnotes.mark(
+                f"{name}, accepts", acc
+            )
+            lines.append(
+                f"| {name}{mark} | {_num(mem, ',.0f', ' B')} "
+                f"| {_times(ratio(mem_entries, idle.get((REFERENCE,), []), 'bytes_per_conn'))} "
+                f"| {_num(acc)} "
+                f"| {_times(ratio(acc_entries, accept.get((REFERENCE,), []), 'connects_per_s'))} "
+                f"| {_num(summarize(acc_entries, 'cpu_us_per_connect'), '.1f')} |"
+            )
+    if footnotes.texts:
+        lines += ["", "Flagged runs:", ""]
+        lines += [f"- [!{i}] {text}" for i, text in enumerate(footnotes.texts, 1)]
+    if chart_names:
+        lines += ["", "Charts (hatched: some runs flagged):", ""]
+        lines += "\n\n".join(f"![{Path(n).stem}]({n})" for n in chart_names).split("\n")
+    return "\n".join(lines)
+
+
+def update_markdown(path: Path, block_text: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    block = f"{MARK_BEGIN}\n{block_text}\n{MARK_END}"
+    if MARK_BEGIN in text and MARK_END in text:
+        head, rest = text.split(MARK_BEGIN, 1)
+        text = head + block + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + SECTION_HEADING + "\n\n"
+        text += block + "\n"
+    path.write_text(text)
+
+
+# -- charts -----------------------------------------------------------------------
+
+
+CHARTS = {"rps": "bench-rps.png", "cpu": "bench-cpu.png", "idle": "bench-idle.png"}
+
+
+def write_charts(results: dict[str, Any], directory: Path) -> list[str]:
+    """Grouped bar charts beside the markdown; returns the file names written."""
+    try:
+        import matplotlib
+    except ImportError:
+        note("matplotlib is not installed: no charts")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    servers: list[str] = results["config"]["servers"]
+    cells = [Cell(*c) for c in results["config"]["cells"]]
+    echo = group_by(results["echo"], "size", "conns", "pipeline", "server")
+    colors = {name: plt.get_cmap("tab10")(i % 10) for i, name in enumerate(servers)}
+    written: list[str] = []
+
+    def bars(metric: str, ylabel: str, title: str, filename: str) -> None:
+        fig, ax = plt.subplots(figsize=(max(8.0, 1.1 * len(cells) + 2), 6))
+        width = 0.8 / max(len(servers), 1)
+        for i, name in enumerate(servers):
+            labelled = False
+            for j, cell in enumerate(cells):
+                key = (cell.size, cell.conns, cell.pipeline, name)
+                summary = summarize(echo.get(key, []), metric)
+                if summary.value is None:
+                    continue
+                ax.bar(
+                    j - 0.4 + width * (i + 0.5),
+                    summary.value,
+                    width,
+                    color=colors[name],
+                    hatch="//" if summary.flags else None,
+                    edgecolor="black" if summary.flags else None,
+                    linewidth=0.3,
+                    label=None if labelled else name,
+                )
+                labelled = True
+        ax.set_xticks(range(len(cells)), [c.label.replace(" x", "\nx") for c in cells], fontsize=8)
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=9, ncols=len(servers), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        fig.tight_layout()
+        fig.savefig(directory / filename, dpi=100)
+        plt.close(fig)
+        written.append(filename)
+
+    rounds = results["config"]["rounds"]
+    bars(
+        "rps",
+        "round trips per second (log)",
+        f"Echo round trips per second, median of {rounds} rounds (higher is better; hatched: flagged runs)",
+        CHARTS["rps"],
+    )
+    bars(
+        "cpu_us",
+        "server CPU us per round trip (log)",
+        f"Server CPU per round trip, median of {rounds} rounds (lower is better)",
+        CHARTS["cpu"],
+    )
+    idle = group_by(results["idle"], "server")
+    accept = group_by(results["accept"], "server")
+    if idle or accept:
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+        for ax, groups, metric, label in (
+            (left, idle, "bytes_per_conn", "bytes of RSS per idle connection (lower is better)"),
+            (right, accept, "connects_per_s", "connections accepted per second (higher is better)"),
+        ):
+            names = [
+                n for n in servers if summarize(groups.get((n,), []), metric).value is not None
+            ]
+            summaries = [summarize(groups[(n,)], metric) for n in names]
+            ax.barh(
+                names,
+                [s.value or 0.0 for s in summaries],
+                color=[colors[n] for n in names],
+                hatch=["//" if s.flags else "" for s in summaries],
+                edgecolor=[
+                    "black" if s.flags else colors[n] for n, s in zip(names, summaries, strict=True)
+                ],
+                linewidth=0.3,
+            )
+            ax.invert_yaxis()
+            ax.set_title(label, fontsize=10)
+            ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(directory / CHARTS["idle"], dpi=100)
+        plt.close(fig)
+        written.append(CHARTS["idle"])
+    return written
+
+
+# -- command line -------------------------------------------------------------------
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> NoReturn:
+    print(f"matrix: error: {message}", file=sys.stderr)
+    sys.exit(USAGE_EXIT)
+
+
+class Parser(argparse.ArgumentParser):
+    """Mistakes are one line and exit status 2, like the fivetuple command."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see --help)")
+
+
+def parse_servers(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in PEERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {', '.join(unknown) or repr(text)}; choose from {','.join(PEERS)}"
+        )
+    return names
+
+
+def positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be more than 0")
+        return value
+
+    return parse
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="python bench/matrix.py",
+        description="Echo servers side by side: fivetuple and its peers, under fivetuple bench.",
+    )
+    parser.add_argument("--rounds", type=positive(int), default=3, help="interleaved rounds (3)")
+    parser.add_argument(
+        "--duration", type=positive(float), default=5.0, help="seconds per measurement (5)"
+    )
+    parser.add_argument(
+        "--servers",
+        type=parse_servers,
+        default=list(PEERS),
+        help=f"comma-separated subset of {','.join(PEERS)}",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: cells {', '.join(c.label for c in QUICK_CELLS)}; "
+        f"{QUICK_IDLE_CONNS:,} idle connections",
+    )
+    parser.add_argument(
+        "--idle",
+        type=non_negative_int,
+        default=None,
+        help=f"idle connections held for memory ({FULL_IDLE_CONNS:,}; 0 skips)",
+    )
+    parser.add_argument(
+        "--hold-duration",
+        type=positive(float),
+        default=15.0,
+        help="seconds the idle connections are held (15)",
+    )
+    parser.add_argument(
+        "--accept-conns",
+        type=non_negative_int,
+        default=50,
+        help="connections churning in the accept test (50; 0 skips)",
+    )
+    parser.add_argument(
+        "--write",
+        type=Path,
+        help="replace the matrix block of this markdown file; charts beside it",
+    )
+    parser.add_argument(
+        "--json-out",
+        type=Path,
+        default=DEFAULT_JSON_OUT,
+        help="raw results, saved after every measurement (bench/results/matrix.json)",
+    )
+    parser.add_argument(
+        "--from-json", type=Path, help="render a saved results file; measure nothing"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.from_json:
+        try:
+            results = json.loads(args.from_json.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            fail(f"cannot read {args.from_json}: {exc}")
+        if results.get("version") != RESULTS_VERSION:
+            fail(f"{args.from_json} is not a matrix results file (version {RESULTS_VERSION})")
+    else:
+        results = run_matrix(args, shlex.join(["python", "bench/matrix.py", *argv]))
+    charts = write_charts(results, args.write.parent) if args.write else []
+    text = render_markdown(results, charts)
+    print(text)
+    if args.write:
+        update_markdown(args.write, text)
+        note(f"wrote {args.write}" + "".join(f", {args.write.parent / c}" for c in charts))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""``fivetuple bench``: functional checks against real servers on loopback.
+
+No timing is asserted: only that what the load generator reports is what
+happened (errors found, addresses used, results merged, limits named).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from collections import Counter
+from typing import Any, ClassVar
+
+import pytest
+
+from fivetuple import Protocol, Transport
+from fivetuple.apps import make_app
+from fivetuple.loadgen._message import MessageMaker, ReplyLedger
+from helpers import port_of, run_cli, running_server
+
+REPORT_KEYS = {
+    "target", "mode", "conns", "size", "pipeline", "duration_s", "rate", "procs", "elapsed_s",
+    "connections", "round_trips", "round_trips_per_s", "mb_per_s", "latency_us", "errors",
+    "error_count", "cpu", "hold", "connects_per_s", "stopped_by",
+}  # fmt: skip
+
+
+def bench(port: int, *args: str, timeout: float = 60.0) -> tuple[int, dict[str, Any]]:
+    done = run_cli("bench", *args, f"tcp://127.0.0.1:{port}", "--json", timeout=timeout)
+    assert done.stdout.strip(), done.stderr
+    report = json.loads(done.stdout)
+    assert set(report) == REPORT_KEYS
+    return done.returncode, report
+
+
+class Corrupter(Protocol):
+    """Echo, with one byte in a thousand flipped."""
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.seen = 0
+
+    def data_received(self, data: bytes) -> None:
+        out = bytearray(data)
+        for i in range(-self.seen % 1000, len(out), 1000):
+            out[i] ^= 0xFF
+        self.seen += len(data)
+        self.transport.write(bytes(out))
+
+
+class Dropper(Protocol):
+    """Echo, but leave out the bytes of the third 64-byte message, once."""
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.seen = 0
+
+    def data_received(self, data: bytes) -> None:
+        start, self.seen = self.seen, self.seen + len(data)
+        out = bytes(b for i, b in enumerate(data, start) if not 128 <= i < 192)
+        self.transport.write(out)
+
+
+class Recorder(Protocol):
+    """Echo, remembering every client's address."""
+
+    peers: ClassVar[Counter[str]] = Counter()
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        Recorder.peers[transport.peer[0]] += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def test_echo_against_the_echo_app_has_no_errors() -> None:
+    with running_server(make_app("echo")) as server:
+        status, report = bench(
+            port_of(server), "--conns", "20", "--duration", "1", "--pipeline", "4"
+        )
+    assert status == 0
+    assert report["connections"] == {"attempted": 20, "established": 20, "failed": {}, "lost": {}}
+    assert report["round_trips"] > 0 and report["error_count"] == 0
+    assert (
+        0
+        < report["latency_us"]["p50"]
+        <= report["latency_us"]["p99"]
+        <= report["latency_us"]["max"]
+    )
+    assert report["cpu"]["us_per_round_trip"] > 0
+
+
+def test_corrupted_bytes_are_reported_not_counted_as_successes() -> None:
+    with running_server(Corrupter) as server:
+        status, report = bench(port_of(server), "--conns", "2", "--duration", "1", "--size", "100")
+    assert status == 1
+    assert report["errors"].get("corrupted", 0) > 0
+    # every 10th message of 100 bytes carries a flipped byte: those are not round trips
+    assert report["errors"]["corrupted"] * 8 >= report["round_trips"] // 10
+
+
+@pytest.mark.parametrize("pipeline", ["1", "8"])
+def test_a_dropped_reply_is_reported_missing(pipeline: str) -> None:
+    with running_server(Dropper) as server:
+        status, report = bench(
+            port_of(server), "--conns", "1", "--duration", "1.5", "--pipeline", pipeline,
+            "--timeout", "0.5",
+        )  # fmt: skip
+    assert status == 1
+    assert report["errors"] == {"missing": 1}
+    assert report["round_trips"] > 10
+
+
+def test_hold_spreads_connections_over_source_addresses() -> None:
+    Recorder.peers.clear()
+    with running_server(Recorder) as server:
+        status, report = bench(
+            port_of(server), "hold", "--conns", "40", "--duration", "0.5",
+            "--source-addrs", "127.0.0.2-127.0.0.5",
+        )  # fmt: skip
+    assert status == 0
+    assert report["hold"] == {"held": 40, "still_up": 40}
+    # 10 each, and the first address also made the one probe connection
+    assert Recorder.peers == {"127.0.0.2": 11, "127.0.0.3": 10, "127.0.0.4": 10, "127.0.0.5": 10}
+
+
+def test_two_processes_merge_their_results() -> None:
+    Recorder.peers.clear()
+    with running_server(Recorder) as server:
+        status, report = bench(port_of(server), "--conns", "10", "--procs", "2", "--duration", "1")
+        served = sum(Recorder.peers.values())
+    assert status == 0
+    assert report["procs"] == 2 and served == 10 + 1  # and the probe before the run
+    assert report["connections"]["established"] == 10
+    assert report["round_trips"] > 0 and report["error_count"] == 0
+    cpu = report["cpu"]
+    assert cpu["us_per_round_trip"] == pytest.approx(
+        (cpu["user_s"] + cpu["system_s"]) * 1e6 / report["round_trips"], rel=0.02
+    )
+
+
+def test_connect_mode_counts_connections() -> None:
+    with running_server(make_app("discard")) as server:
+        status, report = bench(port_of(server), "connect", "--conns", "4", "--duration", "1")
+    assert status == 0
+    assert report["connects_per_s"] > 0 and report["connections"]["failed"] == {}
+    assert report["connections"]["established"] == report["connections"]["attempted"]
+    assert report["latency_us"]["p50"] > 0
+
+
+def test_open_loop_latency_counts_from_when_a_message_was_due() -> None:
+    """A one-second stall shows up in the latencies of every message due during it."""
+
+    class Staller(Protocol):
+        def connection_made(self, transport: Transport) -> None:
+            self.transport = transport
+            self.count = 0
+
+        def data_received(self, data: bytes) -> None:
+            self.count += 1
+            self.transport.write(data)
+            if self.count == 50:
+                self.transport.pause_reading()
+                loop = self.transport._loop
+                loop.call_later(1.0, self.transport.resume_reading)
+
+    with running_server(Staller) as server:
+        status, report = bench(
+            port_of(server), "--conns", "1", "--rate", "100", "--duration", "2", "--timeout", "5"
+        )
+    assert status == 0
+    # About 100 of the 200 messages were due during the stall, waiting 0 to 1 s
+    # (a closed loop would have sent one and waited: one slow round trip).
+    assert report["latency_us"]["p90"] >= 400_000
+    assert report["latency_us"]["max"] >= 900_000
+    assert 120 <= report["round_trips"] <= 260
+
+
+def test_refused_target_is_one_line_and_exit_2() -> None:
+    with running_server(make_app("echo")) as server:
+        port = port_of(server)
+    done = run_cli("bench", f"tcp://127.0.0.1:{port}", "--duration", "1")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "connection refused" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--size", "4"], "--size"),
+        (["--source-addrs", "127.0.0.9-127.0.0.2"], "backwards"),
+        (["--procs", "3", "--conns", "2"], "--procs"),
+        (["sideways"], "expected"),
+        (["--conns", "0"], "--conns"),
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(args: list[str], words: str) -> None:
+    done = run_cli("bench", *args, "tcp://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and words in done.stderr
+
+
+def test_a_descriptor_limit_is_named_with_how_far_it_got() -> None:
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+
+    with running_server(make_app("echo")) as server:
+        done = subprocess.run(
+            [sys.executable, "-m", "fivetuple", "bench", "hold", f"tcp://127.0.0.1:{port_of(server)}",
+             "--conns", "200", "--duration", "0.5", "--json"],
+            capture_output=True, text=True, timeout=60, preexec_fn=low_limit,
+        )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert done.returncode == 1
+    stop = report["stopped_by"]
+    assert stop["limit"] == "descriptors" and "--procs" in stop["detail"]
+    assert 10 < stop["reached"] < 64 and report["hold"]["still_up"] == stop["reached"]
+
+
+# -- the message and its verdicts, with no sockets --------------------------
+
+
+def ledger() -> tuple[MessageMaker, ReplyLedger, Counter[str], list[bytes]]:
+    maker, errors = MessageMaker(40, 7), Counter[str]()
+    book = ReplyLedger(maker, errors)
+    messages = [maker.make(seq) for seq in range(6)]
+    for seq, message in enumerate(messages):
+        book.sent(seq, message, 1000 + seq)
+    return maker, book, errors, messages
+
+
+def test_replies_in_order_give_their_round_trip_times() -> None:
+    _, book, errors, messages = ledger()
+    assert [book.check(m, 2000) for m in messages] == [1000, 999, 998, 997, 996, 995]
+    assert not errors and not book.outstanding
+
+
+def test_a_flipped_byte_anywhere_is_corrupted() -> None:
+    for at in (0, 20, 35, 39):
+        _, book, errors, messages = ledger()
+        bad = bytearray(messages[0])
+        bad[at] ^= 0x01
+        assert book.check(bytes(bad), 2000) is None
+        assert errors == {"corrupted": 1} and len(book.outstanding) == 5, at
+
+
+def test_skipped_reordered_duplicated_and_unexpected_replies() -> None:
+    maker, book, errors, messages = ledger()
+    assert book.check(messages[2], 3000) == 1998  # 0 and 1 skipped: missing for now
+    assert errors == {"missing": 2}
+    assert book.check(messages[1], 3000) is None  # it came late after all: reordered
+    assert errors == {"missing": 1, "reordered": 1}
+    assert book.check(messages[2], 3000) is None  # answered already
+    assert book.check(maker.make(99), 3000) is None  # never sent
+    assert errors == {"missing": 1, "reordered": 1, "duplicated": 1, "unexpected": 1}
+    assert book.give_up() == 3 and errors["missing"] == 4
