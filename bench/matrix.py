@@ -65,6 +65,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn
 
 HERE = Path(__file__).resolve().parent
@@ -181,6 +182,10 @@ FULL_CELLS = (
 QUICK_CELLS = (Cell(1024, 50, 1), Cell(64, 1000, 8))
 FULL_IDLE_CONNS = 10_000
 QUICK_IDLE_CONNS = 1_000
+FULL_HOLD_S = 15.0
+QUICK_HOLD_S = 5.0
+#: At this share of its CPU the load generator, not the server, sets the pace.
+LOAD_BOUND_SHARE = 0.9
 
 
 class Failure(Exception):
@@ -234,6 +239,7 @@ class RunningServer:
                 stderr=err,
                 env=child_env(),
                 cwd=ROOT,
+                start_new_session=True,
             )
         self.pid = self.proc.pid
         try:
@@ -309,8 +315,8 @@ class RunningServer:
             try:
                 self.proc.wait(STOP_GRACE_S)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+                pass
+        _kill_group(self.proc)
         self._dir.cleanup()
 
 
@@ -342,25 +348,24 @@ def _parse_report(stdout: str, returncode: int, stderr: str) -> dict[str, Any]:
     )
 
 
-def run_load(argv: list[str], timeout: float, pin: bool) -> tuple[dict[str, Any], int]:
-    """Run one ``fivetuple bench`` to completion; returns its report and exit status."""
-    try:
-        done = subprocess.run(
-            pinned(LOAD_CPU, argv, pin),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=child_env(),
-            cwd=ROOT,
-        )
-    except subprocess.TimeoutExpired:
-        raise Failure(f"load did not finish within {timeout:g} s") from None
-    return _parse_report(done.stdout, done.returncode, done.stderr), done.returncode
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a child started in its own session, and whatever it forked; then reap it.
+
+    Only while the child is not yet reaped: until then its group id cannot be reused.
+    """
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait()
 
 
-class BackgroundLoad:
-    """A ``fivetuple bench`` running while we watch the server; output to temp files."""
+class Load:
+    """One ``fivetuple bench`` run in its own session (its workers die with it).
+
+    Output goes to temporary files, so a caller may watch the server meanwhile.
+    """
 
     def __init__(self, argv: list[str], pin: bool) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="matrix-load-")
@@ -374,25 +379,30 @@ class BackgroundLoad:
                 stderr=err,
                 env=child_env(),
                 cwd=ROOT,
+                start_new_session=True,
             )
 
     def finish(self, timeout: float) -> tuple[dict[str, Any], int]:
+        """Wait for the report; raises Failure if there is none in time."""
         try:
             returncode = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
             raise Failure(f"load did not finish within {timeout:g} s") from None
         stdout = self._out.read_text(errors="replace")
         return _parse_report(stdout, returncode, self._err.read_text(errors="replace")), returncode
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
     def close(self) -> None:
-        self.kill()
+        _kill_group(self.proc)
         self._dir.cleanup()
+
+
+def run_load(argv: list[str], timeout: float, pin: bool) -> tuple[dict[str, Any], int]:
+    """Run one ``fivetuple bench`` to completion; returns its report and exit status."""
+    load = Load(argv, pin)
+    try:
+        return load.finish(timeout)
+    finally:
+        load.close()
 
 
 # -- flags: anything that must not be averaged in silently ----------------------
@@ -455,6 +465,7 @@ def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str
     return {
         "rps": report.get("round_trips_per_s"),
         "round_trips": round_trips,
+        "load_cpu_share": load_cpu_share(report),
         "cpu_user_us": (user1 - user0) * per_rt if per_rt else None,
         "cpu_sys_us": (sys1 - sys0) * per_rt if per_rt else None,
         "cpu_us": (user1 - user0 + sys1 - sys0) * per_rt if per_rt else None,
@@ -471,7 +482,7 @@ def measure_idle(peer: Peer, count: int, hold_duration: float, pin: bool) -> dic
         time.sleep(SETTLE_S)
         base_fds = server.fd_count()
         rss0 = server.rss_bytes()
-        load = BackgroundLoad(
+        load = Load(
             bench_argv(
                 "hold", server.port, "--conns", str(count), "--duration", f"{hold_duration:g}"
             ),
@@ -519,8 +530,7 @@ def measure_accept(peer: Peer, conns: int, duration: float, pin: bool) -> dict[s
         user1, sys1 = server.cpu_seconds()
     flags = report_flags(report, returncode, None)
     rate = report.get("connects_per_s")
-    elapsed = report.get("elapsed_s") or duration
-    connects = rate * elapsed if rate else 0
+    connects = int((report.get("connections") or {}).get("established") or 0)
     if not connects:
         flags.append("no connections completed")
     return {
@@ -529,6 +539,19 @@ def measure_accept(peer: Peer, conns: int, duration: float, pin: bool) -> dict[s
         "flags": flags,
         "load": report,
     }
+
+
+def load_cpu_share(report: dict[str, Any]) -> float | None:
+    """How busy the load generator was: CPU seconds per elapsed second per process.
+
+    Near 1.0 the load, not the server, set the pace: the round trips per second
+    are then a floor for the server, and its CPU per round trip is the fair number.
+    """
+    cpu = report.get("cpu") or {}
+    elapsed = report.get("elapsed_s")
+    if not elapsed or cpu.get("user_s") is None or cpu.get("system_s") is None:
+        return None
+    return (cpu["user_s"] + cpu["system_s"]) / elapsed / max(int(report.get("procs") or 1), 1)
 
 
 # -- the run ---------------------------------------------------------------------
@@ -616,6 +639,8 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
     idle = (
         args.idle if args.idle is not None else QUICK_IDLE_CONNS if args.quick else FULL_IDLE_CONNS
     )
+    if args.hold_duration is None:
+        args.hold_duration = QUICK_HOLD_S if args.quick else FULL_HOLD_S
     results: dict[str, Any] = {
         "version": RESULTS_VERSION,
         "command": command,
@@ -860,12 +885,15 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
         "TCP_NODELAY, as asyncio does by default.",
         "",
         f"Load: `fivetuple bench`, {config['duration_s']:g} s per run, a fresh server per run. "
-        f"Every number is the median of {config['rounds']} interleaved rounds (round, cell, "
+        f"Every number is the median of {config['rounds']} interleaved round(s) (round, cell, "
         'server); "vs fivetuple" is the median of per-round ratios (above 1 is more round '
         "trips, or more CPU, than fivetuple). Server CPU is user+system time of the server "
         "process per round trip, connecting and teardown included. A run with errors, failed "
         "or lost connections or an early stop is flagged [!n] and left out of the median; where "
-        "every run of a cell was flagged, the number is their median, in italics.",
+        "every run of a cell was flagged, the number is their median, in italics. (L): the load "
+        f"generator was at least {LOAD_BOUND_SHARE:.0%} busy on its CPU, so it, not the "
+        "server, set the pace: that rate is a floor for the server, and its CPU per round "
+        "trip is the fairer comparison.",
     ]
     if results.get("skipped"):
         lines += [
@@ -902,8 +930,10 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
                 sys_ = summarize(entries, "cpu_sys_us").value
                 split = f" ({user:.2f}+{sys_:.2f})" if user is not None and sys_ is not None else ""
                 mark = footnotes.mark(f"{name}, {cell.label}", rps)
+                busy = summarize(entries, "load_cpu_share").value
+                bound = " (L)" if busy is not None and busy >= LOAD_BOUND_SHARE else ""
                 lines.append(
-                    f"| {cell.conns:,} | {name}{mark} | {_num(rps)} "
+                    f"| {cell.conns:,} | {name}{mark} | {_num(rps)}{bound} "
                     f"| {_times(ratio(entries, reference, 'rps'))} "
                     f"| {_num(cpu, '.2f')}{split} "
                     f"| {_times(ratio(entries, reference, 'cpu_us'))} "
@@ -1131,7 +1161,7 @@ def build_parser() -> Parser:
         "--quick",
         action="store_true",
         help=f"smoke run: cells {', '.join(c.label for c in QUICK_CELLS)}; "
-        f"{QUICK_IDLE_CONNS:,} idle connections",
+        f"{QUICK_IDLE_CONNS:,} idle connections held {QUICK_HOLD_S:g} s",
     )
     parser.add_argument(
         "--idle",
@@ -1142,8 +1172,8 @@ def build_parser() -> Parser:
     parser.add_argument(
         "--hold-duration",
         type=positive(float),
-        default=15.0,
-        help="seconds the idle connections are held (15)",
+        default=None,
+        help=f"seconds the idle connections are held ({FULL_HOLD_S:g}; --quick {QUICK_HOLD_S:g})",
     )
     parser.add_argument(
         "--accept-conns",
@@ -1168,6 +1198,10 @@ def build_parser() -> Parser:
     return parser
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
@@ -1179,7 +1213,13 @@ def main(argv: list[str] | None = None) -> None:
         if results.get("version") != RESULTS_VERSION:
             fail(f"{args.from_json} is not a matrix results file (version {RESULTS_VERSION})")
     else:
-        results = run_matrix(args, shlex.join(["python", "bench/matrix.py", *argv]))
+        # SIGTERM unwinds like Ctrl-C, so every server and load is stopped on the way out.
+        signal.signal(signal.SIGTERM, _interrupt)
+        try:
+            results = run_matrix(args, shlex.join(["python", "bench/matrix.py", *argv]))
+        except KeyboardInterrupt:
+            note(f"interrupted; the measurements so far are in {args.json_out}")
+            sys.exit(130)
     charts = write_charts(results, args.write.parent) if args.write else []
     text = render_markdown(results, charts)
     print(text)

@@ -359,7 +359,6 @@ class Worker:
             return
         if self.config.mode == "hold":
             self.still_up = sum(1 for c in self.clients.values() if c.probe_answered())
-            self.latencies_us = array("q")  # probe round trips are not the measurement
         else:
             for client in self.clients.values():
                 client.give_up()
@@ -445,7 +444,12 @@ class Worker:
             "elapsed_s": self.run_ended - self.run_started,
             "cpu_user_s": self.cpu_s[0],
             "cpu_system_s": self.cpu_s[1],
-            "histogram": self.histogram.encode() if self.histogram.get_total_count() else b"",
+            # hold: the probes' round trips are a check, not a measurement
+            "histogram": (
+                self.histogram.encode()
+                if self.histogram.get_total_count() and mode != "hold"
+                else b""
+            ),
             "held": self.established_count if mode == "hold" else 0,
             "still_up": getattr(self, "still_up", 0),
             "stopped_by": self.stopped_by,
