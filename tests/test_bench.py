@@ -11,6 +11,7 @@ import resource
 import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
@@ -126,6 +127,16 @@ def test_hold_spreads_connections_over_source_addresses() -> None:
     assert report["latency_us"] is None  # the probes are a check, not a measurement
     # 10 each, and the first address also made the one probe connection
     assert Recorder.peers == {"127.0.0.2": 11, "127.0.0.3": 10, "127.0.0.4": 10, "127.0.0.5": 10}
+
+
+def test_echo_over_a_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    with running_server(make_app("echo"), unix=path):
+        done = run_cli("bench", f"unix://{path}", "--conns", "5", "--duration", "0.5", "--json")
+        refused = run_cli("bench", f"unix://{path}", "--source-addrs", "127.0.0.2", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["round_trips"] > 0 and report["error_count"] == 0
+    assert refused.returncode == 2 and "tcp://" in refused.stderr
 
 
 def test_two_processes_merge_their_results() -> None:

@@ -28,6 +28,9 @@ HEADER_BYTES = HEADER.size  # 20
 # index and count in one u64 (a message of one fragment reads as 1).
 _FAST = Struct(">IHHIQ")
 _EXPECTED = (MAGIC << 16) | (VERSION << 8) | TYPE_DATA
+# Bound once (see _length.py): not in every call of receive_messages.
+_fast = _FAST.unpack_from
+_crc32 = zlib.crc32
 # The CRC is stored least significant byte first, as Ethernet sends its FCS
 # and gzip stores its CRC-32. Then the CRC-32 of header, payload and trailer
 # together is always this constant (the "residue"), so a receiver checks a
@@ -120,8 +123,8 @@ class Packets(CodecBase):
         out: list[bytes] = []
         pos = start = 0
         chunks = self._chunks
-        crc32 = zlib.crc32
-        fast = _FAST.unpack_from
+        crc32 = _crc32
+        fast = _fast
         try:
             if chunks:  # a packet (or a header) began in an earlier chunk
                 pending = self._pending + len(data)
@@ -161,14 +164,13 @@ class Packets(CodecBase):
                 return []
             total = len(data)
             view = memoryview(data)
-            unpack = HEADER.unpack_from
             max_payload = self.max_payload_bytes
             need = HEADER_BYTES
             try:
                 while total - pos >= HEADER_BYTES:
                     head, bits, length, msg_id, index_count = fast(data, pos)
                     if head != _EXPECTED or bits or length > max_payload:
-                        self._check_header(*unpack(data, pos)[:6])
+                        self._check_header(*HEADER.unpack_from(data, pos)[:6])
                     end = pos + HEADER_BYTES + length
                     if end + TRAILER_BYTES > total:
                         need = HEADER_BYTES + length + TRAILER_BYTES

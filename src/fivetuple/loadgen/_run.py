@@ -47,6 +47,8 @@ def resolve(target: str, source: str | None = None) -> tuple[int, Any]:
         SetupError: one line naming the target and what went wrong.
     """
     family, address = parse_target(target)
+    if family == socket.AF_UNIX and source is not None:
+        raise SetupError(f"--source-addrs applies to tcp:// targets, not {target}")
     if family != socket.AF_UNIX:
         try:
             info = socket.getaddrinfo(address[0], address[1], family, socket.SOCK_STREAM)
