@@ -171,18 +171,18 @@ class Packets(CodecBase):
                     head, bits, length, msg_id, index_count = fast(data, pos)
                     if head != _EXPECTED or bits or length > max_payload:
                         self._check_header(*HEADER.unpack_from(data, pos)[:6])
-                    end = pos + HEADER_BYTES + length
-                    if end + TRAILER_BYTES > total:
-                        need = HEADER_BYTES + length + TRAILER_BYTES
+                    after = pos + OVERHEAD_BYTES + length  # where the next packet starts
+                    if after > total:
+                        need = OVERHEAD_BYTES + length
                         break
-                    if crc32(view[pos : end + TRAILER_BYTES]) != CRC_RESIDUE:
+                    if crc32(view[pos:after]) != CRC_RESIDUE:
                         raise self._fail("CRC-32 does not match the packet", "crc-mismatch")
                     if index_count == 1:  # index 0 of 1: a whole message
-                        out.append(data[pos + HEADER_BYTES : end])
+                        out.append(data[pos + HEADER_BYTES : after - TRAILER_BYTES])
                     else:
-                        payload = data[pos + HEADER_BYTES : end]
+                        payload = data[pos + HEADER_BYTES : after - TRAILER_BYTES]
                         self._fragment(msg_id, index_count, length, payload, out)
-                    pos = end + TRAILER_BYTES
+                    pos = after
             finally:
                 view.release()
                 self._chunks = [data[pos:]] if pos < total else []
