@@ -18,6 +18,8 @@ import pytest
 
 from fivetuple import Protocol, Transport
 from fivetuple.apps import make_app
+from fivetuple.errors import SetupError
+from fivetuple.loadgen import BenchConfig, parse_source_addrs
 from fivetuple.loadgen._message import MessageMaker, ReplyLedger
 from helpers import port_of, run_cli, running_server
 
@@ -270,3 +272,29 @@ def test_skipped_reordered_duplicated_and_unexpected_replies() -> None:
     assert book.check(maker.make(99), 3000) is None  # never sent
     assert errors == {"missing": 1, "reordered": 1, "duplicated": 1, "unexpected": 1}
     assert book.give_up() == 3 and errors["missing"] == 4
+
+
+def test_source_address_ranges_and_lists() -> None:
+    assert parse_source_addrs("127.0.0.2-127.0.0.4") == ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+    assert parse_source_addrs("127.0.0.9,127.0.1.1") == ("127.0.0.9", "127.0.1.1")
+    assert parse_source_addrs("127.0.0.255-127.0.1.0") == ("127.0.0.255", "127.0.1.0")
+    assert parse_source_addrs("::1") == ("::1",)
+    for bad in ("127.0.0.300", "127.0.0.5-127.0.0.1", "127.0.0.1-::1", "10.0.0.0-10.1.0.0"):
+        with pytest.raises(SetupError):
+            parse_source_addrs(bad)
+
+
+def test_a_config_names_the_first_option_that_cannot_work() -> None:
+    BenchConfig("tcp://127.0.0.1:1").check()
+    cases = {
+        "--conns": {"conns": 0},
+        "--size": {"size": 11},
+        "--pipeline": {"pipeline": 0},
+        "--duration": {"duration": 0},
+        "--rate": {"rate": -1.0},
+        "--procs": {"procs": 300},
+        "mode": {"mode": "flood"},
+    }
+    for words, change in cases.items():
+        with pytest.raises(SetupError, match=words):
+            BenchConfig("tcp://127.0.0.1:1", **change).check()  # type: ignore[arg-type]

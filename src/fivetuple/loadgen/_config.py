@@ -75,5 +75,5 @@ def parse_source_addrs(text: str) -> tuple[str, ...]:
             raise SetupError(f"--source-addrs {text!r}: the range {part!r} runs backwards")
         if int(high) - int(low) >= 65536:
             raise SetupError(f"--source-addrs {text!r}: more than 65,536 addresses")
-        addresses += [str(ipaddress.ip_address(n)) for n in range(int(low), int(high) + 1)]
+        addresses += [str(type(low)(n)) for n in range(int(low), int(high) + 1)]
     return tuple(addresses)
