@@ -667,9 +667,10 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
         args.rounds
         * len(peers)
         * (
-            len(cells) * (args.duration + 1.5)
-            + (args.hold_duration + 3 if idle else 0)
-            + (args.accept_conns and args.duration + 1.5)
+            # Start-up, connecting and stopping add about 2.5 s to each measurement.
+            len(cells) * (args.duration + 2.5)
+            + (args.hold_duration + 5 if idle else 0)
+            + (args.accept_conns and args.duration + 2.5)
         )
     )
     note(f"{plan} measurements, about {estimate / 60:.0f} minutes; pinned: {pin}")
@@ -683,8 +684,10 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"round": rnd, "server": peer.name, **extra}
         try:
             entry |= run() | {"ok": True}
-        except Failure as exc:
-            entry |= {"ok": False, "error": str(exc), "flags": [str(exc)]}
+        except (Failure, OSError, subprocess.SubprocessError) as exc:
+            # OSError: mostly /proc/PID of a server that died between two reads.
+            error = str(exc) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
+            entry |= {"ok": False, "error": error, "flags": [error]}
         results[kind].append(entry)
         done += 1
         save(args.json_out, results)
@@ -881,8 +884,11 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
         "",
         "Servers: "
         + "; ".join(f"{name} ({config['styles'].get(name, '')})" for name in servers)
-        + ". Sources in `bench/servers/`; each reads 64 KiB at most per receive and sets "
-        "TCP_NODELAY, as asyncio does by default.",
+        + ". Sources in `bench/servers/`. Every server sets TCP_NODELAY on each connection "
+        "(asyncio, uvloop and trio by default, the others in their code). Reads are 64 KiB "
+        "at most where the server's code or framework picks 64 KiB (trio, gevent, Twisted, "
+        "threads, fivetuple); asyncio's and uvloop's transports read up to 256 KiB, their "
+        "built-in size.",
         "",
         f"Load: `fivetuple bench`, {config['duration_s']:g} s per run, a fresh server per run. "
         f"Every number is the median of {config['rounds']} interleaved round(s) (round, cell, "

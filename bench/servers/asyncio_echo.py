@@ -5,7 +5,8 @@ port. Prints one line "listening on tcp://127.0.0.1:PORT" when ready; SIGINT or
 SIGTERM closes the listener and exits with status 0.
 
 TCP_NODELAY: asyncio's and uvloop's TCP transports set it on every connection by
-default, so nothing is set here.
+default, so nothing is set here. Their transports read up to 256 KiB per recv (a
+built-in size, not set here).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ usage: python asyncio_streams_echo.py [--uvloop] [PORT]; PORT 0 (the default) pi
 free port. Prints one line "listening on tcp://127.0.0.1:PORT" when ready; SIGINT or
 SIGTERM closes the listener and exits with status 0.
 
-Each connection reads up to 64 KiB, writes it back and awaits drain() (flow control).
+Each connection reads up to 64 KiB from its StreamReader, writes it back and awaits
+drain() (flow control); underneath, the transport reads up to 256 KiB per recv.
 TCP_NODELAY: asyncio's and uvloop's TCP transports set it on every connection by
 default, so nothing is set here.
 """

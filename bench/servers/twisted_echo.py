@@ -7,6 +7,11 @@ line "listening on tcp://127.0.0.1:PORT" when ready; SIGINT or SIGTERM stops the
 Twisted reads up to 64 KiB per readable event. TCP_NODELAY: Twisted does not set it;
 each connection sets it in connectionMade, as asyncio does by default, so that the
 comparison is fair.
+
+Twisted writes on the reactor's next turn, and a FIN means connectionLost for a
+protocol that is not IHalfCloseableProtocol, so a client that sends and at once
+half-closes (``printf hi | nc -q1``) may get nothing back. That is Twisted's default
+and this file keeps it; ``fivetuple bench`` never half-closes while it measures.
 """
 
 from __future__ import annotations
