@@ -471,6 +471,7 @@ def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str
         "cpu_us": (user1 - user0 + sys1 - sys0) * per_rt if per_rt else None,
         "p50_us": latency.get("p50"),
         "p99_us": latency.get("p99"),
+        "load_cpu_us": (report.get("cpu") or {}).get("us_per_round_trip"),
         "flags": flags,
         "load": report,
     }
@@ -909,6 +910,11 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
     if not results.get("finished"):
         lines += ["", "**This run did not finish: the tables show what was measured.**"]
     footnotes = Footnotes()
+    for entry in results["echo"]:  # results saved before the load's CPU had its own key
+        if "load_cpu_us" not in entry:
+            entry["load_cpu_us"] = ((entry.get("load") or {}).get("cpu") or {}).get(
+                "us_per_round_trip"
+            )
     echo = group_by(results["echo"], "size", "pipeline", "conns", "server")
     cells = [Cell(*c) for c in config["cells"]]
     groups: dict[tuple[int, int], list[Cell]] = {}
@@ -921,8 +927,8 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
             + (" (ping-pong)" if pipeline == 1 else f" ({pipeline} in flight per connection)"),
             "",
             "| conns | server | round trips/s | vs fivetuple | server CPU us/rt (user+sys) "
-            "| CPU vs fivetuple | p50 us | p99 us |",
-            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+            "| CPU vs fivetuple | p50 us | p99 us | load CPU us/rt |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for cell in sorted(group, key=lambda c: c.conns):
             reference = echo.get((size, pipeline, cell.conns, REFERENCE), [])
@@ -944,7 +950,8 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
                     f"| {_num(cpu, '.2f')}{split} "
                     f"| {_times(ratio(entries, reference, 'cpu_us'))} "
                     f"| {_num(summarize(entries, 'p50_us'))} "
-                    f"| {_num(summarize(entries, 'p99_us'))} |"
+                    f"| {_num(summarize(entries, 'p99_us'))} "
+                    f"| {_num(summarize(entries, 'load_cpu_us'), '.2f')} |"
                 )
     idle = group_by(results["idle"], "server")
     accept = group_by(results["accept"], "server")

@@ -187,7 +187,7 @@ def client(target: str, codec: str, send_file: str | None, timeout: float) -> No
     default=1,
     show_default=True,
     metavar="N",
-    help="Messages in flight per connection (echo, closed loop).",
+    help="Messages in flight per connection (echo; ignored with --rate, which sends on schedule).",
 )
 @click.option(
     "--duration",
