@@ -60,6 +60,20 @@ def tcp_queues(port_a: int, port_b: int) -> tuple[tuple[int, int], tuple[int, in
     return ends[port_a, port_b], ends[port_b, port_a]
 
 
+def settled_tcp_queues(port_a: int, port_b: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``tcp_queues`` once two readings 0.1 s apart agree. A client that cannot
+    send more is not yet a quiet connection: the kernel may still grow the
+    receive window and the server may still read one more chunk."""
+    last = tcp_queues(port_a, port_b)
+    for _ in range(50):
+        time.sleep(0.1)
+        now = tcp_queues(port_a, port_b)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 class Stderr:
     """What a CliServer wrote to stderr so far, read without blocking."""
 
@@ -295,7 +309,7 @@ def test_graceful_shutdown_delivers_replies_to_a_client_still_sending() -> None:
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         port, client_port = cli.port or 0, client.getsockname()[1]
         sent = stuff(client)
-        (_, server_unread), (client_unacked, _) = tcp_queues(port, client_port)
+        (_, server_unread), (client_unacked, _) = settled_tcp_queues(port, client_port)
         echoed = sent - client_unacked - server_unread  # what the server read and wrote
         assert server_unread > 0
         cli.signal(signal.SIGTERM)
