@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -88,6 +89,24 @@ def cli() -> None:
     show_default=True,
     help="Framing: raw bytes, or whole messages (echo only).",
 )
+@click.option(
+    "--admin",
+    "admin_addr",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the admin endpoint (web page, JSON, /metrics) here; loopback only.",
+)
+@click.option(
+    "--admin-public", is_flag=True, help="Allow --admin on a non-loopback address (warns)."
+)
+@click.option(
+    "--status",
+    "status_every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Print a one-line status (connections, rates, descriptors) every SECONDS.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Log more (info level).")
 def serve(
     app: str,
@@ -100,6 +119,9 @@ def serve(
     idle_timeout: float | None,
     grace: float,
     codec: str,
+    admin_addr: str | None,
+    admin_public: bool,
+    status_every: float | None,
     verbose: bool,
 ) -> None:
     """Serve APP (echo, discard or chat; default chat) on one port.
@@ -134,8 +156,43 @@ def serve(
     )
     server.start()
     print(server.banner(app if codec == "raw" else f"{app} codec={codec}"), flush=True)
+    if admin_addr is not None or status_every is not None:
+        from .admin import Observed, start_admin
+
+        observed = Observed(server, app, codec)
+        if admin_addr is not None:
+            host, port = _host_port(admin_addr, "--admin")
+            admin = start_admin(observed, host, port, public=admin_public)
+            print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
+        if status_every is not None:
+            _print_status_every(observed, status_every)
     status = server.serve_forever()
     sys.exit(status)
+
+
+def _host_port(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a one-line UsageError."""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise click.UsageError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:7001")
+    return host, int(port)
+
+
+def _print_status_every(observed: Any, seconds: float) -> None:
+    from .admin import status_line
+
+    loop = observed.server.loop
+    previous: list[Any] = [None]
+
+    def tick() -> None:
+        line, previous[0] = status_line(observed, previous[0])
+        print(line, file=sys.stderr, flush=True)
+        loop.call_later(seconds, tick)
+
+    previous[0] = status_line(observed, None)[1]
+    loop.call_later(seconds, tick)
 
 
 @cli.command()
@@ -298,6 +355,40 @@ def bench(
 
         Console().print(render(report))
     sys.exit(1 if failed(report) else 0)
+
+
+@cli.command()
+@click.argument("admin_addr", default="127.0.0.1:7001", required=False, metavar="[ADMIN_ADDR]")
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=0.1),
+    default=1.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Refresh every SECONDS.",
+)
+@click.option(
+    "--sort",
+    type=click.Choice(["bytes", "idle", "age"]),
+    default="bytes",
+    show_default=True,
+    help="Sort the table (keys b, i, a while running).",
+)
+def top(admin_addr: str, interval: float, sort: str) -> None:
+    """A live view of a server's connections (its --admin address); q quits."""
+    from .admin._top import run_top
+
+    sys.exit(run_top(admin_addr, interval, sort))
+
+
+@cli.command()
+@click.argument("admin_addr", default="127.0.0.1:7001", required=False, metavar="[ADMIN_ADDR]")
+@click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
+def conns(admin_addr: str, as_json: bool) -> None:
+    """Print a server's connection table once (from its --admin address)."""
+    from .admin._conns import run_conns
+
+    sys.exit(run_conns(admin_addr, as_json))
 
 
 def main(argv: list[str] | None = None) -> None:

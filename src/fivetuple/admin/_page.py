@@ -1,0 +1,1 @@
+PAGE_HTML = "<!doctype html><title>fivetuple</title><p>page coming"

@@ -1,0 +1,136 @@
+"""What the admin endpoint shows: JSON documents built from the statistics records.
+
+Everything here is read when somebody asks (an HTTP request, a status line):
+the data path keeps its plain counters and pays nothing for being observed.
+The shapes are documented in docs/admin.md.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .._kernel import listen_queue
+from .._server import Server
+from .._stats import ConnectionStats
+
+
+class Observed:
+    """A server and the labels the admin shows with it (app, codec)."""
+
+    def __init__(self, server: Server, app: str = "", codec: str = "raw") -> None:
+        self.server = server
+        self.app = app
+        self.codec = codec
+        self.started = server.loop.time()
+
+
+def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, Any]:
+    """One row of ``GET /connections``."""
+    return {
+        "id": stats.id,
+        "protocol": stats.protocol,
+        "local_addr": stats.local_addr,
+        "local_port": stats.local_port,
+        "remote_addr": stats.remote_addr,
+        "remote_port": stats.remote_port,
+        "fd": stats.fd,
+        "state": stats.state,
+        "age_s": round(stats.age, 3),
+        "idle_s": round(stats.idle, 3),
+        "bytes_in": stats.bytes_in,
+        "bytes_out": stats.bytes_out,
+        "queued_bytes": stats.queued_bytes,
+        "rtt_us": stats.rtt_us,
+        "reading_paused": stats.reading_paused,
+        "writing_paused": stats.writing_paused,
+        "app": app,
+        "codec": codec,
+    }
+
+
+def connections_document(observed: Observed) -> dict[str, Any]:
+    """``GET /connections``: every connection, oldest first."""
+    rows = [
+        connection_row(t.statistics(), observed.app, observed.codec)
+        for t in observed.server.connections()
+    ]
+    return {"time": time.time(), "count": len(rows), "connections": rows}
+
+
+def stats_document(observed: Observed) -> dict[str, Any]:
+    """``GET /stats``: the listener, descriptors, connections, bytes, closes, the loop."""
+    server = observed.server
+    stats = server.statistics()
+    listeners = []
+    for listener in server.listeners:
+        queue = listen_queue(listener.sock) if listener.sock.fileno() >= 0 else None
+        listeners.append(
+            {
+                "address": listener.address,
+                "backlog": listener.backlog,
+                "accepted": listener.accepted,
+                "accept_queue": queue[0] if queue else None,
+                "paused": listener.paused,
+            }
+        )
+    wakeups = stats.loop_wakeups
+    return {
+        "time": time.time(),
+        "server": {
+            "pid": os.getpid(),
+            "app": observed.app,
+            "codec": observed.codec,
+            "backend": stats.backend,
+            "uptime_s": round(server.loop.time() - observed.started, 3),
+        },
+        "listeners": listeners,
+        "refused": dict(stats.accept_pauses),
+        "accept_errors": dict(stats.accept_errors),
+        "descriptors": {
+            "in_use": stats.fds_open,
+            "soft_limit": stats.fd_soft_limit,
+            "hard_limit": stats.fd_hard_limit,
+        },
+        "connections": {
+            "now": stats.connections,
+            "peak": stats.peak_connections,
+            "max": stats.max_connections,
+            "reading_paused": stats.reading_paused,
+            "writing_paused": stats.writing_paused,
+        },
+        "bytes": {"in": stats.bytes_in, "out": stats.bytes_out},
+        "closed": dict(stats.closed),
+        "loop": {
+            "wakeups": wakeups,
+            "events": stats.loop_events,
+            "events_per_wakeup": round(stats.loop_events / wakeups, 3) if wakeups else 0.0,
+        },
+    }
+
+
+def status_line(observed: Observed, previous: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """The one line ``--status`` prints, and the numbers the next line's rates need."""
+    doc = stats_document(observed)
+    conns, fds = doc["connections"], doc["descriptors"]
+    now = {
+        "t": observed.server.loop.time(),
+        "accepted": sum(item["accepted"] for item in doc["listeners"]),
+        "in": doc["bytes"]["in"],
+        "out": doc["bytes"]["out"],
+    }
+    rates = ""
+    if previous is not None and now["t"] > previous["t"]:
+        span = now["t"] - previous["t"]
+        rates = (
+            f" accepts/s {(now['accepted'] - previous['accepted']) / span:,.0f}"
+            f" in {(now['in'] - previous['in']) / span / 1e3:,.1f} kB/s"
+            f" out {(now['out'] - previous['out']) / span / 1e3:,.1f} kB/s"
+        )
+    closed = sum(doc["closed"].values())
+    line = (
+        f"status: conns {conns['now']:,} (peak {conns['peak']:,}) fds {fds['in_use']:,}/"
+        f"{fds['soft_limit']:,} accepted {now['accepted']:,} closed {closed:,}{rates}"
+    )
+    return line, now
