@@ -25,8 +25,8 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-from http import HTTPStatus
 from collections.abc import Callable
+from http import HTTPStatus
 from typing import Any
 
 import h11
