@@ -11,8 +11,11 @@ slow the data path:
 - a request must arrive whole within ``REQUEST_TIMEOUT_S`` of its first byte
   (a slowloris is closed as ``timeout``), and a keep-alive connection silent for
   ``IDLE_TIMEOUT_S`` is closed as ``idle``;
-- at most ``MAX_BUFFERED_BYTES`` may wait unparsed (requests pipelined by a
-  client that does not read its answers): more closes it as ``slow-reader``;
+- a client that does not read its answers stops being read once its queued
+  answers pass the transport's high-water mark (so neither answers nor requests
+  pile up), and is closed as ``idle`` when nothing has moved for
+  ``IDLE_TIMEOUT_S``; at most ``MAX_BUFFERED_BYTES`` may wait unparsed, more
+  closes it as ``slow-reader``;
 - at most ``MAX_ADMIN_CONNS`` admin connections are open at once; the rest
   wait in the admin listener's backlog.
 
@@ -44,7 +47,7 @@ from ._records import Observed, connections_document, stats_document
 logger = logging.getLogger("fivetuple")
 
 MAX_REQUEST_BYTES = 16 * 1024
-MAX_BUFFERED_BYTES = 64 * 1024
+MAX_BUFFERED_BYTES = 256 * 1024
 REQUEST_TIMEOUT_S = 10.0
 IDLE_TIMEOUT_S = 30.0
 MAX_ADMIN_CONNS = 64
@@ -86,13 +89,23 @@ class AdminProtocol(Protocol):
             self._deadline = loop.call_later(REQUEST_TIMEOUT_S, self._too_slow)
         self._http.receive_data(data)
         self._answer_all()
-        if len(self._http.trailing_data[0]) > MAX_BUFFERED_BYTES:
+        if len(self._http.trailing_data[0]) > MAX_BUFFERED_BYTES:  # pipelined past our answers
             self._close("slow-reader")
 
     def eof_received(self) -> bool:
         self._http.receive_data(b"")
         self._answer_all()
         return False
+
+    def pause_writing(self) -> None:
+        # A client that does not read its answers: stop reading its requests,
+        # so that neither its answers nor its requests pile up here. It is
+        # closed as idle once nothing has moved for IDLE_TIMEOUT_S.
+        self.transport.pause_reading()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        self.transport.resume_reading()  # type: ignore[union-attr]
+        self._answer_all()
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._deadline is not None:
@@ -101,7 +114,8 @@ class AdminProtocol(Protocol):
 
     def _answer_all(self) -> None:
         http = self._http
-        while self.transport is not None and not self.transport.is_closing():
+        transport = self.transport
+        while transport is not None and transport.is_reading() and not transport.is_closing():
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
