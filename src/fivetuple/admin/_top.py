@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import select
+import signal
 import sys
 import termios
 import time
@@ -113,13 +114,10 @@ def _title(view: View) -> Table:
     left = Text.assemble(
         ("fivetuple top ", "bold"),
         view.addr,
-        f"  pid {server.get('pid', '?')}  {server.get('app', '?')}/{server.get('codec', '?')}",
-        f"  {server.get('backend', '?')}  up {format_duration(server.get('uptime_s'))}",
+        f" · pid {server.get('pid', '?')} · {server.get('app', '?')}/{server.get('codec', '?')}",
+        f" · {server.get('backend', '?')} · up {format_duration(server.get('uptime_s'))}",
     )
-    right = Text.assemble(
-        f"sort: {view.sort}  ", ("b", "bold"), "ytes ", ("i", "bold"), "dle ", ("a", "bold"),
-        "ge  ", ("q", "bold"), "uit",
-    )  # fmt: skip
+    right = Text.assemble("sort ", (view.sort, "bold"), " (b/i/a) · q quit")
     grid = Table.grid(expand=True)
     grid.add_column(no_wrap=True, overflow="ellipsis")
     grid.add_column(justify="right", no_wrap=True)
@@ -281,8 +279,8 @@ def run_top(addr: str, interval: float = 1.0, sort: str = "bytes") -> int:
         The exit status, 0. The terminal is left in the mode it was found in.
 
     Raises:
-        SetupError: a bad ``interval`` or ``sort``, or nothing answers at ``addr``
-            at start (later, the screen says so and keeps trying).
+        SetupError: a bad ``interval`` or ``sort``; nothing answers at ``addr`` at
+            start (later, the screen says so and keeps trying); stdout is not a terminal.
     """
     if sort not in SORT_KEYS:
         raise SetupError(f"unknown sort {sort!r}; use one of: {', '.join(SORT_KEYS)}")
@@ -290,6 +288,15 @@ def run_top(addr: str, interval: float = 1.0, sort: str = "bytes") -> int:
         raise SetupError(f"--interval must be above 0 seconds, not {interval:g}")
     view = View(addr, interval, sort, fetch_snapshot(addr))
     console = Console(highlight=False)
+    if not console.is_terminal:
+        # Live draws nothing on a pipe: say so rather than run silently forever.
+        raise SetupError(
+            f"fivetuple top draws on a terminal and stdout is not one; "
+            f"for a script use: fivetuple conns {addr} [--json]"
+        )
+    # SIGTERM (and SIGHUP, a closed terminal) end it like Ctrl-C: through the
+    # finally clauses that give the terminal back its mode and screen.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with (
             _cbreak(sys.stdin) as keys,
@@ -315,6 +322,13 @@ def run_top(addr: str, interval: float = 1.0, sort: str = "bytes") -> int:
                 live.update(render_screen(console, view, time.monotonic()), refresh=True)
     except KeyboardInterrupt:
         return 0
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _refresh(view: View) -> View:
