@@ -90,6 +90,9 @@ def cli() -> None:
     help="Framing: raw bytes, or whole messages (echo only).",
 )
 @click.option(
+    "--udp", is_flag=True, help="Serve UDP datagrams on --host/--port instead of TCP (echo)."
+)
+@click.option(
     "--admin",
     "admin_addr",
     metavar="HOST:PORT",
@@ -119,6 +122,7 @@ def serve(
     idle_timeout: float | None,
     grace: float,
     codec: str,
+    udp: bool,
     admin_addr: str | None,
     admin_public: bool,
     status_every: float | None,
@@ -143,6 +147,8 @@ def serve(
         format="fivetuple: %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    if udp:
+        sys.exit(_serve_udp(app, host, port, unix_path, backend, codec, admin_addr))
     server = Server(
         make_app(app, None if codec == "raw" else codec),
         host if host is not None else DEFAULT_HOST,
@@ -168,6 +174,32 @@ def serve(
             _print_status_every(observed, status_every)
     status = server.serve_forever()
     sys.exit(status)
+
+
+def _serve_udp(
+    app: str,
+    host: str | None,
+    port: int | None,
+    unix_path: str | None,
+    backend: str | None,
+    codec: str,
+    admin_addr: str | None,
+) -> int:
+    from ._datagram import DatagramServer
+    from .apps import DATAGRAM_APPS
+
+    if app not in DATAGRAM_APPS:
+        raise click.UsageError(f"--udp serves: {', '.join(DATAGRAM_APPS)}; {app} needs TCP")
+    if unix_path is not None or codec != "raw" or admin_addr is not None:
+        raise click.UsageError("--udp takes --host and --port only (no --unix, --codec or --admin)")
+    server = DatagramServer(
+        DATAGRAM_APPS[app](),
+        host if host is not None else DEFAULT_HOST,
+        port if port is not None else DEFAULT_PORT,
+        backend=backend,
+    )
+    print(server.banner(app), flush=True)
+    return server.serve_forever()
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from .._protocol import Protocol
 from .chat import ChatRoom
 from .discard import Discard
-from .echo import Echo, MessageEcho
+from .echo import DatagramEcho, Echo, MessageEcho
 
 ProtocolFactory = Callable[[], Protocol]
 
@@ -21,6 +21,9 @@ APPS: dict[str, Callable[[], ProtocolFactory]] = {
     "chat": lambda: ChatRoom().protocol,
 }
 
+
+#: Apps that also serve UDP (--udp): the datagram protocol they use there.
+DATAGRAM_APPS = {"echo": DatagramEcho}
 
 #: Apps that can speak whole messages through a codec (--codec).
 MESSAGE_APPS = {"echo": MessageEcho}
@@ -40,4 +43,14 @@ def make_app(name: str, codec: str | None = None) -> ProtocolFactory:
     return lambda: app(make_codec())
 
 
-__all__ = ["APPS", "MESSAGE_APPS", "ChatRoom", "Discard", "Echo", "MessageEcho", "make_app"]
+__all__ = [
+    "APPS",
+    "DATAGRAM_APPS",
+    "MESSAGE_APPS",
+    "ChatRoom",
+    "DatagramEcho",
+    "Discard",
+    "Echo",
+    "MessageEcho",
+    "make_app",
+]

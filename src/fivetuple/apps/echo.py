@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .._datagram import DatagramProtocol, DatagramTransport
 from .._messages import MessageProtocol
 from .._protocol import Protocol
 from .._transport import Transport
@@ -43,3 +46,15 @@ class MessageEcho(MessageProtocol):
 
     def resume_writing(self) -> None:
         self.transport.resume_reading()
+
+
+class DatagramEcho(DatagramProtocol):
+    """Send every datagram back to the peer it came from."""
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport: DatagramTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.transport.sendto(data, addr)
