@@ -1,0 +1,1 @@
+"""Reliable, ordered delivery over UDP: a sans-IO core."""
