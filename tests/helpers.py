@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fivetuple import Protocol, Server, available_backends
+from fivetuple._datagram import DatagramServer
 
 T = TypeVar("T")
 
@@ -66,8 +67,8 @@ def running_server(factory: Callable[[], Protocol], **options: Any) -> Iterator[
             raise errors[0]
 
 
-def on_loop(server: Server, fn: Callable[[], T], timeout: float = 5.0) -> T:
-    """Run ``fn`` on the server's loop thread and return its result."""
+def on_loop(server: Server | DatagramServer, fn: Callable[[], T], timeout: float = 5.0) -> T:
+    """Run ``fn`` on the server's loop thread; its result, or its exception raised here."""
     done = threading.Event()
     box: list[Any] = []
 

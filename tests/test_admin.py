@@ -269,6 +269,7 @@ def test_admin_refuses_a_public_address_unless_asked() -> None:
     done = run_cli("serve", "echo", "--port", "0", "--admin", "0.0.0.0:0")
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "--admin-public" in done.stderr
+    assert done.stdout == ""  # refused before the data port was bound: no "listening" banner
     bad = run_cli("serve", "echo", "--port", "0", "--admin", "nonsense")
     assert bad.returncode == 2 and "HOST:PORT" in bad.stderr
 

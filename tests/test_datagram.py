@@ -14,7 +14,7 @@ import pytest
 
 from fivetuple._datagram import MAX_DATAGRAM_BYTES, DatagramServer
 from fivetuple.apps import DatagramEcho
-from helpers import BACKENDS, needs_ipv6, run_cli, wait_for
+from helpers import BACKENDS, needs_ipv6, on_loop, run_cli, wait_for
 
 TIMEOUT_S = 5.0
 
@@ -34,25 +34,6 @@ def udp_server(
         server.loop.call_soon_threadsafe(server.loop.stop)
         thread.join(5)
         assert not thread.is_alive()
-
-
-def on_server_loop(server: DatagramServer, fn: Any) -> Any:
-    """Run ``fn`` on the server's loop thread; its result, or its exception raised here."""
-    done = threading.Event()
-    box: list[Any] = []
-
-    def call() -> None:
-        try:
-            box.append(fn())
-        except BaseException as exc:
-            box.append(exc)
-        done.set()
-
-    server.loop.call_soon_threadsafe(call)
-    assert done.wait(TIMEOUT_S)
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 def port(server: DatagramServer) -> int:
@@ -79,7 +60,7 @@ def test_many_peers_each_get_their_own_echoes(backend: str) -> None:
             for n, peer in enumerate(peers):
                 got = sorted(peer.recvfrom(100)[0] for _ in range(5))
                 assert got == sorted(f"{n}:{r}".encode() for r in range(5))
-            table = on_server_loop(server, lambda: dict(server.transport.peers))
+            table = on_loop(server, lambda: dict(server.transport.peers))
             assert len(table) == 40
             for peer in peers:
                 row = table[peer.getsockname()]
@@ -101,7 +82,7 @@ def test_every_datagram_size_up_to_the_maximum(size: int) -> None:
 
 def test_an_oversized_datagram_is_refused_by_the_transport() -> None:
     with udp_server() as server, pytest.raises(ValueError, match="65507"):
-        on_server_loop(
+        on_loop(
             server,
             lambda: server.transport.sendto(b"x" * (MAX_DATAGRAM_BYTES + 1), ("127.0.0.1", 9)),
         )
@@ -115,16 +96,12 @@ def test_an_icmp_error_from_a_vanished_peer_does_not_stop_the_server() -> None:
         assert gone.recvfrom(100)[0] == b"hello"
         gone_addr = gone.getsockname()
         gone.close()  # its port is now closed: replies to it bounce as ICMP port unreachable
-        on_server_loop(
-            server, lambda: [server.transport.sendto(b"late", gone_addr) for _ in range(3)]
-        )
-        wait_for(
-            lambda: on_server_loop(server, lambda: server.transport.errors["ECONNREFUSED"]) >= 1
-        )
+        on_loop(server, lambda: [server.transport.sendto(b"late", gone_addr) for _ in range(3)])
+        wait_for(lambda: on_loop(server, lambda: server.transport.errors["ECONNREFUSED"]) >= 1)
         for n in range(20):  # and everyone else is still served
             good.sendto(b"%d" % n, target)
             assert good.recvfrom(100)[0] == b"%d" % n
-        row = on_server_loop(server, lambda: server.transport.peers[gone_addr])
+        row = on_loop(server, lambda: server.transport.peers[gone_addr])
         assert row.errors >= 1  # the error queue named the peer
 
 
@@ -147,12 +124,12 @@ def test_the_peer_table_is_capped_and_forgets_idle_peers() -> None:
             for peer in peers:
                 peer.sendto(b"x", target)
                 peer.recvfrom(10)
-            table = on_server_loop(server, lambda: list(server.transport.peers))
+            table = on_loop(server, lambda: list(server.transport.peers))
             assert table == [p.getsockname() for p in peers[2:]]  # the 3 most recent
-            assert on_server_loop(server, lambda: server.transport.evicted["table-full"]) == 2
+            assert on_loop(server, lambda: server.transport.evicted["table-full"]) == 2
             time.sleep(0.9)
-            assert on_server_loop(server, lambda: len(server.transport.peers)) == 0
-            assert on_server_loop(server, lambda: server.transport.evicted["idle"]) == 3
+            assert on_loop(server, lambda: len(server.transport.peers)) == 0
+            assert on_loop(server, lambda: server.transport.evicted["idle"]) == 3
         finally:
             for peer in peers:
                 peer.close()

@@ -29,16 +29,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import signal
 import socket
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from ._listener import _bind_error, format_address
+from ._listener import bind_error, format_address, passive_address
 from ._loop import Loop
 from ._poller import ERROR, READ, WRITE
 from ._timers import Timer
-from .errors import SetupError
 
 logger = logging.getLogger("fivetuple")
 
@@ -298,18 +298,8 @@ def bind_udp(host: str, port: int) -> socket.socket:
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
     """
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_DGRAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise SetupError(
-            f"cannot resolve host {host!r} ({exc.strerror}); use an IP address such as 127.0.0.1 or ::1"
-        ) from None
-    except OverflowError:
-        raise SetupError(f"port {port} is out of range; use 0-65535") from None
-    family, _, _, _, sockaddr = infos[0]
-    where = format_address(family, sockaddr).replace("tcp://", "udp://")
+    family, sockaddr = passive_address(host, port, socket.SOCK_DGRAM)
+    where = format_address(family, sockaddr, "udp")
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         if family == socket.AF_INET6:
@@ -321,8 +311,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        error = _bind_error(exc, where, port)
-        raise SetupError(str(error).replace("ss -ltnp", "ss -lunp")) from None
+        raise bind_error(exc, where, port, "-lunp") from None
     return sock
 
 
@@ -350,15 +339,13 @@ class DatagramServer:
     @property
     def address(self) -> str:
         sock = self.transport.get_extra_info("socket")
-        return format_address(sock.family, sock.getsockname()).replace("tcp://", "udp://")
+        return format_address(sock.family, sock.getsockname(), "udp")
 
     def banner(self, app: str) -> str:
         return f"listening on {self.address} app={app} backend={self.loop.backend}"
 
     def serve_forever(self, *, handle_signals: bool = True) -> int:
         """Run until SIGINT or SIGTERM (UDP has nothing to flush); returns 0."""
-        import signal
-
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self.loop.stop)

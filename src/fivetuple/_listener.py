@@ -67,18 +67,7 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
     """
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except socket.gaierror as exc:
-        raise SetupError(
-            f"cannot resolve host {host!r} ({exc.strerror}); "
-            "use an IP address such as 127.0.0.1 or ::1, or a name this machine knows"
-        ) from None
-    except OverflowError:
-        raise SetupError(f"port {port} is out of range; use 0-65535") from None
-    family, _, _, _, sockaddr = infos[0]
+    family, sockaddr = passive_address(host, port, socket.SOCK_STREAM)
     where = format_address(family, sockaddr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -96,15 +85,38 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
-        raise _bind_error(exc, where, port) from None
+        raise bind_error(exc, where, port) from None
     return sock
 
 
-def _bind_error(exc: OSError, where: str, port: int) -> SetupError:
+def passive_address(host: str, port: int, socktype: int) -> tuple[int, Any]:
+    """(family, sockaddr) to bind ``host``:``port`` with, for TCP or UDP.
+
+    Raises:
+        SetupError: unknown host, or a port out of range.
+    """
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socktype, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise SetupError(
+            f"cannot resolve host {host!r} ({exc.strerror}); "
+            "use an IP address such as 127.0.0.1 or ::1, or a name this machine knows"
+        ) from None
+    except OverflowError:
+        raise SetupError(f"port {port} is out of range; use 0-65535") from None
+    family, _, _, _, sockaddr = infos[0]
+    return family, sockaddr
+
+
+def bind_error(exc: OSError, where: str, port: int, ss_flags: str = "-ltnp") -> SetupError:
+    """The one line a person sees when bind() or listen() fails on ``where``.
+
+    ``ss_flags`` names the sockets that ``ss`` should list (``-lunp`` for UDP).
+    """
     if exc.errno == errno.EADDRINUSE:
         return SetupError(
             f"address {where} is already in use; stop the program using it "
-            f"(ss -ltnp 'sport = :{port}' shows it) or choose another --port"
+            f"(ss {ss_flags} 'sport = :{port}' shows it) or choose another --port"
         )
     if exc.errno == errno.EACCES:
         return SetupError(
@@ -170,12 +182,14 @@ def _unix_socket_answers(path: str) -> bool:
     return True
 
 
-def format_address(family: int, sockaddr: Any) -> str:
-    """tcp://host:port with IPv6 hosts in brackets, or unix://path."""
+def format_address(family: int, sockaddr: Any, scheme: str = "tcp") -> str:
+    """tcp://host:port (or ``scheme``://) with IPv6 hosts in brackets, or unix://path."""
     if family == getattr(socket, "AF_UNIX", None):
         return f"unix://{sockaddr}"
     host, port = sockaddr[0], sockaddr[1]
-    return f"tcp://[{host}]:{port}" if family == socket.AF_INET6 else f"tcp://{host}:{port}"
+    return (
+        f"{scheme}://[{host}]:{port}" if family == socket.AF_INET6 else f"{scheme}://{host}:{port}"
+    )
 
 
 class Listener:

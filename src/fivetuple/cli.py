@@ -160,18 +160,20 @@ def serve(
         idle_timeout=idle_timeout,
         grace=grace,
     )
-    server.start()
-    print(server.banner(app if codec == "raw" else f"{app} codec={codec}"), flush=True)
+    admin = None
     if admin_addr is not None or status_every is not None:
         from .admin import Observed, start_admin
 
         observed = Observed(server, app, codec)
-        if admin_addr is not None:
+        if admin_addr is not None:  # checked and bound before the banner says "listening"
             host, port = _host_port(admin_addr, "--admin")
             admin = start_admin(observed, host, port, public=admin_public)
-            print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
         if status_every is not None:
             _print_status_every(observed, status_every)
+    server.start()
+    print(server.banner(app if codec == "raw" else f"{app} codec={codec}"), flush=True)
+    if admin is not None:
+        print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
     status = server.serve_forever()
     sys.exit(status)
 
@@ -204,12 +206,15 @@ def _serve_udp(
 
 def _host_port(text: str, option: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a one-line UsageError."""
-    host, sep, port = text.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    from .client import parse_target
+
+    try:
+        _, (host, port) = parse_target(f"tcp://{text}")
+    except SetupError:
+        raise click.UsageError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:7001") from None
+    if port > 65535:
         raise click.UsageError(f"{option} {text!r} is not HOST:PORT, e.g. 127.0.0.1:7001")
-    return host, int(port)
+    return host, port
 
 
 def _print_status_every(observed: Any, seconds: float) -> None:
