@@ -1,1 +1,44 @@
-"""Reliable, ordered delivery over UDP: a sans-IO core."""
+"""Reliable, ordered delivery over UDP: a sans-IO core.
+
+The layers, bottom up, one module each:
+
+- ``_packet``: the wire format (header, frames, CRC-32 trailer).
+- ``_rangeset``: sets of packet numbers as ranges (what ACK frames carry).
+- ``_recovery``: RTT estimation and loss detection (RFC 6298, RFC 9002).
+- ``_congestion``: the path model and pacer (BBR-style; docs/reliable.md says why).
+- ``_stream``: messages cut into fragments and put back together, in order.
+- ``_connection``: one connection's state machine, tying the above together.
+- ``_listener``: the server side: many connections, a stateless cookie handshake.
+
+Time is always an argument and nothing here touches a socket: drive it with
+``fivetuple.netsim`` in tests, or with a UDP socket in an I/O shell.
+"""
+
+from ._connection import (
+    Connected,
+    Connection,
+    ConnectionConfig,
+    ConnectionStatistics,
+    ConnectionTerminated,
+    Event,
+    MessageReceived,
+    State,
+)
+from ._listener import Listener, ListenerStatistics
+from ._shell import ReliableProtocol, connect, serve
+
+__all__ = [
+    "Connected",
+    "Connection",
+    "ConnectionConfig",
+    "ConnectionStatistics",
+    "ConnectionTerminated",
+    "Event",
+    "Listener",
+    "ListenerStatistics",
+    "MessageReceived",
+    "ReliableProtocol",
+    "State",
+    "connect",
+    "serve",
+]

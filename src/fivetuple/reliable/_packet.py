@@ -355,5 +355,10 @@ def frame_size(frame: Frame) -> int:
 
 #: Room for frames in one packet.
 MAX_FRAMES_BYTES = MAX_DATAGRAM_BYTES - HEADER_BYTES - TRAILER_BYTES
+#: Bytes of a DATA frame beyond its payload.
+DATA_FRAME_OVERHEAD = 1 + _DATA_HEAD.size
+#: Bytes of an ACK frame: a fixed part, and this much per range.
+ACK_FRAME_BASE = 1 + _ACK_HEAD.size
+ACK_RANGE_BYTES = _ACK_RANGE.size
 #: The largest DATA payload that fits a packet alone.
-MAX_DATA_PAYLOAD = MAX_FRAMES_BYTES - 1 - _DATA_HEAD.size
+MAX_DATA_PAYLOAD = MAX_FRAMES_BYTES - DATA_FRAME_OVERHEAD

@@ -217,6 +217,9 @@ class SentPacket:
             padding; a packet holding only ACK frames is not in flight).
         handlers: one per frame, called with ``Delivery.ACKED`` or
             ``Delivery.LOST`` exactly once.
+        delivered, delivered_time, first_sent_time, app_limited: the
+            congestion controller's delivery-rate snapshot taken when the
+            packet left (see ``_congestion.py``); unused by loss detection.
     """
 
     packet_number: int
@@ -225,6 +228,10 @@ class SentPacket:
     ack_eliciting: bool = True
     in_flight: bool = True
     handlers: list[DeliveryHandler] = field(default_factory=list)
+    delivered: int = 0
+    delivered_time: float = 0.0
+    first_sent_time: float = 0.0
+    app_limited: bool = False
 
     def deliver(self, outcome: Delivery) -> None:
         """Call every handler with ``outcome``."""

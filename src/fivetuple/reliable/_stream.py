@@ -7,9 +7,11 @@ before it is delivered. Unreliable messages have their own numbers and are
 delivered at most once, as soon as they are whole, in whatever order; a
 partial unreliable message is given up after ``UNRELIABLE_TIMEOUT_S`` (time is
 an argument). A fragment seen twice (a retransmission whose first copy was
-not lost after all) is dropped and counted. Buffered bytes are bounded by
-``max_buffered_bytes``; the connection keeps the peer under it with its
-receive window, and a peer that ignores the window is a protocol error.
+not lost after all) is dropped and counted. Buffered reliable bytes are
+bounded by ``max_buffered_bytes``; the sender keeps under it with its send
+window, and a peer that ignores the window is a protocol error. Partial
+unreliable messages are bounded by ``max_unreliable_bytes``: past it the
+oldest is given up (it was only ever at most once), counted as expired.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ UNRELIABLE_TIMEOUT_S = 5.0
 #: Unreliable message numbers remembered as delivered (a window for at-most-once).
 DELIVERED_WINDOW = 4096
 MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+MAX_UNRELIABLE_BYTES = 1024 * 1024
 
 
 def fragment(
@@ -49,8 +52,14 @@ class _Partial:
 class MessageReceiver:
     """Reassembles DATA frames into messages: reliable in order, unreliable at most once."""
 
-    def __init__(self, max_buffered_bytes: int = MAX_BUFFERED_BYTES) -> None:
+    def __init__(
+        self,
+        max_buffered_bytes: int = MAX_BUFFERED_BYTES,
+        max_unreliable_bytes: int = MAX_UNRELIABLE_BYTES,
+    ) -> None:
         self.max_buffered_bytes = max_buffered_bytes
+        self.max_unreliable_bytes = max_unreliable_bytes
+        self._unreliable_bytes = 0  # in partial unreliable messages
         self.next_reliable = 0  # the next reliable message to deliver
         self._partials: dict[tuple[bool, int], _Partial] = {}
         self._complete: dict[int, bytes] = {}  # reliable, whole, waiting for their turn
@@ -89,7 +98,11 @@ class MessageReceiver:
         partial.fragments[frame.index] = frame.payload
         partial.size += len(frame.payload)
         self.buffered_bytes += len(frame.payload)
-        if self.buffered_bytes > self.max_buffered_bytes:
+        if not reliable:
+            self._unreliable_bytes += len(frame.payload)
+            if self._unreliable_bytes > self.max_unreliable_bytes:
+                self._evict_unreliable(keep=key)
+        elif self.buffered_bytes - self._unreliable_bytes > self.max_buffered_bytes:
             raise RemoteProtocolError(
                 "the peer sent past the receive window", reason="flow-control"
             )
@@ -100,6 +113,7 @@ class MessageReceiver:
         message = b"".join([fragments[i] for i in range(partial.count)])
         if not reliable:
             self.buffered_bytes -= partial.size
+            self._unreliable_bytes -= partial.size
             self._delivered_unreliable[mid] = None
             if len(self._delivered_unreliable) > DELIVERED_WINDOW:
                 del self._delivered_unreliable[next(iter(self._delivered_unreliable))]
@@ -116,6 +130,20 @@ class MessageReceiver:
             self.next_reliable += 1
         return out
 
+    def _evict_unreliable(self, keep: tuple[bool, int]) -> None:
+        """Give up the oldest partial unreliable messages until under the cap."""
+        for key in [k for k in self._partials if not k[0] and k != keep]:
+            if self._unreliable_bytes <= self.max_unreliable_bytes:
+                return
+            self._drop_partial(key)
+
+    def _drop_partial(self, key: tuple[bool, int]) -> None:
+        size = self._partials.pop(key).size
+        self.buffered_bytes -= size
+        if not key[0]:
+            self._unreliable_bytes -= size
+        self.expired += 1
+
     def expire(self, now: float) -> int:
         """Give up partial unreliable messages older than UNRELIABLE_TIMEOUT_S."""
         stale = [
@@ -124,8 +152,7 @@ class MessageReceiver:
             if not key[0] and now - partial.first_seen >= UNRELIABLE_TIMEOUT_S
         ]
         for key in stale:
-            self.buffered_bytes -= self._partials.pop(key).size
-        self.expired += len(stale)
+            self._drop_partial(key)
         return len(stale)
 
     def get_timer(self) -> float | None:

@@ -1,0 +1,327 @@
+"""Congestion control: a model of the path (bottleneck rate, minimum RTT) and a pacer.
+
+Theory of operation. Loss-based controllers (Reno, CUBIC) read every lost
+packet as a full queue and halve their window. On a path that loses packets
+at random, that is wrong every time: Reno falls from 9.2 to 0.9 Mbit/s at 10%
+random loss on a 10 Mbit/s, 30 ms path. So the controller here follows BBR
+(Cardwell et al., "BBR: Congestion-Based Congestion Control", ACM Queue 2016,
+and draft-cardwell-iccrg-bbr-congestion-control): it measures the path
+instead of reacting to loss.
+
+- **Delivery rate** (draft-cheng-iccrg-delivery-rate-estimation). Every packet
+  leaves with a snapshot of how many bytes had been delivered and when; when
+  it is acknowledged, the bytes delivered since, over the longer of the send
+  and the ack intervals, is one sample of the rate the path delivers. Random
+  loss lowers a sample by the fraction lost and nothing more.
+- **The model.** ``btl_bw`` is the largest sample of the last ``BW_WINDOW_ROUNDS``
+  round trips, ``min_rtt`` the smallest RTT seen, and their product the
+  bandwidth-delay product (BDP): what the path holds without a queue.
+- **Pacing.** Packets leave at ``pacing_gain * btl_bw``, spaced in time (a
+  burst of at most ``PACING_BURST_PACKETS`` after an idle moment), so the
+  bottleneck queue is not flooded by a window's worth at once.
+- **Window.** ``cwnd = cwnd_gain * BDP`` (+ a few packets for delayed ACKs)
+  bounds the bytes in flight, so that if the rate estimate is too high, at
+  most one extra BDP can queue up.
+- **Phases.** STARTUP doubles the rate each round (pacing gain 2/ln 2, window
+  gain 2 as in BBRv2, so that its overshoot fits a queue of one BDP) until the
+  rate stops growing by 25% for three rounds; DRAIN empties the queue STARTUP
+  built; PROBE_BW cycles the gain through 1.25, 0.75, then 1 for six rounds,
+  so the model finds more bandwidth when it appears and gives back the queue
+  it made probing for it. BBR's PROBE_RTT (drain the queue every 10 s to
+  re-measure ``min_rtt``) is left out: it matters when flows share a
+  bottleneck, and one flow pacing at the measured rate keeps no standing queue.
+- **Loss guard.** Loss is taken as congestion only when it comes with a queue:
+  a round whose loss rate exceeds the long-run baseline by ``LOSS_MARGIN`` *and*
+  whose RTT is above ``QUEUE_RTT_FACTOR * min_rtt`` ends STARTUP or a 1.25
+  probe at once, and lowers ``btl_bw`` to what was delivered. Random loss leaves
+  the RTT alone, so it never trips the guard; a full queue both drops packets
+  and inflates the RTT, so it does.
+- **After a blackout** (persistent congestion, RFC 9002 §7.6, or a PTO), the
+  model is kept: a path that comes back usually comes back at the rate it had,
+  and the probes the loss detector sends find out at once.
+
+Nothing here reads a clock; ``now`` is always an argument. Sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections import deque
+from collections.abc import Iterable
+
+from ._packet import MAX_DATAGRAM_BYTES
+from ._recovery import RttEstimator, SentPacket
+
+MSS = MAX_DATAGRAM_BYTES
+#: RFC 9002 §7.2: min(10 * max_datagram_size, max(14720, 2 * max_datagram_size)).
+INITIAL_WINDOW = min(10 * MSS, max(14720, 2 * MSS))
+#: RFC 9002 §7.2: the window never goes below two datagrams; BBR keeps four.
+MIN_WINDOW = 4 * MSS
+STARTUP_GAIN = 2 / math.log(2)  # 2.885: doubles the delivery rate every round
+DRAIN_GAIN = 1 / STARTUP_GAIN
+PROBE_BW_GAINS = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+CWND_GAIN = 2.0
+#: Packets of headroom over cwnd_gain * BDP, for ACKs the peer holds back.
+CWND_HEADROOM = 3 * MSS
+BW_WINDOW_ROUNDS = 10
+FULL_BW_GROWTH = 1.25
+FULL_BW_ROUNDS = 3
+LOSS_MARGIN = 0.05
+QUEUE_RTT_FACTOR = 1.25
+PACING_BURST_PACKETS = 2
+
+
+class Phase(enum.Enum):
+    STARTUP = "startup"
+    DRAIN = "drain"
+    PROBE_BW = "probe_bw"
+
+
+class CongestionController:
+    """BBR-style rate and window for one connection (see the module docstring).
+
+    Attributes:
+        phase: STARTUP, DRAIN or PROBE_BW.
+        btl_bw: bottleneck bandwidth estimate in bytes per second (0 before a sample).
+        cwnd: the congestion window in bytes.
+        pacing_rate: bytes per second.
+        loss_baseline: the long-run loss rate per round, outside probes.
+    """
+
+    def __init__(self, rtt: RttEstimator) -> None:
+        self.rtt = rtt
+        self.phase = Phase.STARTUP
+        self.btl_bw = 0.0
+        self.cwnd = INITIAL_WINDOW
+        self.pacing_rate = 0.0
+        self.loss_baseline = 0.0
+        self._pacing_gain = STARTUP_GAIN
+        self._cwnd_gain = CWND_GAIN
+        self._bw_rounds: deque[tuple[int, float]] = deque()  # (round, max sample in it)
+        # Delivery-rate state (the draft's C.delivered, C.delivered_time, ...).
+        self.delivered = 0
+        self._delivered_time = 0.0
+        self._first_sent_time = 0.0
+        self._app_limited_until = 0
+        # Round trips: a round ends when a packet sent after it began is acked.
+        self.round_count = 0
+        self._next_round_delivered = 0
+        self._round_lost = 0
+        self._round_delivered = 0
+        self._round_max_rtt = 0.0
+        self._full_bw = 0.0
+        self._full_bw_rounds = 0
+        self._cycle_index = 0
+        self._cycle_start = 0.0
+        self._pacing_next = -math.inf
+        self._update_rate_and_window()
+
+    # -- sending -------------------------------------------------------------
+
+    def can_send(self, bytes_in_flight: int) -> bool:
+        """Whether the window lets one more full-size packet out."""
+        return bytes_in_flight + MSS <= self.cwnd
+
+    def next_send_time(self) -> float:
+        """The earliest time the pacer lets the next packet out."""
+        return self._pacing_next
+
+    def on_packet_sent(self, packet: SentPacket, bytes_in_flight: int, now: float) -> None:
+        """Stamp the delivery-rate snapshot on ``packet`` and advance the pacer.
+
+        Args:
+            packet: the packet leaving now (in flight).
+            bytes_in_flight: in flight *before* this packet.
+            now: its send time.
+        """
+        if bytes_in_flight == 0:
+            # The draft's "start of a new flight": intervals restart here.
+            self._first_sent_time = self._delivered_time = now
+        packet.delivered = self.delivered
+        packet.delivered_time = self._delivered_time
+        packet.first_sent_time = self._first_sent_time
+        packet.app_limited = self._app_limited_until > 0
+        rate = self.pacing_rate
+        burst = PACING_BURST_PACKETS * MSS / rate
+        self._pacing_next = max(self._pacing_next, now - burst) + packet.size / rate
+
+    def on_app_limited(self, bytes_in_flight: int) -> None:
+        """The sender ran out of data with room in the window: samples until
+        what is in flight is delivered understate the path and must not lower the model."""
+        if bytes_in_flight + MSS <= self.cwnd:
+            self._app_limited_until = max(self.delivered + bytes_in_flight, 1)
+
+    # -- feedback ------------------------------------------------------------
+
+    def on_ack(
+        self,
+        acked: Iterable[SentPacket],
+        lost: Iterable[SentPacket],
+        bytes_in_flight: int,
+        now: float,
+    ) -> None:
+        """Take one ACK's verdicts: a rate sample from ``acked``, a loss count from ``lost``.
+
+        Args:
+            acked: packets newly acknowledged, in packet number order.
+            lost: packets newly declared lost.
+            bytes_in_flight: after both lists were removed.
+            now: the ACK's arrival time.
+        """
+        for packet in lost:
+            if packet.in_flight:
+                self._round_lost += packet.size
+        prior_delivered = -1
+        send_elapsed = ack_elapsed = 0.0
+        sample_app_limited = False
+        round_ended = False
+        for packet in acked:
+            if not packet.in_flight:
+                continue
+            self.delivered += packet.size
+            self._round_delivered += packet.size
+            self._delivered_time = now
+            if packet.delivered >= prior_delivered:
+                prior_delivered = packet.delivered
+                sample_app_limited = packet.app_limited
+                send_elapsed = packet.sent_time - packet.first_sent_time
+                ack_elapsed = now - packet.delivered_time
+                self._first_sent_time = packet.sent_time
+            if packet.delivered >= self._next_round_delivered:
+                round_ended = True
+        if prior_delivered < 0:
+            self._after_losses(bytes_in_flight, now)
+            return
+        if self._app_limited_until and self.delivered > self._app_limited_until:
+            self._app_limited_until = 0
+        self._round_max_rtt = max(self._round_max_rtt, self.rtt.latest_rtt)
+        interval = max(send_elapsed, ack_elapsed)
+        if interval > 0 and interval >= self.rtt.min_rtt:
+            rate = (self.delivered - prior_delivered) / interval
+            if not sample_app_limited or rate > self.btl_bw:
+                self._add_bw_sample(rate)
+        if round_ended:
+            self._end_round()
+        self._advance_phase(bytes_in_flight, now)
+        self._update_rate_and_window()
+
+    def on_losses(self, lost: Iterable[SentPacket], bytes_in_flight: int, now: float) -> None:
+        """Losses found by the loss timer, with no ACK in hand."""
+        for packet in lost:
+            if packet.in_flight:
+                self._round_lost += packet.size
+        self._after_losses(bytes_in_flight, now)
+
+    def _after_losses(self, bytes_in_flight: int, now: float) -> None:
+        self._advance_phase(bytes_in_flight, now)
+        self._update_rate_and_window()
+
+    # -- the model -----------------------------------------------------------
+
+    def bdp(self) -> float:
+        """Return the bandwidth-delay product in bytes (0 before a rate sample)."""
+        return self.btl_bw * self.rtt.min_rtt
+
+    def _add_bw_sample(self, rate: float) -> None:
+        rounds = self._bw_rounds
+        if rounds and rounds[-1][0] == self.round_count:
+            if rate > rounds[-1][1]:
+                rounds[-1] = (self.round_count, rate)
+        else:
+            rounds.append((self.round_count, rate))
+        while rounds[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
+            rounds.popleft()
+        self.btl_bw = max(sample for _, sample in rounds)
+
+    def _end_round(self) -> None:
+        self.round_count += 1
+        self._next_round_delivered = self.delivered
+        total = self._round_lost + self._round_delivered
+        loss_rate = self._round_lost / total if total else 0.0
+        queue_seen = self._round_max_rtt > QUEUE_RTT_FACTOR * self.rtt.min_rtt
+        congested = queue_seen and loss_rate > self.loss_baseline + LOSS_MARGIN
+        probing = self._pacing_gain > 1.0
+        if congested and probing and self._round_delivered:
+            # The queue overflowed while we pushed for more: what got through
+            # in this round is what the path has.
+            self.btl_bw = min(self.btl_bw, self._round_rate())
+            self._bw_rounds = deque([(self.round_count, self.btl_bw)])
+            if self.phase is Phase.STARTUP:
+                self._enter(Phase.DRAIN)
+            else:
+                self._cycle_index = 1  # straight to the 0.75 phase
+                self._pacing_gain = PROBE_BW_GAINS[1]
+        elif not probing:
+            self.loss_baseline += (loss_rate - self.loss_baseline) / 8
+        if self.phase is Phase.STARTUP and not self._app_limited_until:
+            if self.btl_bw >= self._full_bw * FULL_BW_GROWTH:
+                self._full_bw = self.btl_bw
+                self._full_bw_rounds = 0
+            else:
+                self._full_bw_rounds += 1
+                if self._full_bw_rounds >= FULL_BW_ROUNDS:
+                    self._enter(Phase.DRAIN)
+        self._round_lost = self._round_delivered = 0
+        self._round_max_rtt = 0.0
+
+    def _round_rate(self) -> float:
+        rtt = max(self.rtt.smoothed_rtt, 1e-3)
+        return self._round_delivered / rtt
+
+    def _enter(self, phase: Phase) -> None:
+        self.phase = phase
+        if phase is Phase.DRAIN:
+            self._pacing_gain, self._cwnd_gain = DRAIN_GAIN, CWND_GAIN
+        elif phase is Phase.PROBE_BW:
+            self._cycle_index = 2  # start cruising, as BBR picks a non-probing phase
+            self._pacing_gain, self._cwnd_gain = PROBE_BW_GAINS[2], CWND_GAIN
+
+    def _advance_phase(self, bytes_in_flight: int, now: float) -> None:
+        if self.phase is Phase.DRAIN and bytes_in_flight <= self.bdp():
+            self._enter(Phase.PROBE_BW)
+            self._cycle_start = now
+        if self.phase is not Phase.PROBE_BW:
+            return
+        elapsed = now - self._cycle_start
+        min_rtt = self.rtt.min_rtt
+        gain = self._pacing_gain
+        done = elapsed > min_rtt
+        if gain > 1.0:
+            done = done and bytes_in_flight >= gain * self.bdp()
+        elif gain < 1.0:
+            done = done or bytes_in_flight <= self.bdp()
+        if done:
+            self._cycle_index = (self._cycle_index + 1) % len(PROBE_BW_GAINS)
+            self._pacing_gain = PROBE_BW_GAINS[self._cycle_index]
+            self._cycle_start = now
+
+    def _update_rate_and_window(self) -> None:
+        if self.btl_bw <= 0:
+            # No sample yet: the initial window over the RTT we assume, at startup gain.
+            rtt = self.rtt.smoothed_rtt if self.rtt.has_sample else self.rtt.initial_rtt_s
+            self.pacing_rate = STARTUP_GAIN * INITIAL_WINDOW / max(rtt, 1e-3)
+            self.cwnd = INITIAL_WINDOW
+            return
+        # The floor keeps a thin stream (whose rate samples are app-limited
+        # and small) from being spaced out slower than it sends.
+        floor = MIN_WINDOW / max(self.rtt.smoothed_rtt, 1e-3)
+        self.pacing_rate = max(self._pacing_gain * self.btl_bw, floor)
+        bdp = self.bdp()
+        window = self._cwnd_gain * bdp + CWND_HEADROOM
+        if self.phase is Phase.STARTUP:
+            window = max(window, INITIAL_WINDOW)
+        self.cwnd = max(int(window), MIN_WINDOW)
+
+    def statistics(self) -> dict[str, float | str]:
+        """Return the model for logs and the connection table."""
+        return {
+            "phase": self.phase.value,
+            "btl_bw_bps": self.btl_bw * 8,
+            "min_rtt_s": self.rtt.min_rtt,
+            "cwnd": self.cwnd,
+            "pacing_rate_bps": self.pacing_rate * 8,
+            "pacing_gain": self._pacing_gain,
+            "loss_baseline": self.loss_baseline,
+            "rounds": self.round_count,
+        }

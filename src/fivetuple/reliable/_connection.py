@@ -1,0 +1,794 @@
+"""One reliable-UDP connection as a sans-IO state machine.
+
+Theory of operation. The shape is aioquic's ``QuicConnection``: the I/O shell
+(or the simulated network) feeds ``receive_datagram(data, addr, now)``,
+collects ``datagrams_to_send(now)``, calls ``handle_timer(now)`` at
+``get_timer()``, and reads ``next_event()``. Nothing here reads a clock or
+touches a socket.
+
+States, and every move between them (``_MOVES`` is the whole table)::
+
+    HANDSHAKE --WELCOME--> CONNECTED --close()--> FLUSHING --all acked--> CLOSING --3 PTO--> TERMINATED
+        |                     |                      |                      ^
+        +-- handshake timeout, idle timeout, peer's CLOSE, abort, protocol error -----------> TERMINATED
+                                (errors and abort pass through CLOSING to tell the peer)
+
+A client starts in HANDSHAKE: it sends an INITIAL packet with HELLO (padded to
+``MAX_DATAGRAM_BYTES``, so that the server's answers are never larger than
+what the client sent), the server answers with a stateless RETRY cookie, the
+client sends HELLO again with the cookie, and the server, now sure the
+client receives at its address, creates a connection and sends WELCOME with
+its connection id. ``Listener`` (in ``_listener.py``) does the server's half;
+a server-side connection starts in CONNECTED.
+
+Sending. ``send`` cuts a message into DATA frames (``_stream.fragment``) and
+queues them. ``datagrams_to_send`` fills packets, in this order: an ACK when
+one is owed, control frames (WELCOME, PING), retransmissions, new data. The
+congestion controller's window and pacer gate ack-eliciting packets, except
+probes after a PTO, which go out whatever the window says (RFC 9002 §7.5).
+Every frame rides with a delivery handler (``SentPacket.handlers``): when its
+packet is declared lost, a reliable DATA frame is queued again for a new
+packet; an unreliable one is dropped and counted.
+
+Flow control. The receiver buffers at most ``receive_window`` bytes of
+reliable data. The sender needs no window update to respect that: the
+receiver only buffers data from the oldest message it has not delivered on,
+and that message is never older than the oldest one the sender has not seen
+fully acknowledged, so the sender holds new data back while it would end
+more than ``receive_window`` bytes after the start of that message.
+
+Receiving. A datagram that fails its CRC or does not parse is dropped whole
+and counted under its reason. A packet number seen before is a duplicate and
+dropped. ACKs are sent at once for every second ack-eliciting packet or on
+a gap (so the sender's loss detection hears of the hole one RTT after it), and
+otherwise within ``max_ack_delay_s``.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from ..errors import LocalProtocolError, RemoteProtocolError
+from ._congestion import CongestionController
+from ._packet import (
+    ACK_FRAME_BASE,
+    ACK_RANGE_BYTES,
+    DATA_FRAME_OVERHEAD,
+    HANDSHAKE,
+    INITIAL,
+    MAX_ACK_RANGES,
+    MAX_DATA_PAYLOAD,
+    MAX_FRAMES_BYTES,
+    ONE_RTT,
+    RETRY,
+    Ack,
+    Close,
+    Data,
+    Frame,
+    Hello,
+    Packet,
+    Padding,
+    Ping,
+    Retry,
+    Welcome,
+    build_packet,
+    frame_size,
+    parse_packet,
+)
+from ._rangeset import RangeSet
+from ._recovery import MAX_PTO_S, Delivery, LossDetection, SentPacket
+from ._stream import MAX_BUFFERED_BYTES, MessageReceiver, fragment
+
+Address = Any
+
+#: DATA payloads leave room for an ACK with this many ranges in the same packet.
+ACK_RANGES_RESERVED = 4
+ACK_RESERVE = ACK_FRAME_BASE + ACK_RANGES_RESERVED * ACK_RANGE_BYTES
+FRAGMENT_BYTES = MAX_DATA_PAYLOAD - ACK_RESERVE
+#: An ACK is sent at once after this many ack-eliciting packets (RFC 9000 §13.2.2).
+ACK_ELICITING_THRESHOLD = 2
+#: Closing lasts this many PTOs (RFC 9000 §10.2: "at least three times the current PTO").
+CLOSING_PTOS = 3
+#: Close codes on the wire.
+CLOSE_GRACEFUL = 0
+CLOSE_ERROR = 1
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    CONNECTED = "connected"
+    FLUSHING = "flushing"
+    CLOSING = "closing"
+    TERMINATED = "terminated"
+
+
+_MOVES: dict[State, frozenset[State]] = {
+    State.HANDSHAKE: frozenset({State.CONNECTED, State.CLOSING, State.TERMINATED}),
+    State.CONNECTED: frozenset({State.FLUSHING, State.CLOSING, State.TERMINATED}),
+    State.FLUSHING: frozenset({State.CLOSING, State.TERMINATED}),
+    State.CLOSING: frozenset({State.TERMINATED}),
+    State.TERMINATED: frozenset(),
+}
+
+
+# -- events -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Connected:
+    """The handshake is done; ``cid`` is this side's connection id."""
+
+    cid: int
+
+
+@dataclass(frozen=True, slots=True)
+class MessageReceived:
+    """One whole message: reliable ones in order exactly once, unreliable at most once."""
+
+    cid: int
+    message: bytes
+    reliable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionTerminated:
+    """The connection is over; nothing more will be delivered.
+
+    ``reason`` is one of: ``closed`` (our close() finished), ``peer-closed``,
+    ``idle-timeout`` (nothing heard, nothing outstanding), ``peer-vanished``
+    (nothing heard while we waited for acknowledgements), ``handshake-timeout``,
+    ``aborted`` (our abort()), ``protocol-error`` (``detail`` says which).
+    """
+
+    cid: int
+    reason: str
+    code: int = 0
+    detail: str = ""
+
+
+Event = Connected | MessageReceived | ConnectionTerminated
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    """Knobs of a connection; the defaults suit a 1-100 ms path.
+
+    Args:
+        idle_timeout_s: with nothing received for this long, the connection ends.
+        keepalive_s: send a PING after this long without sending anything the
+            peer must acknowledge (None: never).
+        handshake_timeout_s: a client gives up the handshake after this long.
+        max_ack_delay_s: the longest we hold back an ACK (RFC 9000 §18.2 default).
+        receive_window: reliable bytes the receiver buffers at most; both
+            sides must use the same value.
+    """
+
+    idle_timeout_s: float = 30.0
+    keepalive_s: float | None = 10.0
+    handshake_timeout_s: float = 10.0
+    max_ack_delay_s: float = 0.025
+    receive_window: int = MAX_BUFFERED_BYTES
+
+    def __post_init__(self) -> None:
+        if self.idle_timeout_s <= 0 or self.handshake_timeout_s <= 0:
+            raise LocalProtocolError("timeouts must be positive")
+        if self.keepalive_s is not None and self.keepalive_s <= 0:
+            raise LocalProtocolError("keepalive_s must be positive or None")
+        if self.receive_window < FRAGMENT_BYTES:
+            raise LocalProtocolError(f"receive_window must be at least {FRAGMENT_BYTES}")
+
+
+@dataclass(slots=True)
+class ConnectionStatistics:
+    """Counters of one connection (a snapshot; see ``Connection.statistics``)."""
+
+    state: str
+    datagrams_sent: int
+    datagrams_received: int
+    bytes_sent: int
+    bytes_received: int
+    payload_bytes_sent: int
+    retransmitted_bytes: int
+    messages_sent: int
+    messages_received: int
+    duplicate_packets: int
+    duplicate_fragments: int
+    unreliable_lost: int
+    dropped: dict[str, int]
+    packets_lost: int
+    pto_events: int
+    smoothed_rtt_s: float
+    min_rtt_s: float
+    congestion: dict[str, float | str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Unacked:
+    """A reliable message not yet fully acknowledged: its fragments out, and its offset."""
+
+    remaining: int
+    start: int
+
+
+class Connection:
+    """One end of a reliable-UDP connection (see the module docstring).
+
+    Make a client with ``Connection.client``; a ``Listener`` makes server
+    connections. ``cid`` is this side's connection id: the peer puts it in
+    every packet it sends us.
+    """
+
+    def __init__(
+        self,
+        *,
+        is_client: bool,
+        cid: int,
+        peer_addr: Address,
+        peer_cid: int,
+        now: float,
+        config: ConnectionConfig | None = None,
+    ) -> None:
+        self.config = config if config is not None else ConnectionConfig()
+        self.is_client = is_client
+        self.cid = cid
+        self.peer_cid = peer_cid
+        self.peer_addr = peer_addr
+        self.state = State.HANDSHAKE if is_client else State.CONNECTED
+        self._created = now
+        self._events: deque[Event] = deque()
+        self._loss = LossDetection(max_ack_delay_s=self.config.max_ack_delay_s)
+        self._cc = CongestionController(self._loss.rtt)
+        self._receiver = MessageReceiver(self.config.receive_window)
+        self._pn = 0
+        # Receiving and acknowledging.
+        self._received = RangeSet()
+        self._largest_received_time = now
+        self._unacked_eliciting = 0
+        self._ack_now = False
+        self._ack_deadline: float | None = None
+        self._last_received = now
+        self._peer_confirmed = is_client  # server: the client has sent a ONE_RTT packet
+        # Sending.
+        self._control: deque[Frame] = deque()
+        self._retransmit: deque[Data] = deque()
+        self._pending: deque[tuple[Data, int]] = deque()  # frame, end offset (reliable) or -1
+        self._unacked: dict[int, _Unacked] = {}
+        self._next_reliable = 0
+        self._next_unreliable = 0
+        self._queued_offset = 0  # reliable bytes queued so far
+        self._probes = 0
+        self._last_eliciting_sent = now
+        # Handshake (client).
+        self._cookie = b""
+        self._hellos_sent = 0
+        self._hello_due = is_client
+        self._hello_at: float | None = None
+        self._hello_sent_time = now
+        # Closing.
+        self._close_frame: Close | None = None
+        self._close_due = False
+        self._closing_deadline: float | None = None
+        self._end_reason = ""
+        # Counters.
+        self._datagrams_sent = self._datagrams_received = 0
+        self._bytes_sent = self._bytes_received = 0
+        self._payload_sent = self._retransmitted = 0
+        self._messages_sent = self._messages_received = 0
+        self._duplicate_packets = self._unreliable_lost = 0
+        self.dropped: Counter[str] = Counter()
+        if not is_client:
+            self._control.append(Welcome(cid))
+
+    @classmethod
+    def client(
+        cls,
+        server_addr: Address,
+        *,
+        now: float = 0.0,
+        cid: int | None = None,
+        config: ConnectionConfig | None = None,
+    ) -> Connection:
+        """A client connection to ``server_addr``; its HELLO leaves with the first
+        ``datagrams_to_send``. Messages sent before ``Connected`` wait for it."""
+        return cls(
+            is_client=True,
+            cid=cid if cid is not None else secrets.randbits(64),
+            peer_addr=server_addr,
+            peer_cid=0,
+            now=now,
+            config=config,
+        )
+
+    # -- the application's side ----------------------------------------------
+
+    def send(self, message: bytes, reliable: bool = True) -> None:
+        """Queue ``message``: reliable (in order, exactly once) or at most once.
+
+        Raises:
+            LocalProtocolError: the connection is closing or over, or a reliable
+                message is larger than the receive window (it could never fit
+                the peer's buffer). Nothing was queued.
+        """
+        if self.state not in (State.HANDSHAKE, State.CONNECTED):
+            raise LocalProtocolError(f"send() on a connection that is {self.state.value}")
+        if reliable and len(message) > self.config.receive_window:
+            raise LocalProtocolError(
+                f"a reliable message of {len(message)} bytes is over the receive window "
+                f"({self.config.receive_window}); split it or raise receive_window"
+            )
+        self._messages_sent += 1
+        if reliable:
+            mid = self._next_reliable
+            self._next_reliable += 1
+            start = self._queued_offset
+            frames = list(fragment(mid, message, True, FRAGMENT_BYTES))
+            self._unacked[mid] = _Unacked(len(frames), start)
+            for frame in frames:
+                self._queued_offset += len(frame.payload)
+                self._pending.append((frame, self._queued_offset))
+        else:
+            mid = self._next_unreliable
+            self._next_unreliable += 1
+            for frame in fragment(mid, message, False, FRAGMENT_BYTES):
+                self._pending.append((frame, -1))
+
+    def close(self, reason: str = "") -> None:
+        """Close gracefully: what was sent is delivered first, then the peer is told.
+
+        ``ConnectionTerminated(reason="closed")`` comes when it is done. A close
+        during the handshake ends the connection at once.
+        """
+        if self.state is State.HANDSHAKE:
+            self._terminate("closed", detail=reason)
+        elif self.state is State.CONNECTED:
+            self._end_reason = reason
+            self._move(State.FLUSHING)
+
+    def abort(self, reason: str = "") -> None:
+        """Close at once, dropping what is unsent; the peer is told with an error code."""
+        if self.state in (State.CLOSING, State.TERMINATED):
+            return
+        self._start_closing(CLOSE_ERROR, reason or "aborted", event_reason="aborted")
+
+    def next_event(self) -> Event | None:
+        """Return the next event, or None when there is none."""
+        return self._events.popleft() if self._events else None
+
+    @property
+    def is_terminated(self) -> bool:
+        return self.state is State.TERMINATED
+
+    # -- datagrams in ----------------------------------------------------------
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Take one datagram from ``addr`` at ``now``; a bad one is dropped and counted."""
+        if self.state is State.TERMINATED:
+            return
+        try:
+            packet = parse_packet(data)
+        except RemoteProtocolError as exc:
+            self.dropped[exc.reason] += 1
+            return
+        self.receive_packet(packet, len(data), addr, now)
+
+    def receive_packet(self, packet: Packet, size: int, addr: Address, now: float) -> None:
+        """Take one parsed packet (the ``Listener`` parses before it routes)."""
+        if self.state is State.TERMINATED:
+            return
+        if addr != self.peer_addr:
+            self.dropped["address-mismatch"] += 1
+            return
+        if packet.destination_cid != self.cid:
+            self.dropped["unknown-connection"] += 1
+            return
+        self._datagrams_received += 1
+        self._bytes_received += size
+        if self.state is State.CLOSING:
+            self._close_due = True  # the peer has not heard: say it again
+            return
+        kind = packet.packet_type
+        if self.state is State.HANDSHAKE:
+            if kind == RETRY:
+                self._on_retry(packet, now)
+                return
+            if kind != HANDSHAKE:
+                self.dropped["before-handshake"] += 1
+                return
+        elif kind in (INITIAL, RETRY):
+            self.dropped["handshake-after-connected"] += 1
+            return
+        pn = packet.packet_number
+        if pn in self._received:
+            self._duplicate_packets += 1
+            return
+        self._last_received = now
+        largest = self._received.bounds().stop - 1 if self._received else -1
+        self._received.add(pn)
+        if len(self._received) > MAX_ACK_RANGES:
+            self._received.shift()
+        if pn > largest:
+            self._largest_received_time = now
+        if kind == ONE_RTT:
+            self._peer_confirmed = True
+        try:
+            self._handle_frames(packet, now)
+        except RemoteProtocolError as exc:
+            self._start_closing(CLOSE_ERROR, exc.reason, event_reason="protocol-error")
+            return
+        if self.state in (State.CLOSING, State.TERMINATED):
+            return
+        if packet.ack_eliciting:
+            self._unacked_eliciting += 1
+            if pn != largest + 1 or self._unacked_eliciting >= ACK_ELICITING_THRESHOLD:
+                self._ack_now = True
+            elif self._ack_deadline is None:
+                self._ack_deadline = now + self.config.max_ack_delay_s
+
+    def _handle_frames(self, packet: Packet, now: float) -> None:
+        for frame in packet.frames:
+            if isinstance(frame, Data):
+                for message in self._receiver.receive(frame, now):
+                    self._messages_received += 1
+                    self._events.append(MessageReceived(self.cid, message, frame.reliable))
+            elif isinstance(frame, Ack):
+                self._on_ack(frame, now)
+            elif isinstance(frame, Welcome):
+                if self.state is State.HANDSHAKE:
+                    self.peer_cid = frame.source_cid
+                    if self._hellos_sent == 1 and self._cookie:
+                        self._loss.rtt.update(now - self._hello_sent_time, 0.0, now)
+                    self._move(State.CONNECTED)
+                    self._events.append(Connected(self.cid))
+            elif isinstance(frame, Close):
+                self._terminate("peer-closed", code=frame.code, detail=frame.reason)
+                return
+            elif isinstance(frame, Hello | Retry):
+                raise RemoteProtocolError("a handshake frame in a data packet", reason="bad-frame")
+            # PING and PADDING need nothing but the ACK.
+
+    def _on_retry(self, packet: Packet, now: float) -> None:
+        retry = packet.frames[0]
+        if not isinstance(retry, Retry) or not retry.cookie:
+            self.dropped["bad-retry"] += 1
+            return
+        if self._hellos_sent == 1 and not self._cookie:
+            # Karn: only a HELLO sent once gives an unambiguous sample.
+            self._loss.rtt.update(now - self._hello_sent_time, 0.0, now)
+        self._cookie = retry.cookie
+        self._hellos_sent = 0
+        self._hello_due = True
+
+    def _on_ack(self, frame: Ack, now: float) -> None:
+        ranges = RangeSet(frame.ranges)
+        outcome = self._loss.on_ack_received(ranges, frame.delay_us / 1e6, now)
+        if outcome.acked or outcome.lost:
+            self._cc.on_ack(outcome.acked, outcome.lost, self._loss.bytes_in_flight, now)
+        if outcome.acked:
+            self._probes = 0
+
+    def on_hello_again(self) -> None:
+        """The client sent its HELLO again: our WELCOME was lost; send it again."""
+        if not self._peer_confirmed and not any(isinstance(f, Welcome) for f in self._control):
+            self._control.append(Welcome(self.cid))
+
+    def take_rtt_sample(self, rtt: float, now: float) -> None:
+        """A round-trip sample taken before the connection existed (the cookie's age)."""
+        self._loss.rtt.update(rtt, 0.0, now)
+
+    # -- frame delivery verdicts ----------------------------------------------
+
+    def _on_data_delivery(self, frame: Data, outcome: Delivery) -> None:
+        if outcome is Delivery.ACKED:
+            if frame.reliable:
+                entry = self._unacked.get(frame.message_id)
+                if entry is not None:
+                    entry.remaining -= 1
+                    if entry.remaining == 0:
+                        del self._unacked[frame.message_id]
+        elif frame.reliable:
+            if self.state in (State.CONNECTED, State.FLUSHING):
+                self._retransmit.append(frame)
+        else:
+            self._unreliable_lost += 1
+
+    def _on_welcome_delivery(self, frame: Welcome, outcome: Delivery) -> None:
+        if outcome is Delivery.LOST and not self._peer_confirmed:
+            self._control.append(frame)
+
+    # -- datagrams out ----------------------------------------------------------
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        """Return the datagrams to send now, each with its destination."""
+        state = self.state
+        if state is State.TERMINATED:
+            return []
+        if state is State.CLOSING:
+            return self._close_datagram(now)
+        if state is State.HANDSHAKE:
+            return self._hello_datagram(now)
+        out: list[tuple[bytes, Address]] = []
+        loss, cc = self._loss, self._cc
+        while True:
+            probe = self._probes > 0
+            may_send = probe or (cc.can_send(loss.bytes_in_flight) and now >= cc.next_send_time())
+            frames: list[Frame] = []
+            handlers: list[Callable[[Delivery], None]] = []
+            budget = MAX_FRAMES_BYTES
+            if may_send:
+                budget = self._fill(frames, handlers, budget - ACK_RESERVE) + ACK_RESERVE
+                if probe and not handlers:
+                    frames.append(Ping())
+                    handlers.append(_ignore)
+                    budget -= 1
+            ack = None
+            if handlers or self._ack_now:
+                ack = self._ack_frame(now, budget)
+                if ack is not None:
+                    frames.insert(0, ack)
+            if not handlers and ack is None:
+                break
+            self._send_packet(frames, handlers, now, out)
+            if probe:
+                self._probes -= 1
+        if not self._has_data_to_send():
+            cc.on_app_limited(loss.bytes_in_flight)
+        if state is State.FLUSHING and not self._unacked and not self._has_data_to_send():
+            self._start_closing(CLOSE_GRACEFUL, self._end_reason, event_reason="closed")
+            out += self._close_datagram(now)
+        return out
+
+    def _fill(
+        self, frames: list[Frame], handlers: list[Callable[[Delivery], None]], budget: int
+    ) -> int:
+        """Move queued frames into ``frames`` while they fit; return the budget left."""
+        control = self._control
+        while control and frame_size(control[0]) <= budget:
+            frame = control.popleft()
+            budget -= frame_size(frame)
+            frames.append(frame)
+            if isinstance(frame, Welcome):
+                handlers.append(partial(self._on_welcome_delivery, frame))
+            else:
+                handlers.append(_ignore)
+        retransmit = self._retransmit
+        while retransmit:
+            frame = retransmit[0]
+            size = DATA_FRAME_OVERHEAD + len(frame.payload)
+            if size > budget:
+                return budget
+            retransmit.popleft()
+            budget -= size
+            frames.append(frame)
+            handlers.append(partial(self._on_data_delivery, frame))
+            self._retransmitted += len(frame.payload)
+        pending = self._pending
+        window_start = self._window_start()
+        limit = self.config.receive_window
+        while pending:
+            frame, end = pending[0]
+            size = DATA_FRAME_OVERHEAD + len(frame.payload)
+            if size > budget or (end >= 0 and end - window_start > limit):
+                return budget
+            pending.popleft()
+            budget -= size
+            frames.append(frame)
+            handlers.append(partial(self._on_data_delivery, frame))
+            self._payload_sent += len(frame.payload)
+        return budget
+
+    def _window_start(self) -> int:
+        """The offset of the oldest reliable message not fully acknowledged."""
+        for entry in self._unacked.values():
+            return entry.start
+        return self._queued_offset
+
+    def _has_data_to_send(self) -> bool:
+        if self._control or self._retransmit:
+            return True
+        if not self._pending:
+            return False
+        end = self._pending[0][1]
+        return end < 0 or end - self._window_start() <= self.config.receive_window
+
+    def _ack_frame(self, now: float, budget: int) -> Ack | None:
+        """The ACK owed, with as many ranges (highest first) as ``budget`` bytes hold."""
+        if not self._received or not (self._ack_now or self._ack_deadline is not None):
+            return None
+        room = min(MAX_ACK_RANGES, (budget - ACK_FRAME_BASE) // ACK_RANGE_BYTES)
+        if room < 1:
+            return None
+        ranges = tuple(reversed(self._received))[:room]
+        delay_us = int((now - self._largest_received_time) * 1e6)
+        self._ack_now = False
+        self._ack_deadline = None
+        self._unacked_eliciting = 0
+        return Ack(ranges, max(0, min(delay_us, 0xFFFFFFFF)))
+
+    def _send_packet(
+        self,
+        frames: list[Frame],
+        handlers: list[Callable[[Delivery], None]],
+        now: float,
+        out: list[tuple[bytes, Address]],
+    ) -> None:
+        pn = self._pn
+        self._pn += 1
+        kind = ONE_RTT
+        if not self.is_client and not self._peer_confirmed:
+            kind = HANDSHAKE if any(isinstance(f, Welcome) for f in frames) else ONE_RTT
+        datagram = build_packet(kind, self.peer_cid, pn, frames)
+        eliciting = bool(handlers)
+        packet = SentPacket(
+            pn, now, len(datagram), ack_eliciting=eliciting, in_flight=eliciting, handlers=handlers
+        )
+        if eliciting:
+            self._cc.on_packet_sent(packet, self._loss.bytes_in_flight, now)
+            self._last_eliciting_sent = now
+        self._loss.on_packet_sent(packet)
+        self._datagrams_sent += 1
+        self._bytes_sent += len(datagram)
+        out.append((datagram, self.peer_addr))
+
+    def _hello_datagram(self, now: float) -> list[tuple[bytes, Address]]:
+        if not self._hello_due:
+            return []
+        self._hello_due = False
+        hello = Hello(self.cid, self._cookie)
+        padding = MAX_FRAMES_BYTES - frame_size(hello)
+        frames: list[Frame] = [hello, Padding(padding)] if padding else [hello]
+        datagram = build_packet(INITIAL, self.peer_cid, self._pn, frames)
+        self._pn += 1
+        self._hellos_sent += 1
+        self._hello_sent_time = now
+        self._hello_at = now + self._hello_period()
+        self._datagrams_sent += 1
+        self._bytes_sent += len(datagram)
+        return [(datagram, self.peer_addr)]
+
+    def _hello_period(self) -> float:
+        rtt = self._loss.rtt
+        base = rtt.pto(0.0)
+        return min(base * 2 ** min(self._hellos_sent - 1, 30), max(base, MAX_PTO_S))
+
+    def _close_datagram(self, now: float) -> list[tuple[bytes, Address]]:
+        if self._closing_deadline is None:
+            self._closing_deadline = now + CLOSING_PTOS * self._loss.pto_period()
+        if not self._close_due or self._close_frame is None:
+            return []
+        self._close_due = False
+        datagram = build_packet(ONE_RTT, self.peer_cid, self._pn, [self._close_frame])
+        self._pn += 1
+        self._datagrams_sent += 1
+        self._bytes_sent += len(datagram)
+        return [(datagram, self.peer_addr)]
+
+    # -- timers -----------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """Return when ``handle_timer`` must run next, or None."""
+        state = self.state
+        if state is State.TERMINATED:
+            return None
+        if state is State.CLOSING:
+            return self._closing_deadline
+        times = [self._last_received + self.config.idle_timeout_s]
+        if state is State.HANDSHAKE:
+            times.append(self._created + self.config.handshake_timeout_s)
+            if self._hello_at is not None:
+                times.append(self._hello_at)
+            return min(times)
+        loss_timer = self._loss.get_loss_detection_timer()
+        if loss_timer is not None:
+            times.append(loss_timer)
+        if self._ack_deadline is not None:
+            times.append(self._ack_deadline)
+        if self._has_data_to_send() and self._cc.can_send(self._loss.bytes_in_flight):
+            times.append(self._cc.next_send_time())
+        keepalive = self.config.keepalive_s
+        if keepalive is not None and state is State.CONNECTED:
+            times.append(self._last_eliciting_sent + keepalive)
+        expiry = self._receiver.get_timer()
+        if expiry is not None:
+            times.append(expiry)
+        return min(times)
+
+    def handle_timer(self, now: float) -> None:
+        """Run whatever is due at ``now``; an early call does nothing harmful."""
+        state = self.state
+        if state is State.TERMINATED:
+            return
+        if state is State.CLOSING:
+            if self._closing_deadline is not None and now >= self._closing_deadline:
+                self._move(State.TERMINATED)
+            return
+        if now >= self._last_received + self.config.idle_timeout_s:
+            waiting = self._loss.bytes_in_flight > 0 or state is State.HANDSHAKE
+            self._terminate("peer-vanished" if waiting else "idle-timeout")
+            return
+        if state is State.HANDSHAKE:
+            if now >= self._created + self.config.handshake_timeout_s:
+                self._terminate("handshake-timeout")
+            elif self._hello_at is not None and now >= self._hello_at:
+                self._hello_due = True
+                self._hello_at = None
+            return
+        outcome = self._loss.on_loss_detection_timeout(now)
+        if outcome.lost:
+            self._cc.on_losses(outcome.lost, self._loss.bytes_in_flight, now)
+        self._probes += outcome.probes
+        if self._ack_deadline is not None and now >= self._ack_deadline:
+            self._ack_now = True
+        keepalive = self.config.keepalive_s
+        if (
+            keepalive is not None
+            and state is State.CONNECTED
+            and now >= self._last_eliciting_sent + keepalive
+        ):
+            self._control.append(Ping())
+            self._last_eliciting_sent = now  # one PING per period, even if paced
+        self._receiver.expire(now)
+
+    # -- ending -----------------------------------------------------------------
+
+    def _move(self, state: State) -> None:
+        if state not in _MOVES[self.state]:
+            raise LocalProtocolError(f"no move from {self.state.value} to {state.value}")
+        self.state = state
+
+    def _start_closing(self, code: int, reason: str, *, event_reason: str) -> None:
+        """Tell the peer (CLOSE), then linger three PTOs answering stray packets."""
+        self._close_frame = Close(code, reason)
+        self._close_due = True
+        self._closing_deadline = None  # set when the CLOSE leaves
+        self._control.clear()
+        self._retransmit.clear()
+        self._pending.clear()
+        self._move(State.CLOSING)
+        self._events.append(ConnectionTerminated(self.cid, event_reason, code, reason))
+
+    def _terminate(self, reason: str, *, code: int = 0, detail: str = "") -> None:
+        self._move(State.TERMINATED)
+        self._control.clear()
+        self._retransmit.clear()
+        self._pending.clear()
+        self._events.append(ConnectionTerminated(self.cid, reason, code, detail))
+
+    # -- inspection -------------------------------------------------------------
+
+    def statistics(self) -> ConnectionStatistics:
+        """Return a snapshot of the counters, the RTT and the congestion model."""
+        recovery = self._loss.statistics()
+        return ConnectionStatistics(
+            state=self.state.value,
+            datagrams_sent=self._datagrams_sent,
+            datagrams_received=self._datagrams_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            payload_bytes_sent=self._payload_sent,
+            retransmitted_bytes=self._retransmitted,
+            messages_sent=self._messages_sent,
+            messages_received=self._messages_received,
+            duplicate_packets=self._duplicate_packets,
+            duplicate_fragments=self._receiver.duplicates,
+            unreliable_lost=self._unreliable_lost,
+            dropped=dict(self.dropped),
+            packets_lost=recovery.packets_lost,
+            pto_events=recovery.pto_events,
+            smoothed_rtt_s=recovery.smoothed_rtt_s,
+            min_rtt_s=recovery.min_rtt_s,
+            congestion=self._cc.statistics(),
+        )
+
+    def __repr__(self) -> str:
+        role = "client" if self.is_client else "server"
+        return f"<Connection {role} cid={self.cid:#x} {self.state.value} peer={self.peer_addr!r}>"
+
+
+def _ignore(outcome: Delivery) -> None:
+    """The delivery handler of frames that need nothing on ack or loss (PING)."""

@@ -1,0 +1,515 @@
+"""The reliable-UDP connection on the simulated network: no sockets, time passed in.
+
+Every test that draws random numbers takes its seed from ``pick_seed`` and puts
+it in its assertion messages; replay a failure with ``FIVETUPLE_SEED=<seed>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fivetuple import LocalProtocolError
+from fivetuple.netsim import LinkConfig, Network, Path, pick_seed, run
+from fivetuple.reliable import (
+    Connected,
+    Connection,
+    ConnectionConfig,
+    ConnectionTerminated,
+    Listener,
+    MessageReceived,
+    State,
+)
+from fivetuple.reliable._connection import FRAGMENT_BYTES
+from fivetuple.reliable._listener import COOKIE_LIFETIME_S
+from fivetuple.reliable._packet import (
+    INITIAL,
+    MAX_FRAMES_BYTES,
+    ONE_RTT,
+    Ack,
+    Hello,
+    Padding,
+    build_packet,
+    frame_size,
+)
+from fivetuple.reliable._recovery import INITIAL_RTO_S, K_INITIAL_RTT_S, MAX_PTO_S
+
+pytestmark = pytest.mark.timeout(120)
+
+CLIENT = ("10.0.0.1", 1000)
+SERVER = ("10.0.0.2", 2000)
+
+
+def digest(messages: list[bytes]) -> list[str]:
+    return [hashlib.sha256(m).hexdigest()[:16] for m in messages]
+
+
+@dataclass
+class Trace:
+    """What each side saw, with the virtual time of each event."""
+
+    client: list[tuple[float, object]] = field(default_factory=list)
+    server: list[tuple[float, object]] = field(default_factory=list)
+
+    def messages(self, side: str) -> list[bytes]:
+        events = self.client if side == "client" else self.server
+        return [e.message for _, e in events if isinstance(e, MessageReceived)]
+
+    def ends(self, side: str) -> list[ConnectionTerminated]:
+        events = self.client if side == "client" else self.server
+        return [e for _, e in events if isinstance(e, ConnectionTerminated)]
+
+
+def pump_events(client: Connection, server: Listener, trace: Trace, now: float) -> None:
+    while (event := client.next_event()) is not None:
+        trace.client.append((now, event))
+    while (event := server.next_event()) is not None:
+        trace.server.append((now, event))
+
+
+def transfer(
+    messages: list[bytes],
+    link: LinkConfig,
+    seed: int,
+    *,
+    until: float = 300.0,
+    config: ConnectionConfig | None = None,
+) -> tuple[Trace, Connection, Listener, Path]:
+    """Send ``messages`` client -> server over a path of two ``link``s; stop when all arrive."""
+    path = Path(link, link, seed=seed)
+    server = Listener(config, seed=seed, secret=b"k" * 32)
+    client = Connection.client(SERVER, cid=seed % (1 << 64) or 1, config=config)
+    for message in messages:
+        client.send(message)
+    trace = Trace()
+
+    def on_step(now: float) -> bool:
+        pump_events(client, server, trace, now)
+        return len(trace.messages("server")) >= len(messages)
+
+    run(client, server, path, until=until, on_step=on_step)
+    return trace, client, server, path
+
+
+SIZES = [0, 1, 100, FRAGMENT_BYTES - 1, FRAGMENT_BYTES, FRAGMENT_BYTES + 1, 5000, 65536, 1 << 20]
+
+
+def bad_link(loss: float) -> LinkConfig:
+    return LinkConfig(
+        delay_s=0.015,
+        jitter_s=0.005,
+        loss=loss,
+        reorder=0.05,
+        reorder_delay_s=0.01,
+        duplicate=0.03,
+        corrupt=0.02,
+        rate_bps=20e6,
+        queue_bytes=256_000,
+    )
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.01, 0.05, 0.10, 0.20, 0.30])
+def test_every_reliable_message_arrives_once_in_order_on_a_bad_link(loss: float) -> None:
+    seed = pick_seed(6000 + int(loss * 100))
+    rng = random.Random(seed)
+    messages = [rng.randbytes(size) for size in SIZES]
+    trace, _client, server, path = transfer(messages, bad_link(loss), seed)
+    got = trace.messages("server")
+    assert digest(got) == digest(messages), f"seed={seed} {path!r}"
+    # The link really was bad, and the receiver saw it and threw the damage away.
+    stats = path.a_to_b.statistics()
+    assert stats.corrupted and stats.duplicated and stats.reordered, f"seed={seed}"
+    if loss:
+        assert stats.lost_random, f"seed={seed}"
+    dropped = server.statistics().dropped
+    (conn,) = server.connections()
+    dropped_conn = conn.statistics().dropped
+    assert dropped.get("crc-mismatch", 0) + dropped_conn.get("crc-mismatch", 0) > 0
+    assert conn.statistics().duplicate_packets > 0, f"seed={seed}"
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(
+    loss=st.floats(0, 0.3),
+    burst=st.booleans(),
+    reorder=st.floats(0, 0.3),
+    duplicate=st.floats(0, 0.2),
+    corrupt=st.floats(0, 0.1),
+    delay_ms=st.integers(0, 100),
+    jitter_ms=st.integers(0, 30),
+    sizes=st.lists(st.integers(0, 40_000), max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_exactly_once_in_order_for_any_link_and_messages(
+    loss: float,
+    burst: bool,
+    reorder: float,
+    duplicate: float,
+    corrupt: float,
+    delay_ms: int,
+    jitter_ms: int,
+    sizes: list[int],
+    seed: int,
+) -> None:
+    link = LinkConfig(
+        delay_s=delay_ms / 1000,
+        jitter_s=jitter_ms / 1000,
+        loss=loss,
+        burst_enter=0.01 if burst else 0.0,
+        burst_exit=0.3,
+        burst_loss=0.8,
+        reorder=reorder,
+        reorder_delay_s=0.02,
+        duplicate=duplicate,
+        corrupt=corrupt,
+    )
+    rng = random.Random(seed)
+    messages = [rng.randbytes(size) for size in sizes]
+    trace, _, _, path = transfer(messages, link, seed)
+    assert digest(trace.messages("server")) == digest(messages), f"seed={seed} {path!r}"
+
+
+def test_messages_flow_both_ways_at_once() -> None:
+    seed = pick_seed(61)
+    path = Path(bad_link(0.1), bad_link(0.1), seed=seed)
+    server = Listener(seed=seed)
+    client = Connection.client(SERVER)
+    rng = random.Random(seed)
+    up = [rng.randbytes(rng.randrange(20_000)) for _ in range(30)]
+    down = [rng.randbytes(rng.randrange(20_000)) for _ in range(30)]
+    for message in up:
+        client.send(message)
+    trace = Trace()
+    sent_down = False
+
+    def on_step(now: float) -> bool:
+        nonlocal sent_down
+        pump_events(client, server, trace, now)
+        if not sent_down and server.connections():
+            for message in down:
+                server.connections()[0].send(message)
+            sent_down = True
+        return len(trace.messages("server")) == 30 and len(trace.messages("client")) == 30
+
+    run(client, server, path, until=120, on_step=on_step)
+    assert digest(trace.messages("server")) == digest(up), f"seed={seed}"
+    assert digest(trace.messages("client")) == digest(down), f"seed={seed}"
+
+
+# -- recovery after a blackout ---------------------------------------------------
+
+
+def test_delivery_resumes_within_a_second_after_a_five_second_blackout() -> None:
+    """A bulk transfer through a 5 s blackout: the window is full of lost packets
+    when the path comes back, and only probes the window cannot block find it."""
+    seed = pick_seed(62)
+    start, end = 2.0, 7.0
+    link = LinkConfig(delay_s=0.015, rate_bps=10e6, queue_bytes=64_000, blackouts=((start, end),))
+    path = Path(link, link, seed=seed)
+    server = Listener(seed=seed)
+    client = Connection.client(SERVER)
+    trace = Trace()
+    for i in range(150):  # 15 MB: still sending at 10 s
+        client.send(i.to_bytes(4, "big") * 25_000)
+
+    def on_step(now: float) -> bool:
+        pump_events(client, server, trace, now)
+        return False
+
+    window_full = []
+
+    def watch(now: float) -> bool:
+        if start + 0.5 < now < end:
+            window_full.append(not client._cc.can_send(client._loss.bytes_in_flight))
+        return on_step(now)
+
+    run(client, server, path, until=10.0, on_step=watch)
+    assert any(window_full), "the window was never full: the test proves nothing"
+    arrivals = [t for t, e in trace.server if isinstance(e, MessageReceived)]
+    after = [t for t in arrivals if t >= end]
+    assert after, f"nothing arrived after the blackout; seed={seed}"
+    assert after[0] - end <= 1.0, f"first delivery {after[0] - end:.3f} s after; seed={seed}"
+    # Probes went out during the blackout, at least every MAX_PTO_S once backed off.
+    assert path.a_to_b.statistics().lost_blackout >= (end - start) / MAX_PTO_S
+    # ... and the transfer went back to full speed: 2.5 s at 10 Mbit/s is ~30 messages.
+    assert len(after) >= 20, f"only {len(after)} messages after the blackout; seed={seed}"
+    assert not trace.ends("client") and not trace.ends("server")
+
+
+# -- the handshake -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed_offset", range(10))
+def test_handshake_completes_under_thirty_percent_loss(seed_offset: int) -> None:
+    seed = pick_seed(6300 + seed_offset)
+    link = LinkConfig(delay_s=0.02, loss=0.3)
+    path = Path(link, link, seed=seed)
+    server = Listener(seed=seed)
+    client = Connection.client(SERVER)
+    client.send(b"first words")
+    trace = Trace()
+
+    def on_step(now: float) -> bool:
+        pump_events(client, server, trace, now)
+        return bool(trace.messages("server"))
+
+    run(client, server, path, until=60, on_step=on_step)
+    assert any(isinstance(e, Connected) for _, e in trace.client), f"seed={seed}"
+    assert trace.messages("server") == [b"first words"], f"seed={seed}"
+    assert server.statistics().accepted == 1, f"seed={seed}"
+    assert server.statistics().retries_sent >= 1
+
+
+def hello(cid: int, cookie: bytes = b"") -> bytes:
+    frame = Hello(cid, cookie)
+    return build_packet(INITIAL, 0, 0, [frame, Padding(MAX_FRAMES_BYTES - frame_size(frame))])
+
+
+def test_a_flood_of_spoofed_hellos_leaves_no_state_and_a_real_client_still_gets_in() -> None:
+    server = Listener(seed=1)
+    now = 1.0
+    for i in range(20_000):
+        spoofed = (f"198.18.{i >> 8 & 255}.{i & 255}", 1024 + i)
+        server.receive_datagram(hello(i + 1), spoofed, now)
+        # Forged cookies, fresh and replayed from another address, cost nothing either.
+        server.receive_datagram(hello(i + 1, bytes(24)), spoofed, now)
+        if i % 512 == 0:
+            assert all(len(d) < 100 for d, _ in server.datagrams_to_send(now))
+            now += 0.001
+    server.datagrams_to_send(now)
+    stats = server.statistics()
+    assert stats.connections == 0 and stats.accepted == 0
+    assert stats.dropped["bad-cookie"] == 20_000
+    assert stats.retries_sent + stats.dropped.get("retry-overflow", 0) == 20_000
+    assert server.get_timer() is None  # no timers either: nothing was kept
+    assert not server._by_peer and not server._connections
+
+    # A real client, whose RETRY reaches it, gets a connection.
+    client = Connection.client(SERVER, now=now)
+    (first,) = client.datagrams_to_send(now)
+    server.receive_datagram(first[0], CLIENT, now)
+    (retry,) = server.datagrams_to_send(now)
+    client.receive_datagram(retry[0], SERVER, now + 0.01)
+    (second,) = client.datagrams_to_send(now + 0.01)
+    server.receive_datagram(second[0], CLIENT, now + 0.02)
+    assert server.statistics().connections == 1
+    # The cookie's age is the round trip: the new connection starts with that RTT.
+    (connection,) = server.connections()
+    assert connection.statistics().smoothed_rtt_s == pytest.approx(0.02, abs=0.002)
+
+
+def test_a_cookie_is_bound_to_the_address_and_expires() -> None:
+    server = Listener(seed=2)
+    server.receive_datagram(hello(7), CLIENT, 0.0)
+    ((retry, _),) = server.datagrams_to_send(0.0)
+    client = Connection.client(SERVER, cid=7)
+    client.datagrams_to_send(0.0)
+    client.receive_datagram(retry, SERVER, 0.01)
+    ((echoed, _),) = client.datagrams_to_send(0.01)
+    # From another address, or too late: dropped, and no state.
+    server.receive_datagram(echoed, ("10.9.9.9", 1000), 0.02)
+    server.receive_datagram(echoed, CLIENT, COOKIE_LIFETIME_S + 0.1)
+    assert server.statistics().dropped["bad-cookie"] == 2
+    assert server.statistics().connections == 0
+    # A short INITIAL (which could amplify) gets nothing at all.
+    short = build_packet(INITIAL, 0, 0, [Hello(8)])
+    server.receive_datagram(short, CLIENT, 0.0)
+    assert server.statistics().dropped["initial-too-small"] == 1
+    assert server.datagrams_to_send(0.0) == []
+    # In time and from the right address: a connection.
+    server.receive_datagram(echoed, CLIENT, 0.02)
+    assert server.statistics().connections == 1
+
+
+# -- timers ----------------------------------------------------------------------
+
+
+def test_the_first_hello_is_resent_after_the_rfc_9002_initial_pto() -> None:
+    client = Connection.client(SERVER)
+    assert len(client.datagrams_to_send(0.0)) == 1
+    # RFC 9002 §6.2.2: a 333 ms initial RTT gives a first PTO of about 1 s.
+    expected = K_INITIAL_RTT_S + 4 * K_INITIAL_RTT_S / 2
+    assert client.get_timer() == pytest.approx(expected)
+    assert expected == pytest.approx(INITIAL_RTO_S, abs=0.002)  # RFC 6298 §2.1's 1 s
+    client.handle_timer(expected)
+    (again,) = client.datagrams_to_send(expected)
+    assert len(again[0]) == 1200
+    # Backed off, but never past MAX_PTO_S beyond the first period.
+    assert client.get_timer() == pytest.approx(expected + max(expected, MAX_PTO_S))
+
+
+def connected_pair(
+    config: ConnectionConfig | None = None, link: LinkConfig | None = None
+) -> tuple[Network, Connection, Listener, Trace]:
+    network = Network()
+    client = Connection.client(SERVER, config=config)
+    server = Listener(config, seed=3)
+    network.add(CLIENT, client)
+    network.add(SERVER, server)
+    link = link if link is not None else LinkConfig(delay_s=0.01)
+    network.connect(CLIENT, SERVER, Path(link, link, seed=3))
+    trace = Trace()
+
+    def on_step(now: float) -> bool:
+        pump_events(client, server, trace, now)
+        return client.state is State.CONNECTED and bool(server.connections())
+
+    network.run(until=5.0, on_step=on_step)
+    assert client.state is State.CONNECTED
+    return network, client, server, trace
+
+
+def test_an_ack_is_held_back_at_most_max_ack_delay() -> None:
+    config = ConnectionConfig(max_ack_delay_s=0.025)
+    network, client, server, _trace = connected_pair(config, LinkConfig(delay_s=0.01))
+    t0 = 1.0
+    network.run(until=t0, start=0.2)
+    client.send(b"one")
+    network.flush(t0)
+    (conn,) = server.connections()
+    network.run(until=t0 + 0.0101, start=t0)  # the packet has arrived: no ACK yet
+    assert conn.get_timer() == pytest.approx(t0 + 0.01 + 0.025)
+    sent_before = conn.statistics().datagrams_sent
+    network.run(until=t0 + 0.036, start=t0 + 0.0101)
+    assert conn.statistics().datagrams_sent == sent_before + 1  # the delayed ACK
+
+
+def test_keepalive_keeps_an_idle_connection_open_and_without_it_idle_timeout_ends_it() -> None:
+    config = ConnectionConfig(idle_timeout_s=3.0, keepalive_s=1.0)
+    network, client, server, trace = connected_pair(config)
+    network.run(until=20.0, start=0.1, on_step=lambda now: pump_events(client, server, trace, now))
+    assert client.state is State.CONNECTED and server.statistics().connections == 1
+    assert not trace.ends("client")
+
+    quiet = ConnectionConfig(idle_timeout_s=3.0, keepalive_s=None)
+    network, client, server, trace = connected_pair(quiet)
+    network.run(until=20.0, start=0.1, on_step=lambda now: pump_events(client, server, trace, now))
+    ((t_client, end_client),) = [
+        (t, e) for t, e in trace.client if isinstance(e, ConnectionTerminated)
+    ]
+    assert end_client.reason == "idle-timeout"
+    assert t_client == pytest.approx(3.0 + 0.04, abs=0.05)  # idle_timeout_s after the last packet
+    assert [e.reason for e in trace.ends("server")] == ["idle-timeout"]
+    assert server.statistics().connections == 0  # and the listener forgot it
+
+
+def test_a_peer_that_vanishes_mid_transfer_is_reported() -> None:
+    config = ConnectionConfig(idle_timeout_s=5.0)
+    link = LinkConfig(delay_s=0.01, rate_bps=1e6, queue_bytes=50_000, blackouts=((1.0, 1000.0),))
+    network, client, server, trace = connected_pair(config, link)
+    client.send(bytes(500_000))
+    network.run(until=30.0, start=0.1, on_step=lambda now: pump_events(client, server, trace, now))
+    (end,) = trace.ends("client")
+    assert end.reason == "peer-vanished"
+    ((when, _),) = [(t, e) for t, e in trace.client if isinstance(e, ConnectionTerminated)]
+    assert 5.0 <= when <= 6.1
+    assert client.state is State.TERMINATED and client.get_timer() is None
+
+
+def test_graceful_close_delivers_everything_first_then_both_sides_end() -> None:
+    link = LinkConfig(delay_s=0.02, loss=0.1)
+    network, client, server, trace = connected_pair(link=link)
+    seed = pick_seed(64)
+    rng = random.Random(seed)
+    messages = [rng.randbytes(rng.randrange(30_000)) for _ in range(20)]
+    for message in messages:
+        client.send(message)
+    client.close("done")
+    with pytest.raises(LocalProtocolError):
+        client.send(b"too late")
+    network.run(until=60.0, start=0.5, on_step=lambda now: pump_events(client, server, trace, now))
+    assert digest(trace.messages("server")) == digest(messages), f"seed={seed}"
+    assert [(e.reason, e.detail) for e in trace.ends("client")] == [("closed", "done")]
+    assert [(e.reason, e.detail) for e in trace.ends("server")] == [("peer-closed", "done")]
+    assert client.state is State.TERMINATED
+    assert server.statistics().connections == 0
+
+
+def test_abort_tells_the_peer_with_an_error_code() -> None:
+    network, client, server, trace = connected_pair()
+    client.send(bytes(100_000))
+    client.abort("bored")
+    network.run(until=5.0, start=0.5, on_step=lambda now: pump_events(client, server, trace, now))
+    assert [(e.reason, e.code) for e in trace.ends("client")] == [("aborted", 1)]
+    assert [(e.reason, e.code, e.detail) for e in trace.ends("server")] == [
+        ("peer-closed", 1, "bored")
+    ]
+
+
+# -- bad input -------------------------------------------------------------------
+
+
+def test_a_corrupted_datagram_is_dropped_and_counted_and_the_connection_goes_on() -> None:
+    _network, client, server, trace = connected_pair()
+    (conn,) = server.connections()
+    client.send(b"x" * 500)
+    ((datagram, _),) = client.datagrams_to_send(1.0)
+    damaged = bytearray(datagram)
+    damaged[40] ^= 0x10
+    server.receive_datagram(bytes(damaged), CLIENT, 1.01)
+    assert conn.statistics().dropped == {} and server.statistics().dropped["crc-mismatch"] == 1
+    server.receive_datagram(datagram, CLIENT, 1.02)
+    server.receive_datagram(datagram, CLIENT, 1.03)  # and a duplicate
+    pump_events(client, server, trace, 1.03)
+    assert trace.messages("server") == [b"x" * 500]
+    assert conn.statistics().duplicate_packets == 1
+
+
+def test_an_ack_of_a_packet_never_sent_ends_the_connection_as_a_protocol_error() -> None:
+    network, client, server, trace = connected_pair()
+    (_conn,) = server.connections()
+    forged = build_packet(ONE_RTT, client.cid, 10_000, [Ack((range(5000, 5001),))])
+    client.receive_datagram(forged, SERVER, 1.0)
+    network.run(until=3.0, start=1.0, on_step=lambda now: pump_events(client, server, trace, now))
+    ((end),) = trace.ends("client")
+    assert (end.reason, end.detail) == ("protocol-error", "ack-of-unsent-packet")
+    assert [e.reason for e in trace.ends("server")] == ["peer-closed"]
+
+
+def test_unreliable_messages_arrive_at_most_once() -> None:
+    seed = pick_seed(65)
+    link = LinkConfig(delay_s=0.01, loss=0.2, duplicate=0.3, reorder=0.2, reorder_delay_s=0.02)
+    network, client, server, trace = connected_pair(link=link)
+    for i in range(300):
+        client.send(i.to_bytes(2, "big") * 1000, reliable=False)
+    client.send(b"end")
+    network.run(until=20.0, start=0.5, on_step=lambda now: pump_events(client, server, trace, now))
+    got = [e for _, e in trace.server if isinstance(e, MessageReceived) and not e.reliable]
+    ids = [int.from_bytes(e.message[:2], "big") for e in got]
+    assert len(ids) == len(set(ids)), f"seed={seed}"
+    assert 0 < len(ids) < 300  # some were lost for good: unreliable means no retransmission
+    assert trace.messages("server")[-1] == b"end"
+    assert client.statistics().unreliable_lost > 0
+
+
+def test_the_receiver_never_buffers_more_than_the_receive_window() -> None:
+    window = 64 * 1024
+    config = ConnectionConfig(receive_window=window)
+    link = LinkConfig(delay_s=0.02, loss=0.1, reorder=0.1, reorder_delay_s=0.03)
+    network, client, server, trace = connected_pair(config, link)
+    (conn,) = server.connections()
+    messages = [bytes([i]) * 30_000 for i in range(40)]
+    for message in messages:
+        client.send(message)
+    high = 0
+
+    def on_step(now: float) -> bool:
+        nonlocal high
+        high = max(high, conn._receiver.buffered_bytes)
+        pump_events(client, server, trace, now)
+        return len(trace.messages("server")) == 40
+
+    network.run(until=120.0, start=0.5, on_step=on_step)
+    assert trace.messages("server") == messages
+    assert 0 < high <= window
+    with pytest.raises(LocalProtocolError, match="receive window"):
+        client.send(bytes(window + 1))
