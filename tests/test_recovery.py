@@ -512,3 +512,61 @@ def test_random_histories_keep_the_books(data: st.DataObject) -> None:
     assert all(len(calls) == 1 for calls in outcomes.values())
     assert ld.bytes_in_flight == 0
     assert ld.get_loss_detection_timer() is None
+
+
+# -- thin-stream tail timeout ----------------------------------------------------
+
+
+def _tail(ld: LossDetection, pn: int, t: float, log: _Log) -> SentPacket:
+    packet = SentPacket(pn, t, 150, tail=True)
+    packet.handlers.append(log.handler(pn))
+    ld.on_packet_sent(packet)
+    return packet
+
+
+def test_a_tail_packet_whose_immediate_ack_is_late_is_lost_after_nine_eighths_of_an_rtt() -> None:
+    ld = LossDetection()
+    log = _Log()
+    _tail(ld, 0, 0.0, log)
+    ld.on_ack_received(_acks(0), 0.0, 0.030)  # SRTT 30 ms, RTTVAR 15 ms
+    rtt = ld.rtt
+    # After one sample RTTVAR is still large: SRTT + 4 RTTVAR governs.
+    assert ld.tail_rto() == approx(0.030 + 4 * 0.015 + K_GRANULARITY_S)
+    for i in range(1, 30):  # a steady 30 ms path: RTTVAR decays
+        _tail(ld, i, i * 0.1, log)
+        ld.on_ack_received(_acks(i), 0.0, i * 0.1 + 0.030)
+    assert rtt.rttvar < 0.001
+    assert ld.tail_rto() == approx(K_TIME_THRESHOLD * 0.030 + K_GRANULARITY_S, abs=1e-4)
+
+    _tail(ld, 30, 5.0, log)
+    deadline = ld.get_loss_detection_timer()
+    assert deadline == approx(5.0 + ld.tail_rto())
+    assert deadline < 5.0 + ld.pto_period()  # earlier than the PTO
+    assert ld.on_loss_detection_timeout(deadline - 0.0001) == ([], 0)
+    lost, probes = ld.on_loss_detection_timeout(deadline)
+    assert _numbers(lost) == [30] and probes == 0
+    assert log.calls[-1] == (30, Delivery.LOST)
+
+
+def test_tail_timeouts_stop_after_two_in_a_row_and_never_apply_to_a_bulk_flight() -> None:
+    ld = LossDetection()
+    log = _Log()
+    _tail(ld, 0, 0.0, log)
+    ld.on_ack_received(_acks(0), 0.0, 0.030)
+    t = 1.0
+    for pn in (1, 2):  # the path is dead: two tail timeouts, then only the PTO
+        _tail(ld, pn, t, log)
+        deadline = ld.get_loss_detection_timer()
+        assert deadline == approx(t + ld.tail_rto())
+        assert _numbers(ld.on_loss_detection_timeout(deadline).lost) == [pn]
+        t = deadline
+    _tail(ld, 3, t, log)
+    assert ld.get_loss_detection_timer() == approx(t + ld.pto_period())
+
+    bulk = LossDetection()
+    _tail(bulk, 0, 0.0, log)
+    bulk.on_ack_received(_acks(0), 0.0, 0.030)
+    for pn in range(1, 6):  # five packets in flight: more than THIN_PACKETS
+        _send(bulk, pn, 1.0)
+    _tail(bulk, 6, 1.0, log)
+    assert bulk.get_loss_detection_timer() == approx(1.0 + bulk.pto_period())

@@ -32,10 +32,13 @@ from fivetuple.reliable._packet import (
     MAX_FRAMES_BYTES,
     ONE_RTT,
     Ack,
+    Data,
     Hello,
     Padding,
+    Ping,
     build_packet,
     frame_size,
+    parse_packet,
 )
 from fivetuple.reliable._recovery import INITIAL_RTO_S, K_INITIAL_RTT_S, MAX_PTO_S
 
@@ -368,19 +371,33 @@ def connected_pair(
     return network, client, server, trace
 
 
-def test_an_ack_is_held_back_at_most_max_ack_delay() -> None:
-    config = ConnectionConfig(max_ack_delay_s=0.025)
+def test_an_ack_is_held_back_at_most_max_ack_delay_unless_asked_for_at_once() -> None:
+    config = ConnectionConfig(max_ack_delay_s=0.025, keepalive_s=None)
     network, client, server, _trace = connected_pair(config, LinkConfig(delay_s=0.01))
-    t0 = 1.0
-    network.run(until=t0, start=0.2)
-    client.send(b"one")
-    network.flush(t0)
+    network.run(until=1.0, start=0.2)
     (conn,) = server.connections()
-    network.run(until=t0 + 0.0101, start=t0)  # the packet has arrived: no ACK yet
-    assert conn.get_timer() == pytest.approx(t0 + 0.01 + 0.025)
-    sent_before = conn.statistics().datagrams_sent
-    network.run(until=t0 + 0.036, start=t0 + 0.0101)
-    assert conn.statistics().datagrams_sent == sent_before + 1  # the delayed ACK
+
+    def from_client(frames: list) -> None:  # type: ignore[type-arg]
+        pn = client._pn
+        client._pn += 1
+        server.receive_datagram(build_packet(ONE_RTT, conn.cid, pn, frames), CLIENT, t0)
+
+    # One data packet in sequence, with no PING: its ACK waits max_ack_delay.
+    t0 = 1.0
+    from_client([Data(0, 0, 1, b"one")])
+    assert conn.datagrams_to_send(t0) == []
+    assert conn.get_timer() == pytest.approx(t0 + 0.025)
+    conn.handle_timer(t0 + 0.025)
+    (ack,) = conn.datagrams_to_send(t0 + 0.025)
+    assert isinstance(parse_packet(ack[0]).frames[0], Ack)
+    # A tail packet (it carries a PING) is acknowledged at once.
+    t0 = 1.1
+    from_client([Data(1, 0, 1, b"two"), Ping()])
+    assert len(conn.datagrams_to_send(t0)) == 1
+    # And the sender marks its tail packets so: one message, nothing behind it.
+    client.send(b"three")
+    ((datagram, _),) = client.datagrams_to_send(1.2)
+    assert any(isinstance(f, Ping) for f in parse_packet(datagram).frames)
 
 
 def test_keepalive_keeps_an_idle_connection_open_and_without_it_idle_timeout_ends_it() -> None:

@@ -86,3 +86,22 @@ def test_a_one_mib_message_reassembles() -> None:
     receiver = MessageReceiver()
     out = [m for f in frames for m in receiver.receive(f, 0.0)]
     assert out == [message] and len(frames) > 255  # no small fragment-count ceiling
+
+
+def test_partial_unreliable_messages_past_their_cap_give_up_the_oldest_not_the_connection() -> None:
+    receiver = MessageReceiver(max_buffered_bytes=10_000, max_unreliable_bytes=3_000)
+    # Three unreliable messages, each missing its last fragment: 4 x 1,000 B buffered would
+    # pass the cap, so the oldest partial goes, and no error is raised.
+    for mid in range(3):
+        for frame in list(fragment(mid, bytes([mid]) * 2_000, False, 1_000))[:1]:
+            assert receiver.receive(frame, now=0.0) == []
+    fourth = list(fragment(3, b"d" * 2_000, False, 1_000))
+    assert receiver.receive(fourth[0], now=0.0) == []
+    assert receiver.expired == 1 and receiver.buffered_bytes == 3_000
+    assert receiver.receive(fourth[1], now=0.0) == [b"d" * 2_000]
+    # Reliable data still has its own, strict window.
+    big = list(fragment(0, bytes(12_000), True, 1_000))
+    with pytest.raises(RemoteProtocolError) as error:
+        for frame in big[1:]:
+            receiver.receive(frame, now=0.0)
+    assert error.value.reason == "flow-control"

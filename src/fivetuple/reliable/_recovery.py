@@ -24,7 +24,18 @@ Loss is detected as in RFC 9002 §6, with one packet number space:
   asks the caller to send probe packets, whose ACKs (or their absence) tell
   the packet and time thresholds what happened.
 
-``get_loss_detection_timer()`` is the earlier of the two deadlines and
+A third rule, for thin streams (a game's 60 Hz updates, keystrokes), is not
+in RFC 9002. A packet sent with nothing queued behind it is a *tail* packet:
+no later packet may come soon to reveal its loss, and the PTO, restarted by
+every new send, may never fire. The sender asks for an immediate ACK of tail
+packets, so one not acknowledged ``tail_rto()`` after it left (9/8 of an RTT,
+or SRTT + 4 RTTVAR if the RTT varies more) is declared lost, as KCP's short
+RTO and RFC 8985's tail loss probe do. It applies only while at most
+``THIN_PACKETS`` ack-eliciting packets are in flight and at most
+``MAX_TAIL_TIMEOUTS`` times in a row without an ACK, so a bulk transfer never
+uses it and a dead path falls back to the PTO's backoff.
+
+``get_loss_detection_timer()`` is the earliest of these deadlines and
 ``on_loss_detection_timeout(now)`` runs whichever is due. Time is always an
 argument, in float seconds; nothing here reads a clock.
 
@@ -89,6 +100,10 @@ DEFAULT_MAX_ACK_DELAY_S = 0.025
 # and may send two. Two, because at 30% loss one probe is lost 30% of the
 # time and both only 9% of the time.
 PTO_PROBE_PACKETS = 2
+# Thin-stream tail timeouts (see the module docstring): at most this many
+# ack-eliciting packets in flight, and this many timeouts in a row without an ACK.
+THIN_PACKETS = 4
+MAX_TAIL_TIMEOUTS = 2
 # Keep 2 ** pto_count a finite float however long the peer stays silent.
 _MAX_BACKOFF_EXPONENT = 30
 
@@ -217,6 +232,8 @@ class SentPacket:
             padding; a packet holding only ACK frames is not in flight).
         handlers: one per frame, called with ``Delivery.ACKED`` or
             ``Delivery.LOST`` exactly once.
+        tail: sent with nothing queued behind it and with a request for an
+            immediate ACK; eligible for the thin-stream tail timeout.
         delivered, delivered_time, first_sent_time, app_limited: the
             congestion controller's delivery-rate snapshot taken when the
             packet left (see ``_congestion.py``); unused by loss detection.
@@ -228,6 +245,7 @@ class SentPacket:
     ack_eliciting: bool = True
     in_flight: bool = True
     handlers: list[DeliveryHandler] = field(default_factory=list)
+    tail: bool = False
     delivered: int = 0
     delivered_time: float = 0.0
     first_sent_time: float = 0.0
@@ -296,6 +314,7 @@ class LossDetection:
         "_packets_sent",
         "_pto_events",
         "_sent",
+        "_tail_timeouts",
         "bytes_in_flight",
         "largest_acked",
         "max_ack_delay_s",
@@ -331,6 +350,7 @@ class LossDetection:
         self._ack_eliciting_in_flight = 0
         self.bytes_in_flight = 0
         self.pto_count = 0
+        self._tail_timeouts = 0
         self._packets_sent = 0
         self._packets_acked = 0
         self._packets_lost = 0
@@ -421,6 +441,7 @@ class LossDetection:
         lost = self._detect_lost(now)
         # §6.2.1: an ACK proves the path works, so the backoff starts over.
         self.pto_count = 0
+        self._tail_timeouts = 0
         for packet in acked:
             packet.deliver(Delivery.ACKED)
         for packet in lost:
@@ -443,14 +464,38 @@ class LossDetection:
         """Return when ``on_loss_detection_timeout`` must run next, or None.
 
         The loss time of a packet waiting for its time threshold comes first
-        (§6.1.2); otherwise the PTO, measured from the last ack-eliciting
-        packet sent, while any is in flight (§6.2.1).
+        (§6.1.2); otherwise the earlier of the thin-stream tail timeout and the
+        PTO, measured from the last ack-eliciting packet sent, while any is in
+        flight (§6.2.1).
         """
         if self._loss_time is not None:
             return self._loss_time
         if self._ack_eliciting_in_flight == 0 or self._last_ack_eliciting_sent is None:
             return None
-        return self._last_ack_eliciting_sent + self.pto_period()
+        pto = self._last_ack_eliciting_sent + self.pto_period()
+        tail = self._tail_deadline()
+        return pto if tail is None else min(tail, pto)
+
+    def tail_rto(self) -> float:
+        """Return how long a tail packet waits for its immediate ACK before it is lost."""
+        rtt = self.rtt
+        wait = max(
+            K_TIME_THRESHOLD * max(rtt.smoothed_rtt, rtt.latest_rtt),
+            rtt.smoothed_rtt + 4 * rtt.rttvar,
+        )
+        return wait + K_GRANULARITY_S
+
+    def _tail_deadline(self) -> float | None:
+        if (
+            not self.rtt.has_sample
+            or self._tail_timeouts >= MAX_TAIL_TIMEOUTS
+            or self._ack_eliciting_in_flight > THIN_PACKETS
+        ):
+            return None
+        for packet in self._sent.values():
+            if packet.tail:
+                return packet.sent_time + self.tail_rto()
+        return None
 
     def on_loss_detection_timeout(self, now: float) -> TimeoutOutcome:
         """Run the loss-detection timer (RFC 9002 §6.2, §A.9).
@@ -471,6 +516,17 @@ class LossDetection:
             return TimeoutOutcome([], 0)
         if self._loss_time is not None:
             lost = self._detect_lost(now)
+            for packet in lost:
+                packet.deliver(Delivery.LOST)
+            return TimeoutOutcome(lost, 0)
+        tail = self._tail_deadline()
+        if tail is not None and tail <= now and tail <= deadline:
+            wait = self.tail_rto()
+            lost = [p for p in self._sent.values() if p.tail and p.sent_time + wait <= now]
+            for packet in lost:
+                self._forget(packet)
+            self._packets_lost += len(lost)
+            self._tail_timeouts += 1
             for packet in lost:
                 packet.deliver(Delivery.LOST)
             return TimeoutOutcome(lost, 0)
