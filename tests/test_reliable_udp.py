@@ -1,0 +1,386 @@
+"""Reliable UDP on real loopback sockets: the I/O shell (``reliable/_shell.py``) driving
+a ``Listener`` and a client ``Connection`` on one loop, through transports whose
+``sendto`` drops, duplicates, corrupts and reorders datagrams.
+
+The sans-IO core is tested over the simulated network without sockets; these
+tests check what only real sockets show: the shell's timer and pump, address
+forms (IPv6's 4-tuples), and ICMP errors from a port nobody listens on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import random
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from fivetuple._datagram import DatagramProtocol, DatagramTransport
+from fivetuple._loop import Loop
+from fivetuple._timers import Timer
+from fivetuple.reliable import (
+    Connected,
+    Connection,
+    ConnectionConfig,
+    ConnectionTerminated,
+    Event,
+    MessageReceived,
+    ReliableProtocol,
+    connect,
+    serve,
+)
+from helpers import BACKENDS, needs_ipv6
+
+#: The wall-clock bound of one exchange; the loop is stopped and the test fails past it.
+EXCHANGE_LIMIT_S = 20.0
+#: A held-back datagram goes out after the next one, or after this long at most.
+HOLD_S = 0.02
+
+
+class ImpairedTransport(DatagramTransport):
+    """A UDP transport whose ``sendto`` is a bad network: seeded faults, each counted.
+
+    Each outgoing datagram is dropped with ``drop``; a survivor has one bit
+    flipped with ``corrupt``, is sent twice with ``duplicate``, and is held
+    back with ``reorder`` until the next datagram has gone out (or ``HOLD_S``
+    has passed). ``faults`` counts what was done; ``impair = False`` makes it
+    an honest transport again.
+    """
+
+    def __init__(
+        self,
+        loop: Loop,
+        sock: socket.socket,
+        protocol: DatagramProtocol,
+        *,
+        seed: int,
+        drop: float = 0.10,
+        duplicate: float = 0.05,
+        corrupt: float = 0.02,
+        reorder: float = 0.05,
+    ) -> None:
+        super().__init__(loop, sock, protocol)
+        self.rng = random.Random(seed)
+        self.rates = (drop, duplicate, corrupt, reorder)
+        self.faults: Counter[str] = Counter()
+        self.impair = True
+        self._held: tuple[bytes, Any] | None = None
+        self._release: Timer | None = None
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        if not self.impair:
+            self._release_held()
+            super().sendto(data, addr)
+            return
+        drop, duplicate, corrupt, reorder = self.rates
+        rng, faults = self.rng, self.faults
+        faults["sent"] += 1
+        if rng.random() < drop:
+            faults["dropped"] += 1
+            return
+        copies = 1
+        if rng.random() < duplicate:
+            copies = 2
+            faults["duplicated"] += 1
+        if data and rng.random() < corrupt:
+            bit = rng.randrange(len(data) * 8)
+            flipped = bytearray(data)
+            flipped[bit // 8] ^= 1 << (bit % 8)
+            data = bytes(flipped)
+            faults["corrupted"] += copies  # copies of a bad datagram, as the receiver counts
+        if self._held is None and rng.random() < reorder:
+            self._held = (data, addr)
+            self._release = self._loop.call_later(HOLD_S, self._release_held)
+            if copies == 2:
+                super().sendto(data, addr)  # the duplicate goes ahead of its twin
+            return
+        for _ in range(copies):
+            super().sendto(data, addr)
+        if self._held is not None:
+            faults["reordered"] += 1  # the held one now arrives after this one
+            self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if self._release is not None:
+            self._release.cancel()
+            self._release = None
+        if held is not None:
+            super().sendto(*held)
+
+    def close(self) -> None:
+        if self._release is not None:
+            self._release.cancel()
+        super().close()
+
+
+def impaired(seed: int) -> Callable[[Loop, socket.socket, DatagramProtocol], DatagramTransport]:
+    return functools.partial(ImpairedTransport, seed=seed)
+
+
+def digest(message: bytes) -> str:
+    return hashlib.sha256(message).hexdigest()
+
+
+@pytest.fixture
+def loop(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[Loop]:
+    """A loop (on the backend given as the parameter, if any); the test fails if
+    any callback raised (the loop logs such errors and goes on)."""
+    loop = Loop(getattr(request, "param", None))
+    with caplog.at_level(logging.ERROR, logger="fivetuple"):
+        yield loop
+    loop.close()
+    errors = caplog.get_records("call")
+    assert not errors, [record.getMessage() for record in errors]
+
+
+def run_until_stopped(loop: Loop, limit_s: float, what: str) -> None:
+    """Run ``loop`` until a callback stops it; fail if ``limit_s`` passes first."""
+    expired = []
+
+    def expire() -> None:
+        expired.append(True)
+        loop.stop()
+
+    deadline = loop.call_later(limit_s, expire)
+    try:
+        loop.run()
+    finally:
+        deadline.cancel()
+    assert not expired, f"{what}: not done within {limit_s} s"
+
+
+class EchoExchange:
+    """A server that echoes every message and a client that sends ``messages`` and
+    closes once every echo is back, on one loop; the loop stops when both have ended."""
+
+    def __init__(
+        self, loop: Loop, host: str, messages: list[bytes], seed: int | None = None
+    ) -> None:
+        self.loop = loop
+        self.messages = messages
+        self.server_got: list[str] = []
+        self.client_got: list[str] = []
+        self.ends: dict[str, ConnectionTerminated] = {}
+        self.connected = False
+        self.server_peer_addr: Any = None
+        server_factory = impaired(seed) if seed is not None else DatagramTransport
+        client_factory = impaired(seed + 1) if seed is not None else DatagramTransport
+        self.server, self.listener, self.server_transport = serve(
+            loop, host, 0, on_event=self._server_event, transport_factory=server_factory
+        )
+        self.server_name = self.server_transport.get_extra_info("sockname")
+        self.client, self.connection = connect(
+            loop,
+            host,
+            self.server_name[1],
+            on_event=self._client_event,
+            transport_factory=client_factory,
+        )
+        assert self.client.transport is not None
+        self.client_transport = self.client.transport
+        self.client_name = self.client_transport.get_extra_info("sockname")
+
+    def run(self, what: str) -> None:
+        for message in self.messages:
+            self.connection.send(message)
+        self.client.pump()
+        try:
+            run_until_stopped(self.loop, EXCHANGE_LIMIT_S, what)
+        finally:
+            self.client_transport.close()
+            self.server_transport.close()
+
+    def _server_event(self, event: Event) -> None:
+        if isinstance(event, MessageReceived):
+            self.server_got.append(digest(event.message))
+            connection = self.listener.connection(event.cid)
+            self.server_peer_addr = connection.peer_addr
+            connection.send(event.message)
+        elif isinstance(event, ConnectionTerminated):
+            self._ended("server", event)
+
+    def _client_event(self, event: Event) -> None:
+        if isinstance(event, Connected):
+            self.connected = True
+        elif isinstance(event, MessageReceived):
+            self.client_got.append(digest(event.message))
+            if len(self.client_got) == len(self.messages):
+                self._quiet()
+                self.connection.close()
+                self.client.pump()
+        elif isinstance(event, ConnectionTerminated):
+            self._ended("client", event)
+
+    def _quiet(self) -> None:
+        """A clean path for the close. The core sends CLOSE once and repeats it only
+        when the peer speaks (as QUIC does CONNECTION_CLOSE), so when it is lost and
+        the server has nothing in flight, the server hears nothing and ends with
+        ``peer-vanished`` after ``idle_timeout_s`` (about 8% of seeds here)."""
+        for transport in (self.client_transport, self.server_transport):
+            if isinstance(transport, ImpairedTransport):
+                transport.impair = False
+
+    def _ended(self, side: str, event: ConnectionTerminated) -> None:
+        assert side not in self.ends, f"{side} ended twice: {self.ends[side]} then {event}"
+        self.ends[side] = event
+        if len(self.ends) == 2:
+            self.loop.stop()
+
+    def check_delivery(self) -> None:
+        expected = [digest(m) for m in self.messages]
+        assert self.connected
+        assert self.server_got == expected, "the server did not get every message once, in order"
+        assert self.client_got == expected, "the echoes did not come back once each, in order"
+        assert self.ends["client"].reason == "closed", self.ends["client"]
+        assert self.ends["server"].reason == "peer-closed", self.ends["server"]
+
+
+def message_set(seed: int, sizes: list[int], random_sizes: int, largest: int) -> list[bytes]:
+    rng = random.Random(seed)
+    sizes = sizes + [rng.randrange(largest) for _ in range(random_sizes)]
+    return [rng.randbytes(size) for size in sizes]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("loop", "seed"),
+    [(backend, 6 + n) for n, backend in enumerate(BACKENDS)] + [(None, 1729)],
+    indirect=["loop"],
+)
+def test_echo_over_a_bad_network_is_exact_and_in_order(loop: Loop, seed: int) -> None:
+    messages = message_set(seed, [0, 1, 1000, 1200, 5000, 65_536, 300_000], 12, 40_000)
+    exchange = EchoExchange(loop, "127.0.0.1", messages, seed)
+    exchange.run(f"seed {seed}")
+    exchange.check_delivery()
+
+    client_transport = exchange.client_transport
+    server_transport = exchange.server_transport
+    assert isinstance(client_transport, ImpairedTransport)
+    assert isinstance(server_transport, ImpairedTransport)
+    for side, faults in (("client", client_transport.faults), ("server", server_transport.faults)):
+        for fault in ("dropped", "duplicated", "corrupted", "reordered"):
+            assert faults[fault] > 0, f"seed {seed}: the {side} never {fault}: {faults}"
+    # Every bit flip is caught by the CRC and counted by whoever received it
+    # (at most as many: loopback may still drop a datagram when a buffer is full).
+    at_server = exchange.listener.statistics().dropped.get("crc-mismatch", 0)
+    at_client = exchange.connection.statistics().dropped.get("crc-mismatch", 0)
+    assert 1 <= at_server <= client_transport.faults["corrupted"], (seed, at_server)
+    assert 1 <= at_client <= server_transport.faults["corrupted"], (seed, at_client)
+    stats = exchange.connection.statistics()
+    assert stats.retransmitted_bytes > 0 and stats.duplicate_packets > 0, stats
+    assert exchange.client.errors == exchange.server.errors == Counter()
+
+
+@pytest.mark.timeout(60)
+def test_a_clean_path_needs_no_retransmission(loop: Loop) -> None:
+    messages = message_set(3, [0, 1, 1200, 300_000], 4, 10_000)
+    exchange = EchoExchange(loop, "127.0.0.1", messages)
+    exchange.run("clean path")
+    exchange.check_delivery()
+    assert exchange.connection.statistics().dropped == {}
+    assert exchange.listener.statistics().dropped == {}
+
+
+@needs_ipv6
+@pytest.mark.timeout(60)
+def test_echo_over_ipv6_loopback(loop: Loop) -> None:
+    messages = message_set(66, [0, 1, 1200, 5000, 65_536], 6, 20_000)
+    exchange = EchoExchange(loop, "::1", messages, seed=66)
+    exchange.run("IPv6")
+    exchange.check_delivery()
+    # The core saw (host, port) on both sides, and the transports' peer tables,
+    # keyed by recvfrom's 4-tuples, counted the datagrams each way under one key.
+    assert exchange.connection.peer_addr == exchange.server_name[:2]
+    client_name = exchange.client_name
+    assert len(client_name) == 4
+    assert exchange.server_peer_addr == client_name[:2]
+    row = exchange.server_transport.peers[client_name]
+    assert row.datagrams_in > 0 and row.datagrams_out > 0
+
+
+def a_port_nobody_listens_on(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def connect_to_nobody(loop: Loop) -> tuple[ReliableProtocol, Connection, list[Event], float]:
+    """Connect to a closed port with a 1 s handshake timeout and run until the end."""
+    events: list[Event] = []
+
+    def on_event(event: Event) -> None:
+        events.append(event)
+        if isinstance(event, ConnectionTerminated):
+            loop.stop()
+
+    config = ConnectionConfig(handshake_timeout_s=1.0)
+    started = loop.time()
+    protocol, connection = connect(
+        loop, "127.0.0.1", a_port_nobody_listens_on(), on_event=on_event, config=config
+    )
+    run_until_stopped(loop, 10.0, "handshake timeout")
+    return protocol, connection, events, loop.time() - started
+
+
+@pytest.mark.timeout(30)
+def test_a_client_whose_server_is_gone_ends_with_a_handshake_timeout(loop: Loop) -> None:
+    protocol, connection, events, elapsed = connect_to_nobody(loop)
+    assert events == [ConnectionTerminated(connection.cid, "handshake-timeout")]
+    assert 1.0 <= elapsed < 3.0, elapsed
+    assert connection.is_terminated
+    transport = protocol.transport
+    assert transport is not None and not transport.closed  # the socket is the caller's
+    transport.close()
+    assert protocol.transport is None
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.xfail(
+    strict=True,
+    reason="DatagramTransport.handle_io drains the error queue on POLLERR without "
+    "reporting the error (SO_ERROR) to error_received",
+)
+def test_icmp_port_unreachable_reaches_error_received(loop: Loop) -> None:
+    protocol, _, _, _ = connect_to_nobody(loop)
+    transport = protocol.transport
+    assert transport is not None
+    transport.close()
+    assert protocol.errors["ECONNREFUSED"] >= 1, protocol.errors
+    assert transport.errors["ECONNREFUSED"] == protocol.errors["ECONNREFUSED"]
+
+
+def test_the_shell_keeps_addresses_in_one_form() -> None:
+    """Without a socket: the endpoint sees (host, port) from a 4-tuple, and a pump
+    from inside on_event is folded into the running one."""
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.received: list[Any] = []
+
+        def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+            self.received.append(addr)
+
+        def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+            return []
+
+        def next_event(self) -> None:
+            return None
+
+        def get_timer(self) -> None:
+            return None
+
+    loop = Loop()
+    try:
+        endpoint = Recorder()
+        protocol = ReliableProtocol(loop, endpoint, lambda event: None)  # type: ignore[arg-type]
+        protocol.datagram_received(b"x", ("::1", 9, 0, 0))
+        protocol.datagram_received(b"x", ("127.0.0.1", 9))
+        assert endpoint.received == [("::1", 9), ("127.0.0.1", 9)]
+    finally:
+        loop.close()
