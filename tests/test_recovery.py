@@ -570,3 +570,13 @@ def test_tail_timeouts_stop_after_two_in_a_row_and_never_apply_to_a_bulk_flight(
         _send(bulk, pn, 1.0)
     _tail(bulk, 6, 1.0, log)
     assert bulk.get_loss_detection_timer() == approx(1.0 + bulk.pto_period())
+
+
+def test_a_provisional_estimate_steers_the_pto_until_the_first_sample_replaces_it() -> None:
+    rtt = RttEstimator()
+    rtt.provisional(1.0)  # a cookie whose HELLO was resent: several round trips old
+    assert rtt.pto(0.0) == approx(1.0 + 4 * 0.5) and not rtt.has_sample
+    rtt.update(0.010, 0.0, now=5.0)
+    assert (rtt.smoothed_rtt, rtt.rttvar, rtt.min_rtt) == approx((0.010, 0.005, 0.010))
+    rtt.provisional(3.0)  # ignored once a sample exists
+    assert rtt.smoothed_rtt == approx(0.010)

@@ -530,3 +530,14 @@ def test_the_receiver_never_buffers_more_than_the_receive_window() -> None:
     assert 0 < high <= window
     with pytest.raises(LocalProtocolError, match="receive window"):
         client.send(bytes(window + 1))
+
+
+def test_a_lost_close_is_sent_again_so_the_peer_hears_of_it() -> None:
+    config = ConnectionConfig(keepalive_s=None)
+    network, client, server, trace = connected_pair(config)
+    network.run(until=1.0, start=0.2)
+    client.close("bye")
+    lost = client.datagrams_to_send(1.0)  # the first CLOSE never arrives
+    assert len(lost) == 1
+    network.run(until=5.0, start=1.0, on_step=lambda now: pump_events(client, server, trace, now))
+    assert [(e.reason, e.detail) for e in trace.ends("server")] == [("peer-closed", "bye")]

@@ -341,11 +341,6 @@ def test_a_client_whose_server_is_gone_ends_with_a_handshake_timeout(loop: Loop)
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(
-    strict=True,
-    reason="DatagramTransport.handle_io drains the error queue on POLLERR without "
-    "reporting the error (SO_ERROR) to error_received",
-)
 def test_icmp_port_unreachable_reaches_error_received(loop: Loop) -> None:
     protocol, _, _, _ = connect_to_nobody(loop)
     transport = protocol.transport

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import signal
 import socket
 from collections import Counter, OrderedDict, deque
@@ -137,6 +138,12 @@ class DatagramTransport:
 
     def handle_io(self, events: int) -> None:
         if events & ERROR:
+            # A pending ICMP error wakes us with POLLERR alone. Reading it here
+            # (SO_ERROR clears it) is the only way to see it: draining the error
+            # queue first would clear it before recvfrom or sendto could raise it.
+            err = self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self._error(OSError(err, os.strerror(err)))
             self._drain_errors()
         if events & READ:
             self._read_batch()

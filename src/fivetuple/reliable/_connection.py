@@ -102,6 +102,9 @@ ACK_RANGES_SENT = 8
 ACK_ELICITING_THRESHOLD = 2
 #: Closing lasts this many PTOs (RFC 9000 §10.2: "at least three times the current PTO").
 CLOSING_PTOS = 3
+#: CLOSE is sent this many times, a PTO apart, so one lost datagram does not
+#: leave the peer to find out by its idle timeout (and again on any packet heard).
+CLOSE_SENDS = 3
 #: Close codes on the wire.
 CLOSE_GRACEFUL = 0
 CLOSE_ERROR = 1
@@ -281,6 +284,8 @@ class Connection:
         self._close_frame: Close | None = None
         self._close_due = False
         self._closing_deadline: float | None = None
+        self._close_resend_at: float | None = None
+        self._close_sends = 0
         self._end_reason = ""
         # Counters.
         self._datagrams_sent = self._datagrams_received = 0
@@ -488,9 +493,14 @@ class Connection:
         if not self._peer_confirmed and not any(isinstance(f, Welcome) for f in self._control):
             self._control.append(Welcome(self.cid))
 
-    def take_rtt_sample(self, rtt: float, now: float) -> None:
-        """A round-trip sample taken before the connection existed (the cookie's age)."""
-        self._loss.rtt.update(rtt, 0.0, now)
+    def take_rtt_estimate(self, rtt: float) -> None:
+        """A round trip measured before the connection existed (the cookie's age).
+
+        It is only an estimate until the first ACK: the HELLO that brought the
+        cookie back may have been a retransmission, so the age may be several
+        round trips (Karn's problem), and the first real sample replaces it.
+        """
+        self._loss.rtt.provisional(rtt)
 
     # -- frame delivery verdicts ----------------------------------------------
 
@@ -683,11 +693,15 @@ class Connection:
         return min(base * 2 ** min(self._hellos_sent - 1, 30), max(base, MAX_PTO_S))
 
     def _close_datagram(self, now: float) -> list[tuple[bytes, Address]]:
+        period = self._loss.pto_period()
         if self._closing_deadline is None:
-            self._closing_deadline = now + CLOSING_PTOS * self._loss.pto_period()
+            self._closing_deadline = now + CLOSING_PTOS * period
         if not self._close_due or self._close_frame is None:
             return []
         self._close_due = False
+        self._close_sends += 1
+        if self._close_sends < CLOSE_SENDS:
+            self._close_resend_at = now + period
         datagram = build_packet(ONE_RTT, self.peer_cid, self._pn, [self._close_frame])
         self._pn += 1
         self._datagrams_sent += 1
@@ -702,6 +716,8 @@ class Connection:
         if state is State.TERMINATED:
             return None
         if state is State.CLOSING:
+            if self._close_resend_at is not None and self._closing_deadline is not None:
+                return min(self._close_resend_at, self._closing_deadline)
             return self._closing_deadline
         times = [self._last_received + self.config.idle_timeout_s]
         if state is State.HANDSHAKE:
@@ -732,6 +748,9 @@ class Connection:
         if state is State.CLOSING:
             if self._closing_deadline is not None and now >= self._closing_deadline:
                 self._move(State.TERMINATED)
+            elif self._close_resend_at is not None and now >= self._close_resend_at:
+                self._close_resend_at = None
+                self._close_due = True
             return
         if now >= self._last_received + self.config.idle_timeout_s:
             waiting = self._loss.bytes_in_flight > 0 or state is State.HANDSHAKE

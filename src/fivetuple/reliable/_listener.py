@@ -24,7 +24,9 @@ or stale cookie is dropped and counted. A HELLO that arrives again from a peer
 that already has a connection (its WELCOME was lost) re-sends the WELCOME.
 
 The cookie's age is also the round trip time of RETRY and HELLO, so a new
-connection starts with an RTT sample instead of RFC 9002's 333 ms guess.
+connection starts with that estimate instead of RFC 9002's 333 ms guess. It
+is provisional: if the HELLO was a retransmission the age spans several round
+trips, so the first real RTT sample (the ACK of WELCOME) replaces it.
 
 ``get_timer`` and ``handle_timer`` visit every connection: O(connections) per
 call, which is right for the simulator and tests; an I/O shell with many
@@ -170,7 +172,7 @@ class Listener:
             now=now,
             config=self.config,
         )
-        connection.take_rtt_sample(max(now - issued, 0.0), now)
+        connection.take_rtt_estimate(max(now - issued, 0.0))
         self._connections[cid] = connection
         self._by_peer[addr, hello.source_cid] = connection
         self.accepted += 1

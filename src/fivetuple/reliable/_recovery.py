@@ -149,6 +149,16 @@ class RttEstimator:
         self.smoothed_rtt = initial_rtt_s
         self.rttvar = initial_rtt_s / 2
 
+    def provisional(self, rtt: float) -> None:
+        """Use ``rtt`` as the estimate until the first sample, which replaces it.
+
+        For a round trip measured outside any packet exchange that Karn's
+        rule can vouch for (a handshake cookie's age). Ignored once a sample exists.
+        """
+        if not self.has_sample and rtt > 0:
+            self.smoothed_rtt = rtt
+            self.rttvar = rtt / 2
+
     def update(self, latest_rtt: float, ack_delay: float, now: float) -> None:
         """Take one RTT sample (RFC 9002 §5.3).
 

@@ -1,0 +1,59 @@
+"""bench/reliable_bench.py: the KCP half runs on the virtual clock, delivers, and repeats itself.
+
+The bench extra (which installs kcp) is not installed by .ci/run, so these skip there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("kcp")
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "reliable_bench.py"
+#: Under pytest-timeout's 60 s (pyproject.toml); a quick KCP run takes well under a second.
+RUN_TIMEOUT_S = 50.0
+
+
+def quick_kcp_run(json_path: Path) -> tuple[str, dict[str, Any]]:
+    done = subprocess.run(
+        [sys.executable, str(BENCH), "--quick", "--only", "kcp", "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout, json.loads(json_path.read_text())
+
+
+def test_quick_kcp_run_delivers(tmp_path: Path) -> None:
+    stdout, results = quick_kcp_run(tmp_path / "results.json")
+    assert results["implementations"] == ["kcp"]
+    assert results["skipped"] == {}
+    bulk = [r for r in results["runs"] if r["scenario"] == "bulk"]
+    assert {r["loss_pct"] for r in bulk} == {0, 2, 5, 10}
+    for run in bulk:
+        assert run["failure"] is None, run
+        assert run["goodput_mbps"] > 0, run
+        assert run["messages_delivered"] > 0, run
+    (stream,) = [r for r in results["runs"] if r["scenario"] == "stream"]
+    assert stream["failure"] is None
+    assert stream["sent"] == 3 * 60
+    assert stream["delivered"] == stream["sent"]
+    assert 0 < stream["p50_ms"] <= stream["p99_ms"] <= stream["max_ms"]
+    assert stdout.startswith("# Reliable delivery")
+    assert "Command: `python bench/reliable_bench.py --quick --only kcp --json" in stdout
+    assert "| goodput, Mbit/s |" in stdout
+
+
+def test_quick_kcp_run_is_deterministic(tmp_path: Path) -> None:
+    first = quick_kcp_run(tmp_path / "a.json")[1]
+    second = quick_kcp_run(tmp_path / "b.json")[1]
+    for run in first["runs"] + second["runs"]:
+        del run["wall_s"]
+    assert first["runs"] == second["runs"]
