@@ -1,6 +1,7 @@
-"""bench/reliable_bench.py: the KCP half runs on the virtual clock, delivers, and repeats itself.
+"""bench/reliable_bench.py: both halves run on the virtual clock, deliver, and repeat themselves.
 
-The bench extra (which installs kcp) is not installed by .ci/run, so these skip there.
+The bench extra (which installs kcp) is not installed by .ci/run, so the KCP
+tests skip there; the fivetuple half needs nothing but the package.
 """
 
 from __future__ import annotations
@@ -13,16 +14,16 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("kcp")
-
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "reliable_bench.py"
 #: Under pytest-timeout's 60 s (pyproject.toml); a quick KCP run takes well under a second.
 RUN_TIMEOUT_S = 50.0
 
 
-def quick_kcp_run(json_path: Path) -> tuple[str, dict[str, Any]]:
+def quick_run(json_path: Path, only: str = "kcp") -> tuple[str, dict[str, Any]]:
+    if only == "kcp":
+        pytest.importorskip("kcp")
     done = subprocess.run(
-        [sys.executable, str(BENCH), "--quick", "--only", "kcp", "--json", str(json_path)],
+        [sys.executable, str(BENCH), "--quick", "--only", only, "--json", str(json_path)],
         capture_output=True,
         text=True,
         timeout=RUN_TIMEOUT_S,
@@ -32,7 +33,7 @@ def quick_kcp_run(json_path: Path) -> tuple[str, dict[str, Any]]:
 
 
 def test_quick_kcp_run_delivers(tmp_path: Path) -> None:
-    stdout, results = quick_kcp_run(tmp_path / "results.json")
+    stdout, results = quick_run(tmp_path / "results.json")
     assert results["implementations"] == ["kcp"]
     assert results["skipped"] == {}
     bulk = [r for r in results["runs"] if r["scenario"] == "bulk"]
@@ -52,8 +53,22 @@ def test_quick_kcp_run_delivers(tmp_path: Path) -> None:
 
 
 def test_quick_kcp_run_is_deterministic(tmp_path: Path) -> None:
-    first = quick_kcp_run(tmp_path / "a.json")[1]
-    second = quick_kcp_run(tmp_path / "b.json")[1]
+    first = quick_run(tmp_path / "a.json")[1]
+    second = quick_run(tmp_path / "b.json")[1]
     for run in first["runs"] + second["runs"]:
         del run["wall_s"]
     assert first["runs"] == second["runs"]
+
+
+def test_quick_fivetuple_run_delivers_and_keeps_its_retransmissions_to_the_losses(
+    tmp_path: Path,
+) -> None:
+    _, results = quick_run(tmp_path / "f.json", only="fivetuple")
+    bulk = {r["loss_pct"]: r for r in results["runs"] if r["scenario"] == "bulk"}
+    for loss, run in bulk.items():
+        assert run["failure"] is None, run
+        assert run["goodput_mbps"] > 0, run
+        p = loss / 100
+        assert run["retransmitted_ratio"] <= 1.25 * p / (1 - p) + 0.005, run
+    (stream,) = [r for r in results["runs"] if r["scenario"] == "stream"]
+    assert stream["delivered"] == stream["sent"] == 3 * 60
