@@ -22,41 +22,37 @@ pytestmark = pytest.mark.timeout(120)
 SERVER = ("10.0.0.2", 2000)
 
 
-def test_a_steady_flow_measures_the_rate_it_is_delivered_at() -> None:
-    """Packets leave every 1 ms and are acked 50 ms later: 1,200 B/ms is 1.2 MB/s."""
-    rtt = RttEstimator()
-    cc = CongestionController(rtt)
-    assert cc.cwnd == INITIAL_WINDOW and cc.btl_bw == 0
+def steady_flow(cc: CongestionController, packets: int, lost_every: int = 0) -> None:
+    """One packet every 1 ms, each settled 50 ms later: acked, or lost if
+    ``packet_number % lost_every == 3`` (the RTT stays put: no queue)."""
+    rtt = cc.rtt
     in_flight: list[SentPacket] = []
-    for i in range(200):
-        now = i * 0.001
-        packet = SentPacket(i, now, MSS)
-        cc.on_packet_sent(packet, sum(p.size for p in in_flight), now)
-        in_flight.append(packet)
-        while in_flight and in_flight[0].sent_time <= now - 0.05:
-            acked = in_flight.pop(0)
-            rtt.update(now - acked.sent_time, 0.0, now)
-            cc.on_ack([acked], [], sum(p.size for p in in_flight), now)
-    assert cc.btl_bw == pytest.approx(MSS / 0.001, rel=0.05)
-    assert cc.bdp() == pytest.approx(MSS / 0.001 * 0.05, rel=0.05)
-
-
-def test_random_losses_without_a_queue_leave_the_model_alone() -> None:
-    rtt = RttEstimator()
-    cc = CongestionController(rtt)
-    in_flight: list[SentPacket] = []
-    for i in range(2000):
+    for i in range(packets):
         now = i * 0.001
         packet = SentPacket(i, now, MSS)
         cc.on_packet_sent(packet, sum(p.size for p in in_flight), now)
         in_flight.append(packet)
         while in_flight and in_flight[0].sent_time <= now - 0.05:
             done = in_flight.pop(0)
-            if done.packet_number % 10 == 3:  # 10% lost, and the RTT stays put
+            if lost_every and done.packet_number % lost_every == 3:
                 cc.on_losses([done], sum(p.size for p in in_flight), now)
             else:
                 rtt.update(now - done.sent_time, 0.0, now)
                 cc.on_ack([done], [], sum(p.size for p in in_flight), now)
+
+
+def test_a_steady_flow_measures_the_rate_it_is_delivered_at() -> None:
+    """Packets leave every 1 ms and are acked 50 ms later: 1,200 B/ms is 1.2 MB/s."""
+    cc = CongestionController(RttEstimator())
+    assert cc.cwnd == INITIAL_WINDOW and cc.btl_bw == 0
+    steady_flow(cc, 200)
+    assert cc.btl_bw == pytest.approx(MSS / 0.001, rel=0.05)
+    assert cc.bdp() == pytest.approx(MSS / 0.001 * 0.05, rel=0.05)
+
+
+def test_random_losses_without_a_queue_leave_the_model_alone() -> None:
+    cc = CongestionController(RttEstimator())
+    steady_flow(cc, 2000, lost_every=10)  # 10% lost
     assert cc.btl_bw >= 0.85 * MSS / 0.001
     assert cc.loss_baseline == pytest.approx(0.1, abs=0.03)
     assert cc.cwnd > 2 * cc.bdp() > MIN_WINDOW

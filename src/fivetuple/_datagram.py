@@ -36,7 +36,7 @@ from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from ._listener import bind_error, format_address, passive_address
+from ._listener import bind_error, format_address, resolve_address
 from ._loop import Loop
 from ._poller import ERROR, READ, WRITE
 from ._timers import Timer
@@ -305,7 +305,7 @@ def bind_udp(host: str, port: int) -> socket.socket:
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
     """
-    family, sockaddr = passive_address(host, port, socket.SOCK_DGRAM)
+    family, sockaddr = resolve_address(host, port, socket.SOCK_DGRAM)
     where = format_address(family, sockaddr, "udp")
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:

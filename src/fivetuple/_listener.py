@@ -67,7 +67,7 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
     """
-    family, sockaddr = passive_address(host, port, socket.SOCK_STREAM)
+    family, sockaddr = resolve_address(host, port, socket.SOCK_STREAM)
     where = format_address(family, sockaddr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -89,14 +89,19 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
     return sock
 
 
-def passive_address(host: str, port: int, socktype: int) -> tuple[int, Any]:
-    """(family, sockaddr) to bind ``host``:``port`` with, for TCP or UDP.
+def resolve_address(
+    host: str, port: int, socktype: int, *, passive: bool = True
+) -> tuple[int, Any]:
+    """(family, sockaddr) for ``host``:``port``, TCP or UDP: to bind, or (``passive=False``) to reach.
 
     Raises:
         SetupError: unknown host, or a port out of range.
     """
     try:
-        infos = socket.getaddrinfo(host or None, port, type=socktype, flags=socket.AI_PASSIVE)
+        if passive:
+            infos = socket.getaddrinfo(host or None, port, type=socktype, flags=socket.AI_PASSIVE)
+        else:
+            infos = socket.getaddrinfo(host, port, type=socktype)
     except socket.gaierror as exc:
         raise SetupError(
             f"cannot resolve host {host!r} ({exc.strerror}); "

@@ -84,7 +84,7 @@ from ._packet import (
     parse_packet,
 )
 from ._rangeset import RangeSet
-from ._recovery import MAX_PTO_S, Delivery, LossDetection, SentPacket
+from ._recovery import Delivery, LossDetection, SentPacket, backed_off
 from ._stream import MAX_BUFFERED_BYTES, MessageReceiver, fragment
 
 Address = Any
@@ -576,9 +576,12 @@ class Connection:
     ) -> int:
         """Move queued frames into ``frames`` while they fit; return the budget left."""
         control = self._control
-        while control and frame_size(control[0]) <= budget:
+        while control:
+            size = frame_size(control[0])
+            if size > budget:
+                break
             frame = control.popleft()
-            budget -= frame_size(frame)
+            budget -= size
             frames.append(frame)
             if isinstance(frame, Welcome):
                 handlers.append(partial(self._on_welcome_delivery, frame))
@@ -647,12 +650,10 @@ class Connection:
         *,
         tail: bool = False,
     ) -> None:
-        pn = self._pn
-        self._pn += 1
         kind = ONE_RTT
         if not self.is_client and not self._peer_confirmed:
             kind = HANDSHAKE if any(isinstance(f, Welcome) for f in frames) else ONE_RTT
-        datagram = build_packet(kind, self.peer_cid, pn, frames)
+        pn, datagram = self._build(kind, frames)
         eliciting = bool(handlers)
         packet = SentPacket(
             pn,
@@ -667,9 +668,16 @@ class Connection:
             self._cc.on_packet_sent(packet, self._loss.bytes_in_flight, now)
             self._last_eliciting_sent = now
         self._loss.on_packet_sent(packet)
+        out.append((datagram, self.peer_addr))
+
+    def _build(self, kind: int, frames: list[Frame]) -> tuple[int, bytes]:
+        """Number, build and count one packet to the peer; return its number and bytes."""
+        pn = self._pn
+        self._pn += 1
+        datagram = build_packet(kind, self.peer_cid, pn, frames)
         self._datagrams_sent += 1
         self._bytes_sent += len(datagram)
-        out.append((datagram, self.peer_addr))
+        return pn, datagram
 
     def _hello_datagram(self, now: float) -> list[tuple[bytes, Address]]:
         if not self._hello_due:
@@ -678,19 +686,14 @@ class Connection:
         hello = Hello(self.cid, self._cookie)
         padding = MAX_FRAMES_BYTES - frame_size(hello)
         frames: list[Frame] = [hello, Padding(padding)] if padding else [hello]
-        datagram = build_packet(INITIAL, self.peer_cid, self._pn, frames)
-        self._pn += 1
+        _, datagram = self._build(INITIAL, frames)
         self._hellos_sent += 1
         self._hello_sent_time = now
         self._hello_at = now + self._hello_period()
-        self._datagrams_sent += 1
-        self._bytes_sent += len(datagram)
         return [(datagram, self.peer_addr)]
 
     def _hello_period(self) -> float:
-        rtt = self._loss.rtt
-        base = rtt.pto(0.0)
-        return min(base * 2 ** min(self._hellos_sent - 1, 30), max(base, MAX_PTO_S))
+        return backed_off(self._loss.rtt.pto(0.0), self._hellos_sent - 1)
 
     def _close_datagram(self, now: float) -> list[tuple[bytes, Address]]:
         period = self._loss.pto_period()
@@ -702,10 +705,7 @@ class Connection:
         self._close_sends += 1
         if self._close_sends < CLOSE_SENDS:
             self._close_resend_at = now + period
-        datagram = build_packet(ONE_RTT, self.peer_cid, self._pn, [self._close_frame])
-        self._pn += 1
-        self._datagrams_sent += 1
-        self._bytes_sent += len(datagram)
+        _, datagram = self._build(ONE_RTT, [self._close_frame])
         return [(datagram, self.peer_addr)]
 
     # -- timers -----------------------------------------------------------------
@@ -791,17 +791,19 @@ class Connection:
         self._close_frame = Close(code, reason)
         self._close_due = True
         self._closing_deadline = None  # set when the CLOSE leaves
-        self._control.clear()
-        self._retransmit.clear()
-        self._pending.clear()
+        self._drop_queued()
         self._move(State.CLOSING)
         self._events.append(ConnectionTerminated(self.cid, event_reason, code, reason))
 
-    def _terminate(self, reason: str, *, code: int = 0, detail: str = "") -> None:
-        self._move(State.TERMINATED)
+    def _drop_queued(self) -> None:
+        """Forget every frame waiting to be sent: the connection is ending."""
         self._control.clear()
         self._retransmit.clear()
         self._pending.clear()
+
+    def _terminate(self, reason: str, *, code: int = 0, detail: str = "") -> None:
+        self._move(State.TERMINATED)
+        self._drop_queued()
         self._events.append(ConnectionTerminated(self.cid, reason, code, detail))
 
     # -- inspection -------------------------------------------------------------

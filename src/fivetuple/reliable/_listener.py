@@ -114,7 +114,8 @@ class Listener:
 
     def next_event(self) -> Event | None:
         """Return the next event of any connection (each carries its ``cid``), or None."""
-        self._collect()
+        if not self._events:
+            self._collect()
         return self._events.popleft() if self._events else None
 
     # -- datagrams ----------------------------------------------------------

@@ -108,6 +108,15 @@ MAX_TAIL_TIMEOUTS = 2
 _MAX_BACKOFF_EXPONENT = 30
 
 
+def backed_off(base: float, count: int, ceiling: float = MAX_PTO_S) -> float:
+    """Return ``base * 2 ** count``, stopped at ``ceiling`` but never below ``base``.
+
+    The backoff of the PTO, and of anything else resent on a PTO-like timer
+    (a client's HELLO): a long path keeps its first period whatever the ceiling.
+    """
+    return min(base * 2 ** min(count, _MAX_BACKOFF_EXPONENT), max(base, ceiling))
+
+
 class RttEstimator:
     """Round-trip time estimates per RFC 9002 §5 and RFC 6298 §2.
 
@@ -466,9 +475,7 @@ class LossDetection:
         The backoff stops at ``max_pto_s``, but never shortens the first,
         un-backed-off PTO (a long path keeps its PTO).
         """
-        base = self.rtt.pto(self.max_ack_delay_s)
-        backed_off = base * 2 ** min(self.pto_count, _MAX_BACKOFF_EXPONENT)
-        return min(backed_off, max(base, self._max_pto_s))
+        return backed_off(self.rtt.pto(self.max_ack_delay_s), self.pto_count, self._max_pto_s)
 
     def get_loss_detection_timer(self) -> float | None:
         """Return when ``on_loss_detection_timeout`` must run next, or None.

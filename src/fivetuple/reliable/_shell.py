@@ -41,9 +41,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .._datagram import DatagramProtocol, DatagramTransport, bind_udp
+from .._listener import resolve_address
 from .._loop import Loop
 from .._timers import Timer
-from ..errors import SetupError
 from ._connection import Address, Connection, ConnectionConfig, Event
 from ._listener import Listener
 
@@ -190,16 +190,7 @@ def _start(
 
 
 def _resolve(host: str, port: int) -> tuple[int, Address]:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except socket.gaierror as exc:
-        raise SetupError(
-            f"cannot resolve host {host!r} ({exc.strerror}); use an IP address such as "
-            "127.0.0.1 or ::1, or a name this machine knows"
-        ) from None
-    except OverflowError:
-        raise SetupError(f"port {port} is out of range; use 0-65535") from None
-    family, _, _, _, sockaddr = infos[0]
+    family, sockaddr = resolve_address(host, port, socket.SOCK_DGRAM, passive=False)
     return family, (sockaddr[0], sockaddr[1])
 
 
