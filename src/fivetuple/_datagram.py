@@ -23,6 +23,52 @@ What can go wrong, and what happens:
   sender gets a row (datagrams and bytes each way, first and last seen). The
   table is capped at ``max_peers`` (the least recently seen peer makes room)
   and a sweep evicts peers silent for ``peer_idle_s``; both are counted.
+
+Under attack (issue 11). UDP source addresses are not checked by anyone, so
+one forged datagram chooses where the answer goes. Three rules stand between
+the socket and the protocol, so that every UDP application has them; what
+they refuse never reaches ``datagram_received``, and is counted by reason
+(``REFUSE_REASONS``) on the transport and on the sender's row:
+
+- ``own-address``: never deliver a datagram from our own address and port.
+  Answered, it comes straight back: one datagram forged "from 127.0.0.1:7000"
+  to an echo server on 127.0.0.1:7000 used to spin it at 100% CPU until it
+  was restarted. For a socket bound to one address that is a comparison; for
+  a wildcard bind our addresses are every local one, so a sender on our own
+  port is checked once, when its row is made, by trying to bind its address
+  (only a local address binds). Linux drops IPv4 packets from outside that
+  carry a local source address (martian source), but not IPv6 ones, and a
+  local process can always send them.
+- ``service-port``: never deliver a datagram that comes from a service that
+  answers by itself, unless we wrote to that address first. An echo server
+  and the echo or chargen service of another host answer each other forever
+  once a forged datagram introduces them: the "UDP packet storm" of CERT
+  CA-1996-01 (CVE-1999-0103); and the reflection services that US-CERT
+  TA14-017A lists (DNS, NTP, SNMP, NetBIOS, SSDP, CharGEN, QOTD, RIPv1, mDNS,
+  Portmap, CLDAP, TFTP, memcached) can be made to talk to us, or we to them,
+  the same way. ``SERVICE_PORTS`` is OpenBSD inetd's rule for its UDP echo
+  (``dg_badinput``: every source port below 1024, where the services that
+  answer unconditionally live) plus the listed ones above it with a fixed
+  port: SSDP 1900, mDNS 5353, memcached 11211 (which answers "ERROR" to any
+  junk, so it loops with an echo too). Clients never send from these ports:
+  their sockets get ephemeral ports, and a NAT keeps a port at 1024 and above
+  in that range (RFC 4787 section 4.2.1). Replies to what we sent are not
+  refused (a reliable-UDP client whose server listens on port 53 or 443 must
+  hear it): sending to an address marks its row as one we chose to talk to.
+- ``rate-limited``: a token bucket on each peer's row, ``peer_rate``
+  datagrams a second up to ``peer_burst`` (1,000/s and 2,000 by default: an
+  interactive peer never gets near, a loop or a flood from one address is
+  capped). It cuts every loop the port rules cannot see (two echo servers on
+  ordinary ports): a loop carries one datagram round and round, so the first
+  datagram refused ends it, after at most a burst of answers. The bucket lives
+  on the row and is refilled from the time since the peer was last seen,
+  O(1), from ``loop.now``. Rows come and go with the table: a rebuilt row
+  starts full, but a peer that keeps sending is never the least recently seen
+  (refused datagrams refresh it too), so only silence and ``max_peers`` other
+  senders meanwhile (each answered itself) rebuild it; a spoofer gains nothing
+  there that sending from those sources would not give. Sources are counted
+  per address and port: a peer spread over many ports or addresses gets a
+  bucket for each, which only a limit above the peers could catch.
 """
 
 from __future__ import annotations
@@ -33,6 +79,7 @@ import os
 import signal
 import socket
 from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +87,7 @@ from ._listener import bind_error, format_address, resolve_address
 from ._loop import Loop
 from ._poller import ERROR, READ, WRITE
 from ._timers import Timer
+from .errors import SetupError
 
 logger = logging.getLogger("fivetuple")
 
@@ -57,10 +105,29 @@ IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 MAX_ERRORS_PER_DRAIN = 256
 
+#: Each peer's token bucket: datagrams a second, and the most it may send at once.
+PEER_RATE_PER_S = 1000.0
+PEER_BURST = 2000
+#: Source ports never answered unless we wrote to that address first (see the
+#: module docstring): OpenBSD inetd's "below 1024", and the fixed-port
+#: reflectors of US-CERT TA14-017A above it (SSDP, mDNS, memcached).
+SERVICE_PORTS: frozenset[int] = frozenset(range(1024)) | {1900, 5353, 11211}
+OWN_ADDRESS = "own-address"
+SERVICE_PORT = "service-port"
+RATE_LIMITED = "rate-limited"
+#: Why an inbound datagram is not delivered; each is counted under exactly one.
+REFUSE_REASONS = (OWN_ADDRESS, SERVICE_PORT, RATE_LIMITED)
+_INF = float("inf")
+
 
 @dataclass(slots=True)
 class PeerStats:
-    """One peer of a datagram socket, as the server has seen it."""
+    """One peer of a datagram socket, as the server has seen it.
+
+    ``datagrams_in`` and ``bytes_in`` count everything received from the peer,
+    refused datagrams included; ``refused`` and ``throttled`` say how many of
+    those the protocol never saw.
+    """
 
     addr: Any
     datagrams_in: int = 0
@@ -71,6 +138,38 @@ class PeerStats:
     last_seen: float = 0.0
     #: ICMP errors about this peer (port unreachable, ...).
     errors: int = 0
+    #: Why every datagram from this address is refused (``OWN_ADDRESS`` or
+    #: ``SERVICE_PORT``), or None.
+    blocked: str | None = None
+    #: Datagrams refused because of ``blocked``.
+    refused: int = 0
+    #: Datagrams refused by the rate limit.
+    throttled: int = 0
+    #: The token bucket: datagrams the peer may send now. Refilled from
+    #: ``last_seen``; +inf without a limit, -inf while blocked.
+    tokens: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramStats:
+    """A datagram socket's counters, for the admin endpoint and the live table."""
+
+    #: udp://host:port
+    local_addr: str
+    peers: int
+    max_peers: int
+    #: Rows evicted, by reason ("table-full", "idle").
+    evicted: dict[str, int]
+    #: Inbound datagrams not delivered, by reason (every one of ``REFUSE_REASONS``).
+    refused: dict[str, int]
+    #: Outbound datagrams dropped because the send queue was full.
+    send_dropped: int
+    queued_bytes: int
+    #: Socket errors about peers, by errno name (ECONNREFUSED, ...).
+    errors: dict[str, int]
+    #: The rate limit on each peer (None: none), datagrams a second and burst.
+    peer_rate: float | None
+    peer_burst: int
 
 
 class DatagramProtocol:
@@ -100,6 +199,14 @@ class DatagramTransport:
         protocol: receives the callbacks.
         max_peers: rows kept in the peer table at most.
         peer_idle_s: a peer silent this long leaves the table.
+        peer_rate: datagrams a second each peer may send on average; None: no limit.
+        peer_burst: datagrams a peer may send at once (the bucket's size).
+        refuse_ports: source ports never delivered unless we wrote to that
+            address first (empty: none).
+        refuse_own_address: never deliver datagrams from our own address and port.
+
+    Raises:
+        ValueError: ``peer_rate`` is not above 0 or ``peer_burst`` is below 1.
     """
 
     def __init__(
@@ -110,7 +217,15 @@ class DatagramTransport:
         *,
         max_peers: int = MAX_PEERS,
         peer_idle_s: float = PEER_IDLE_S,
+        peer_rate: float | None = PEER_RATE_PER_S,
+        peer_burst: int = PEER_BURST,
+        refuse_ports: Iterable[int] = SERVICE_PORTS,
+        refuse_own_address: bool = True,
     ) -> None:
+        if peer_rate is not None and not peer_rate > 0:
+            raise ValueError(f"peer_rate must be above 0 datagrams/s (or None), not {peer_rate}")
+        if peer_burst < 1:
+            raise ValueError(f"peer_burst must be at least 1 datagram, not {peer_burst}")
         sock.setblocking(False)
         self._loop = loop
         self._sock = sock
@@ -125,8 +240,22 @@ class DatagramTransport:
         self.peers: OrderedDict[Any, PeerStats] = OrderedDict()  # least recently seen first
         self.errors: Counter[str] = Counter()
         self.evicted = Counter[str]()
+        #: Outbound datagrams dropped because the send queue was full.
         self.dropped = 0
+        #: Inbound datagrams not delivered, by reason (``REFUSE_REASONS``).
+        self.refused = Counter[str]()
         self.closed = False
+        self.peer_rate = peer_rate
+        self.peer_burst = peer_burst
+        # Without a limit the bucket is +inf and never refilled: the same two
+        # comparisons on the hot path, no branch on whether there is a limit.
+        self._rate = 0.0 if peer_rate is None else float(peer_rate)
+        self._burst = _INF if peer_rate is None else float(peer_burst)
+        self._family = sock.family
+        self._guarded = sock.family in (socket.AF_INET, socket.AF_INET6)
+        self._refuse_ports = frozenset(refuse_ports) if self._guarded else frozenset()
+        self._refuse_own = refuse_own_address and self._guarded
+        self._sockname: Any = sock.getsockname()
 
     def start(self) -> None:
         self._loop.add_io(self._fd, self, READ)
@@ -151,9 +280,18 @@ class DatagramTransport:
             self._flush()
 
     def _read_batch(self) -> None:
+        # The hot path: per datagram, one dict lookup, the LRU move, the bucket
+        # (two comparisons, a multiply-add and a subtraction) and the counters.
+        # The address rules cost nothing here: they are decided once per row
+        # (``_new_peer``) and a blocked row's bucket is -inf, so the one test
+        # ``tokens < 1.0`` refuses both blocked and throttled datagrams.
         recvfrom = self._sock.recvfrom
         protocol = self._protocol
+        peers = self.peers
+        move_to_end = peers.move_to_end
         now = self._loop.now
+        rate = self._rate
+        burst = self._burst
         for _ in range(RECV_BATCH):
             try:
                 data, addr = recvfrom(RECV_BUFFER_BYTES)
@@ -163,25 +301,67 @@ class DatagramTransport:
                 self._error(exc)
                 self._drain_errors()
                 continue
-            peer = self._peer(addr, now)
+            peer = peers.get(addr)
+            if peer is None:
+                peer = self._new_peer(addr, now, asked=False)
+                tokens = peer.tokens
+            else:
+                move_to_end(addr)
+                tokens = peer.tokens
+                if tokens < burst:  # refill for the time since the peer was last seen
+                    tokens += (now - peer.last_seen) * rate
+                    if tokens > burst:
+                        tokens = burst
+                peer.last_seen = now
             peer.datagrams_in += 1
             peer.bytes_in += len(data)
+            if tokens < 1.0:
+                peer.tokens = tokens
+                self._refuse(peer)
+                continue
+            peer.tokens = tokens - 1.0
             protocol.datagram_received(data, addr)
             if self.closed:
                 return
 
-    def _peer(self, addr: Any, now: float) -> PeerStats:
+    def _new_peer(self, addr: Any, now: float, *, asked: bool) -> PeerStats:
+        """A row for ``addr``, the least recently seen one evicted to make room.
+
+        ``asked``: we are sending to ``addr`` first, so its service port is no
+        reason to refuse what it answers.
+        """
         peers = self.peers
-        peer = peers.get(addr)
-        if peer is None:
-            if len(peers) >= self.max_peers:
-                peers.popitem(last=False)
-                self.evicted["table-full"] += 1
-            peer = peers[addr] = PeerStats(addr, first_seen=now)
-        else:
-            peers.move_to_end(addr)
-        peer.last_seen = now
+        if len(peers) >= self.max_peers:
+            peers.popitem(last=False)
+            self.evicted["table-full"] += 1
+        blocked = self._blocked(addr, asked) if self._guarded else None
+        tokens = self._burst if blocked is None else -_INF
+        peer = peers[addr] = PeerStats(
+            addr, first_seen=now, last_seen=now, blocked=blocked, tokens=tokens
+        )
         return peer
+
+    def _blocked(self, addr: Any, asked: bool) -> str | None:
+        """Why every datagram from ``addr`` is to be refused, or None."""
+        port = addr[1]
+        if self._refuse_own:
+            own = self._sockname
+            if own[1] == 0:  # not bound yet: the kernel binds it on the first sendto
+                own = self._sockname = self._sock.getsockname()
+            if port == own[1] and _is_own_host(self._family, own[0], addr):
+                return OWN_ADDRESS
+        if not asked and port in self._refuse_ports:
+            return SERVICE_PORT
+        return None
+
+    def _refuse(self, peer: PeerStats) -> None:
+        reason = peer.blocked
+        if reason is None:
+            peer.throttled += 1
+            self.refused[RATE_LIMITED] += 1
+        else:
+            peer.refused += 1
+            self.refused[reason] += 1
 
     def _sweep(self) -> None:
         cutoff = self._loop.now - self.peer_idle_s
@@ -251,9 +431,32 @@ class DatagramTransport:
 
     def _sent(self, data: bytes, addr: Any) -> None:
         peer = self.peers.get(addr)
-        if peer is not None:
-            peer.datagrams_out += 1
-            peer.bytes_out += len(data)
+        if peer is None:
+            peer = self._asked(addr)
+        elif peer.blocked is SERVICE_PORT:
+            self._unblock(peer)
+        peer.datagrams_out += 1
+        peer.bytes_out += len(data)
+
+    def _asked(self, addr: Any) -> PeerStats:
+        """The row of a peer we write to first (a client, or a reply after its
+        row was evicted): it remembers that this peer's answers were asked for."""
+        if self._family == socket.AF_INET6 and len(addr) == 2:
+            # recvfrom names IPv6 peers (host, port, flowinfo, scope_id): key
+            # the row as its answers will arrive.
+            addr = (addr[0], addr[1], 0, 0)
+            peer = self.peers.get(addr)
+            if peer is not None:
+                if peer.blocked is SERVICE_PORT:
+                    self._unblock(peer)
+                return peer
+        return self._new_peer(addr, self._loop.now, asked=True)
+
+    def _unblock(self, peer: PeerStats) -> None:
+        """A datagram forged to come from this service port got here before we
+        wrote to it; now we have, so what it sends is an answer."""
+        peer.blocked = None
+        peer.tokens = self._burst
 
     def _flush(self) -> None:
         queue = self._queue
@@ -285,6 +488,23 @@ class DatagramTransport:
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
+    def statistics(self) -> DatagramStats:
+        """The socket's counters now, as an immutable record."""
+        if not self.closed:
+            self._sockname = self._sock.getsockname()
+        return DatagramStats(
+            local_addr=format_address(self._family, self._sockname, "udp"),
+            peers=len(self.peers),
+            max_peers=self.max_peers,
+            evicted=dict(self.evicted),
+            refused={reason: self.refused[reason] for reason in REFUSE_REASONS},
+            send_dropped=self.dropped,
+            queued_bytes=self._queued_bytes,
+            errors=dict(self.errors),
+            peer_rate=self.peer_rate,
+            peer_burst=self.peer_burst,
+        )
+
     def close(self) -> None:
         """Stop watching and close the socket; queued datagrams are dropped."""
         if self.closed:
@@ -297,6 +517,28 @@ class DatagramTransport:
         self._queue.clear()
         self._queued_bytes = 0
         self._protocol.connection_lost(None)
+
+
+def _is_own_host(family: int, own_host: str, addr: Any) -> bool:
+    """Whether ``addr`` (on our port) is one of our own addresses.
+
+    Bound to one address, ours is that one. Bound to the wildcard, ours are
+    all the host's: an address is local exactly when a socket can be bound to
+    it, which is asked of the kernel once per new row that comes from our own
+    port (a few microseconds; no interface list to read or keep current).
+    """
+    if own_host not in ("0.0.0.0", "::"):
+        return bool(addr[0] == own_host)
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:  # so that ::ffff:a.b.c.d binds when a.b.c.d is ours
+            probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        probe.bind((addr[0], 0, 0, addr[3]) if len(addr) == 4 else (addr[0], 0))
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
 
 
 def bind_udp(host: str, port: int) -> socket.socket:
@@ -323,7 +565,13 @@ def bind_udp(host: str, port: int) -> socket.socket:
 
 
 class DatagramServer:
-    """A UDP server: one bound socket, one protocol for every peer, signals, a banner."""
+    """A UDP server: one bound socket, one protocol for every peer, signals, a banner.
+
+    The keyword arguments are ``DatagramTransport``'s.
+
+    Raises:
+        SetupError: a bad limit, or the address cannot be bound.
+    """
 
     def __init__(
         self,
@@ -335,11 +583,29 @@ class DatagramServer:
         loop: Loop | None = None,
         max_peers: int = MAX_PEERS,
         peer_idle_s: float = PEER_IDLE_S,
+        peer_rate: float | None = PEER_RATE_PER_S,
+        peer_burst: int = PEER_BURST,
+        refuse_ports: Iterable[int] = SERVICE_PORTS,
+        refuse_own_address: bool = True,
     ) -> None:
+        if peer_rate is not None and not peer_rate > 0:
+            raise SetupError(
+                f"--udp-rate must be more than 0 datagrams/s ('off' for no limit), not {peer_rate}"
+            )
+        if peer_burst < 1:
+            raise SetupError(f"--udp-burst must be at least 1 datagram, not {peer_burst}")
         self.loop = loop if loop is not None else Loop(backend)
         self._own_loop = loop is None
         self.transport = DatagramTransport(
-            self.loop, bind_udp(host, port), protocol, max_peers=max_peers, peer_idle_s=peer_idle_s
+            self.loop,
+            bind_udp(host, port),
+            protocol,
+            max_peers=max_peers,
+            peer_idle_s=peer_idle_s,
+            peer_rate=peer_rate,
+            peer_burst=peer_burst,
+            refuse_ports=refuse_ports,
+            refuse_own_address=refuse_own_address,
         )
         self.transport.start()
 

@@ -49,7 +49,14 @@ class MessageEcho(MessageProtocol):
 
 
 class DatagramEcho(DatagramProtocol):
-    """Send every datagram back to the peer it came from."""
+    """Send every datagram back to the peer it came from.
+
+    An echo is the classic loop and reflection hazard (CERT CA-1996-01): its
+    guard lives in the transport, so that every UDP application has it. What
+    comes from our own address, from a service port, or from a peer over its
+    rate limit never reaches ``datagram_received`` (``_datagram`` module
+    docstring, "Under attack").
+    """
 
     __slots__ = ("transport",)
 
