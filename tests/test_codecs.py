@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -162,3 +163,38 @@ def test_any_bytes_parse_or_raise_remote_protocol_error(stream: bytes, name: str
         feed(codec, stream, list(range(1, len(stream), 7)))
     except RemoteProtocolError:
         pass
+
+
+# -- what buffering costs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", MAKERS)
+def test_a_one_byte_trickle_costs_about_what_it_holds(name: str) -> None:
+    """A peer sending one byte per segment: each byte once, not an object per byte."""
+    codec = LengthPrefixed() if name == "length" else Lines(max_line_bytes=1 << 20)
+    head = LengthPrefixed().encode(b"x" * 300_000)[:4] if name == "length" else b""
+    codec.receive_messages(head)
+    chunks = [b"y"] * 200_000  # made before measuring: each one is what a read returns
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            assert codec.receive_messages(chunk) == []
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert codec.held_bytes == 200_000
+    assert held / codec.held_bytes <= 2.0, f"{held / codec.held_bytes:.1f} bytes per byte held"
+
+
+def test_held_bytes_follow_what_is_buffered() -> None:
+    codec = LengthPrefixed()
+    assert codec.held_bytes == 0
+    codec.receive_messages(b"\x00\x00")
+    assert codec.held_bytes == 2
+    codec.receive_messages(b"\x00\x05abc")
+    assert codec.held_bytes == 3  # the payload's head; the header is read
+    assert codec.receive_messages(b"de\x00\x00\x00\x01") == [b"abcde"]
+    assert codec.held_bytes == 0  # a header alone is read, not held
+    assert codec.statistics().buffered_bytes == 4  # (but not yet delivered)
+    codec.receive_data(b"z")
+    assert codec.next_event() == b"z" and codec.held_bytes == 0

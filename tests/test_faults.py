@@ -23,6 +23,7 @@ from contextlib import contextmanager
 import pytest
 
 from fivetuple import Server, SetupError
+from fivetuple._kernel import tcp_counters
 from fivetuple._transport import HIGH_WATER_BYTES
 from fivetuple.apps import Echo
 from helpers import CliServer, connect, recv_exactly, run_cli, stuff, wait_for
@@ -309,13 +310,53 @@ def test_graceful_shutdown_delivers_replies_to_a_client_still_sending() -> None:
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         port, client_port = cli.port or 0, client.getsockname()[1]
         sent = stuff(client)
+        cli.signal(signal.SIGTERM)
+        wait_for(lambda: _refused(port), timeout=2, what="the listener to close")
+        # From now on the server reads nothing more (it stopped at SIGTERM), so
+        # the queues it left are final. (Read before the signal, they were not:
+        # the kernel may open a window by compacting the client's receive queue,
+        # and the echo then reads one more chunk.)
         (_, server_unread), (client_unacked, _) = settled_tcp_queues(port, client_port)
         echoed = sent - client_unacked - server_unread  # what the server read and wrote
         assert server_unread > 0
-        cli.signal(signal.SIGTERM)
         client.setblocking(True)
         received = _read_to_eof(client)
         assert len(received) == echoed
+
+
+def test_after_sigterm_nothing_more_is_taken_from_a_client_still_sending() -> None:
+    """The server stops reading at SIGTERM: it does not read and throw away what a
+    client goes on sending (nothing more is acknowledged), the client still gets
+    every reply, and then learns from a reset that the rest was not taken."""
+    with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
+        stderr = Stderr(cli)
+        stuff(client)  # the echo has paused reading: the server's queues are full
+        taken_before = tcp_counters(client).bytes_out  # type: ignore[union-attr]
+        cli.signal(signal.SIGTERM)
+        replies = 0
+        client.setblocking(False)
+        outcome = None
+        deadline = time.monotonic() + 5
+        while outcome is None and time.monotonic() < deadline:
+            try:
+                client.send(b"after" * 1000)  # goes on sending, as a pipelining client does
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                outcome = exc
+            try:
+                chunk = client.recv(1 << 16)
+                replies += len(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError as exc:
+                outcome = exc
+        assert isinstance(outcome, ConnectionResetError | BrokenPipeError), outcome
+        counters = tcp_counters(client)
+        assert counters is not None and counters.bytes_out == taken_before
+        assert replies > 0
+        status, err = stderr.after_exit()
+        assert status == 0 and "aborting" not in err
 
 
 # -- a person's mistakes: one line, exit status 2 ------------------------------

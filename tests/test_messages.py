@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import struct
+import zlib
 
 import pytest
 
+from fivetuple._transport import RECV_BYTES
 from fivetuple.apps import make_app
-from fivetuple.codecs import LengthPrefixed, Lines
+from fivetuple.codecs import LengthPrefixed, Lines, Packets
 from helpers import (
     CliServer,
     connect,
@@ -89,3 +91,59 @@ def test_message_codecs_count_per_connection() -> None:
     length = LengthPrefixed()
     length.encode(b"abc")
     assert (codec.statistics().messages_in, length.statistics().bytes_out) == (2, 7)
+
+
+# -- the codec's limits, enforced on the engine ------------------------------------
+
+
+def _packet(payload: bytes, msg_id: int, index: int, count: int) -> bytes:
+    from fivetuple.codecs._packets import HEADER, MAGIC, TRAILER
+
+    header = HEADER.pack(MAGIC, 1, 1, 0, 0, len(payload), msg_id, index, count)
+    return header + payload + TRAILER.pack(zlib.crc32(header + payload))
+
+
+def test_a_stale_partial_message_is_dropped_by_the_loop_not_kept_forever() -> None:
+    from fivetuple.apps import MessageEcho
+
+    codecs: list[Packets] = []
+
+    def factory() -> MessageEcho:
+        codecs.append(Packets(partial_timeout_s=0.3))
+        return MessageEcho(codecs[-1])
+
+    with running_server(factory) as server, connect(server) as client:
+        client.sendall(_packet(b"half", 1, 0, 2))
+        wait_for(lambda: on_loop(server, lambda: server.ledger.held_bytes) == 4, what="4 held")
+        # Nobody calls expire() by hand: the connection's timer does.
+        wait_for(lambda: codecs[0].expired == 1, timeout=3, what="the partial message to expire")
+        assert on_loop(server, lambda: server.ledger.held_bytes) == 0
+        # The connection is still served; a late fragment of the old message starts anew.
+        client.sendall(_packet(b"whole", 2, 0, 1))
+        reply = Packets()
+        reply.receive_data(recv_exactly(client, len(_packet(b"whole", 2, 0, 1))))
+        assert reply.next_event() == b"whole"
+
+
+def test_a_connection_holding_too_many_partial_bytes_is_closed_not_the_server() -> None:
+    """The finding: 64 partial messages of 16 MiB each per connection."""
+    fragment = b"p" * 16384
+    with (
+        running_server(make_app("echo", "packets")) as server,
+        connect(server) as hostile,
+        connect(server) as calm,
+    ):
+        try:  # message after message, never finished: 17 MiB is past the 16 MiB cap
+            for msg_id in range(17):
+                hostile.sendall(b"".join(_packet(fragment, msg_id, i, 1024) for i in range(64)))
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        stats = wait_for(
+            lambda: (s := on_loop(server, server.statistics)).closed and s, what="the close"
+        )
+        assert stats.closed == {"protocol-error": 1}
+        assert stats.buffered_bytes == 0
+        # At most the cap, and what one read brought besides (a packet cut in two).
+        assert stats.buffered_bytes_peak <= 16 * 1024 * 1024 + RECV_BYTES
+        calm.sendall(_packet(b"fine", 3, 0, 1))
+        assert recv_exactly(calm, len(_packet(b"fine", 3, 0, 1)))[20:24] == b"fine"

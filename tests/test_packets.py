@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from fivetuple import RemoteProtocolError
 from fivetuple.apps import make_app
 from fivetuple.codecs import NEED_DATA, Packets
-from fivetuple.codecs._packets import HEADER, MAGIC, TRAILER
+from fivetuple.codecs._packets import FRAGMENT_OVERHEAD_BYTES, HEADER, MAGIC, TRAILER
 from helpers import connect, on_loop, recv_exactly, running_server, wait_for
 
 
@@ -139,6 +139,33 @@ MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
         lambda: b"".join(packet(b"y" * 100, index=i, count=200) for i in range(101)),
         "message-over-limit",
     ),
+    (
+        "count that cannot be honest",  # 101 fragments of 100 bytes and one more: over 10,000
+        lambda: packet(b"y" * 100, index=0, count=102),
+        "message-over-limit",
+    ),
+    (
+        "fragment sizes differ",
+        lambda: packet(b"y" * 50, index=0, count=3) + packet(b"y" * 40, index=1, count=3),
+        "inconsistent-fragment-size",
+    ),
+    (
+        "last fragment larger than the others",
+        lambda: packet(b"y" * 40, index=0, count=3) + packet(b"y" * 50, index=2, count=3),
+        "inconsistent-fragment-size",
+    ),
+    (
+        "last fragment came first and is larger",
+        lambda: packet(b"y" * 50, index=2, count=3) + packet(b"y" * 40, index=0, count=3),
+        "inconsistent-fragment-size",
+    ),
+    (
+        "partial messages over their byte limit",  # 4 x 3,000 bytes > 10,000
+        lambda: b"".join(
+            packet(b"z" * 100, msg_id=m, index=i, count=40) for m in range(4) for i in range(30)
+        ),
+        "partials-over-limit",
+    ),
 ]
 
 
@@ -151,7 +178,12 @@ def _flip(data: bytes, at: int) -> bytes:
 def test_malformed_packets_raise_their_reason(
     case: str, make: Callable[[], bytes], reason: str, how: str
 ) -> None:
-    codec = Packets(max_payload_bytes=100, max_message_bytes=10_000, max_partial_messages=4)
+    codec = Packets(
+        max_payload_bytes=100,
+        max_message_bytes=10_000,
+        max_partial_messages=4,
+        max_partial_bytes=10_000,
+    )
     stream = make()
     with pytest.raises(RemoteProtocolError) as info:
         if how == "whole":
@@ -176,7 +208,12 @@ def test_malformed_packet_cut_in_two_after_a_good_one(
     good = packet(b"good", msg_id=99)
     stream = good + make()
     for cut in range(1, len(stream), max(1, len(stream) // 60)):
-        codec = Packets(max_payload_bytes=100, max_message_bytes=10_000, max_partial_messages=4)
+        codec = Packets(
+            max_payload_bytes=100,
+            max_message_bytes=10_000,
+            max_partial_messages=4,
+            max_partial_bytes=10_000,
+        )
         out = codec.receive_messages(stream[:cut])
         if codec.error is None:  # else the next call raises it
             out += codec.receive_messages(stream[cut:])
@@ -203,6 +240,35 @@ def test_stale_partial_messages_expire_with_time_passed_in() -> None:
     # A late fragment of an expired message starts a new partial message.
     codec.receive_data(packet(msg_id=1, index=1, count=2), now=201.0)
     assert drain(codec) == [] and codec.get_timer() == 206.0
+
+
+def test_reassembly_costs_what_it_holds() -> None:
+    """In order: one buffer per message. Out of order: each fragment held alone is
+    charged its real overhead, so tiny fragments reach the limit sooner."""
+    codec = Packets(max_payload_bytes=100)
+    in_order = [packet(b"a" * 10, msg_id=1, index=i, count=5) for i in range(4)]
+    codec.receive_messages(b"".join(in_order))
+    assert codec.held_bytes == 40
+    codec.receive_messages(packet(b"b", msg_id=2, index=3, count=5))  # ahead of 0..2
+    assert codec.held_bytes == 40 + 1 + FRAGMENT_OVERHEAD_BYTES
+    out = codec.receive_messages(
+        b"".join(packet(b"b", msg_id=2, index=i, count=5) for i in (0, 1, 2))
+        + packet(b"a" * 3, msg_id=1, index=4, count=5)
+    )
+    assert out == [b"a" * 43]
+    assert codec.held_bytes == 4  # message 2's fragments 0-3, joined: no overhead left
+    assert codec.receive_messages(packet(b"b", msg_id=2, index=4, count=5)) == [b"b" * 5]
+    assert codec.held_bytes == 0
+
+
+def test_tiny_out_of_order_fragments_are_bounded_by_their_real_cost() -> None:
+    codec = Packets(max_payload_bytes=100, max_partial_bytes=100_000)
+    stream = b"".join(packet(b"t", msg_id=9, index=i, count=5_000) for i in range(4_999, 0, -1))
+    codec.receive_messages(stream)
+    assert codec.error is not None and codec.error.reason == "partials-over-limit"
+    # Stopped after 100,000 / (1 + overhead) fragments, not 100,000 of them.
+    taken = codec.statistics().bytes_in // len(packet(b"t"))
+    assert taken == 100_000 // (1 + FRAGMENT_OVERHEAD_BYTES)
 
 
 def test_fragment_sizes_and_overhead() -> None:

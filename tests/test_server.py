@@ -16,8 +16,10 @@ import re
 import resource
 import selectors
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -133,7 +135,9 @@ def test_thousand_concurrent_clients_each_get_their_own_echo(backend: str) -> No
             assert stats.peak_connections == MANY_CLIENTS
             assert stats.accepted == MANY_CLIENTS
             assert stats.closed == {}
-            assert stats.bytes_in == sum(len(c.message) for c in clients)
+            # Live connections' bytes are read a bounded batch at a time: one sweep.
+            sent = sum(len(c.message) for c in clients)
+            wait_for(lambda: on_loop(server, server.statistics).bytes_in == sent, what="a sweep")
         finally:
             for client in clients:
                 client.sock.close()
@@ -474,3 +478,86 @@ def test_accepted_sockets_have_tcp_nodelay_and_backpressure_is_counted() -> None
             what="the echo to pause",
         )
         assert (stats.reading_paused, stats.writing_paused) == (1, 1)
+
+
+# -- clients that do not read: the send deadline and socket buffers ----------------
+
+
+def test_a_client_that_never_reads_is_closed_after_the_send_timeout() -> None:
+    """Queued replies that the kernel sent nothing of for ``send_timeout``: slow-reader.
+    A client that reads, however slowly, keeps its connection."""
+    with running_server(Echo, send_timeout=0.5) as server:
+        never = [connect(server) for _ in range(3)]
+        slow = connect(server)
+        for sock in never:
+            stuff(sock, settle_s=0.1)
+        sent = stuff(slow, settle_s=0.1)
+        slow.setblocking(True)
+        received, began = 0, time.monotonic()
+        while time.monotonic() - began < 1.5:  # three deadlines: reads 64 KiB every 0.1 s
+            received += len(slow.recv(1 << 16))
+            time.sleep(0.1)
+        stats = wait_for(
+            lambda: (s := on_loop(server, server.statistics)).closed.get("slow-reader") == 3 and s,
+            timeout=3,
+            what="the three clients that never read to be closed",
+        )
+        assert stats.connections == 1 and stats.send_timeout == 0.5
+        assert received < sent, "the slow reader has not read everything yet"
+        for sock in never:
+            sock.close()
+        slow.close()
+
+
+def test_socket_buffers_can_be_capped() -> None:
+    with running_server(Echo, sndbuf=32768, rcvbuf=32768) as server, connect(server) as client:
+        client.sendall(b"ping")
+        assert recv_exactly(client, 4) == b"ping"
+
+        def sizes() -> tuple[int, int]:
+            sock = server.connections()[0].get_extra_info("socket")
+            return (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+            )
+
+        # Linux doubles the value asked for (bookkeeping overhead), and stops autotuning.
+        assert on_loop(server, sizes) == (65536, 65536)
+
+
+def test_paused_connections_are_counted_as_they_change() -> None:
+    with running_server(Echo, send_timeout=None) as server:
+        clients = [connect(server) for _ in range(4)]
+        for sock in clients:
+            stuff(sock, settle_s=0.1)
+
+        def counted_and_actual() -> tuple[int, int, int]:
+            stats = server.statistics()
+            actual = sum(not t.is_reading() for t in server.connections())
+            return stats.reading_paused, stats.writing_paused, actual
+
+        assert on_loop(server, counted_and_actual) == (4, 4, 4)
+        for sock in clients[:3]:
+            sock.close()
+        wait_for(lambda: on_loop(server, counted_and_actual) == (1, 1, 1), what="three closes")
+        clients[3].setblocking(True)
+        clients[3].shutdown(socket.SHUT_WR)
+        while clients[3].recv(1 << 20):  # read it all: the echo resumes, then closes
+            pass
+        wait_for(lambda: on_loop(server, counted_and_actual) == (0, 0, 0), what="resumed")
+        clients[3].close()
+
+
+def test_unix_socket_permissions_are_set_before_anyone_can_connect(tmp_path: Path) -> None:
+    path = str(tmp_path / "echo.sock")
+    with CliServer("echo", "--unix", path, "--unix-mode", "600") as cli:
+        assert cli.banner.startswith(f"listening on unix://{path} ")
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    path = str(tmp_path / "api.sock")
+    server = Server(Echo, unix=path, unix_mode=0o640)
+    try:
+        server.start()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o640
+    finally:
+        server.listeners[0].close()
+        server.loop.close()

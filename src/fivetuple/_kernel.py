@@ -13,9 +13,11 @@ keeps no such record for (Unix domain sockets, other systems) are wrapped in
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
 import sys
+import termios
 from dataclasses import dataclass
 from typing import Any
 
@@ -97,3 +99,20 @@ def listen_queue(sock: socket.socket) -> tuple[int, int] | None:
     if len(raw) < _U32_SACKED + 4:
         return None
     return _u32(raw, _U32_UNACKED)[0], _u32(raw, _U32_SACKED)[0]
+
+
+_OUTQ = termios.TIOCOUTQ  # SIOCOUTQ on sockets
+_ZERO_INT = bytes(4)
+
+
+def unsent_bytes(sock: Any) -> int:
+    """Bytes written to ``sock`` that the peer has not acknowledged (its FIN included).
+
+    For TCP this is SIOCOUTQ (unsent plus unacknowledged); for a Unix socket,
+    what the peer has not read yet. 0 when the kernel cannot say.
+    """
+    try:
+        raw = fcntl.ioctl(sock.fileno(), _OUTQ, _ZERO_INT)
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder, signed=True)

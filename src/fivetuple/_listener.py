@@ -136,11 +136,13 @@ def bind_error(exc: OSError, where: str, port: int, ss_flags: str = "-ltnp") -> 
     return SetupError(f"cannot listen on {where}: {exc.strerror or exc}")
 
 
-def bind_unix(path: str, backlog: int) -> socket.socket:
+def bind_unix(path: str, backlog: int, mode: int | None = None) -> socket.socket:
     """Create a listening Unix domain stream socket at ``path``.
 
     A stale socket file (left by a server that died) is removed; a socket that
-    a live server still answers on is not.
+    a live server still answers on is not. ``mode`` sets the file's permission
+    bits (who may connect) before ``listen()``, so no client can connect while
+    the umask's bits are in force; None leaves the umask's.
 
     Raises:
         SetupError: the path is in use, is not a socket, or cannot be created.
@@ -162,12 +164,21 @@ def bind_unix(path: str, backlog: int) -> socket.socket:
             )
         os.unlink(path)  # stale: nobody is listening behind it
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         sock.bind(path)
+        bound = True
+        if mode is not None:
+            os.chmod(path, mode)
         sock.listen(backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        if bound:  # ours, and not listening: leave nothing behind
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         if exc.errno == errno.EACCES:
             raise SetupError(
                 f"permission denied to create {path}; choose a writable directory"

@@ -9,12 +9,19 @@ are kept.
 
 Limits: at ``max_conns`` live connections the listeners pause (new clients
 wait in the kernel backlog) and resume as soon as one closes. On the select
-backend the limit is also clamped below FD_SETSIZE.
+backend the limit is also clamped below FD_SETSIZE. Above the connections,
+the server's ``Ledger`` (``_ledger.py``) sums what they all hold in user space
+against one memory budget and closes the biggest holders when it is blown;
+queued output that the kernel has not sent any of for ``send_timeout``
+seconds ends its connection (``slow-reader``); ``sndbuf`` / ``rcvbuf`` cap
+the kernel's socket buffers of every accepted connection.
 
-Shutdown: the first SIGINT/SIGTERM (or ``shutdown()``) closes the listeners
-and closes every connection gracefully, so queued bytes are flushed; after
-``grace`` seconds whatever is left is aborted and the loop stops. A second
-signal aborts everything at once.
+Shutdown: the first SIGINT/SIGTERM (or ``shutdown()``) closes the listeners,
+stops reading from every connection (a client's later bytes are not read and
+then thrown away: they stay in its own buffers or its writes fail, so it can
+tell they were not taken), and closes every connection gracefully, so queued
+bytes are flushed and acknowledged; after ``grace`` seconds whatever is left
+is aborted and the loop stops. A second signal aborts everything at once.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ._limits import clamp_backlog, fd_limits, open_fd_count, raise_fd_limit
+from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES, Ledger, LiveBytes
+from ._limits import clamp_backlog, fd_limits, open_fd_count, raise_fd_limit, return_freed_memory
 from ._listener import Listener, bind_tcp, bind_unix
 from ._loop import Loop
 from ._protocol import Protocol
@@ -40,6 +48,8 @@ logger = logging.getLogger("fivetuple")
 
 DEFAULT_BACKLOG = 1024
 DEFAULT_GRACE_S = 5.0
+#: Queued output the kernel sent nothing of for this long closes its connection.
+DEFAULT_SEND_TIMEOUT_S = 30.0
 #: Descriptors kept free below a select() backend's FD_SETSIZE for the
 #: listener, the loop's wakeup pair and the standard streams.
 _SELECT_RESERVED_FDS = 16
@@ -59,6 +69,15 @@ class Server:
         max_conns: pause accepting at this many live connections (None: no limit).
         idle_timeout: close a connection silent for this many seconds.
         grace: seconds a graceful shutdown waits for queued bytes to flush.
+        max_buffer_memory: bytes of partial input and queued output that all
+            connections together may hold; past it the biggest holders are
+            closed (``memory-budget``). None: no limit.
+        send_timeout: close a connection (``slow-reader``) whose queued output
+            the kernel sent nothing of for this many seconds. None: never.
+        sndbuf: cap every accepted socket's kernel send buffer (SO_SNDBUF).
+        rcvbuf: cap every accepted socket's kernel receive buffer (SO_RCVBUF).
+        unix_mode: permission bits of the Unix socket file (e.g. ``0o660``);
+            None leaves them to the umask.
         loop: run on this loop instead of creating one.
     """
 
@@ -74,6 +93,11 @@ class Server:
         max_conns: int | None = None,
         idle_timeout: float | None = None,
         grace: float = DEFAULT_GRACE_S,
+        max_buffer_memory: int | None = DEFAULT_MEMORY_BUDGET_BYTES,
+        send_timeout: float | None = DEFAULT_SEND_TIMEOUT_S,
+        sndbuf: int | None = None,
+        rcvbuf: int | None = None,
+        unix_mode: int | None = None,
         loop: Loop | None = None,
     ) -> None:
         if backlog < 0:
@@ -84,6 +108,19 @@ class Server:
             raise SetupError(f"--idle-timeout must be more than 0 seconds, not {idle_timeout}")
         if grace < 0:
             raise SetupError(f"--grace must be 0 seconds or more, not {grace}")
+        if max_buffer_memory is not None and max_buffer_memory < 1:
+            raise SetupError(
+                f"--max-buffer-memory must be at least 1 byte, not {max_buffer_memory}"
+            )
+        if send_timeout is not None and send_timeout <= 0:
+            raise SetupError(f"--send-timeout must be more than 0 seconds, not {send_timeout}")
+        for name, size in (("--sndbuf", sndbuf), ("--rcvbuf", rcvbuf)):
+            if size is not None and size < 1:
+                raise SetupError(f"{name} must be at least 1 byte, not {size}")
+        if unix_mode is not None and not 0 <= unix_mode <= 0o777:
+            raise SetupError(
+                f"--unix-mode must be octal permission bits such as 660, not {unix_mode:o}"
+            )
         self._factory = protocol_factory
         self._host = host
         self._port = port
@@ -93,15 +130,19 @@ class Server:
         self.max_conns = max_conns
         self.idle_timeout = idle_timeout
         self.grace = grace
+        self.sndbuf = sndbuf
+        self.rcvbuf = rcvbuf
+        self._unix_mode = unix_mode
         self.loop = loop if loop is not None else Loop(backend)
         self._own_loop = loop is None
+        #: Memory held and paused connections, summed as they change (and the budget).
+        self.ledger = Ledger(self.loop, max_buffer_memory, send_timeout)
+        self._bytes = LiveBytes(self.loop, self.connections)
         self.listeners: list[Listener] = []
         self._conns: dict[int, Transport] = {}
         self._next_id = 1
         self.peak_connections = 0
         self.closed_by_reason: Counter[str] = Counter()
-        self._closed_bytes_in = 0
-        self._closed_bytes_out = 0
         self.fd_soft_limit, self.fd_hard_limit = fd_limits()
         self._started = False
         self._shutting_down = False
@@ -129,15 +170,30 @@ class Server:
         if self._started:
             raise LocalProtocolError("server already started")
         self.fd_soft_limit, self.fd_hard_limit = raise_fd_limit()
+        return_freed_memory()
         if self._unix is not None:
-            sock = bind_unix(self._unix, self.backlog)
+            sock = bind_unix(self._unix, self.backlog, self._unix_mode)
         else:
             sock = bind_tcp(self._host, self._port, self.backlog)
         self.add_listener(sock)
         self._started = True
 
     def add_listener(self, sock: socket.socket) -> Listener:
-        """Serve connections accepted from an already listening socket too."""
+        """Serve connections accepted from an already listening socket too.
+
+        Raises:
+            SetupError: the kernel refused ``sndbuf`` or ``rcvbuf``.
+        """
+        # Accepted sockets inherit their buffer sizes from the listener (and
+        # TCP's window scale is chosen from the receive buffer at SYN time).
+        for option, size in ((socket.SO_SNDBUF, self.sndbuf), (socket.SO_RCVBUF, self.rcvbuf)):
+            if size is not None:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, option, size)
+                except OSError as exc:
+                    raise SetupError(
+                        f"cannot set a socket buffer of {size} bytes: {exc.strerror}"
+                    ) from None
         listener = Listener(self.loop, sock, self._accepted, self.backlog)
         self.listeners.append(listener)
         if self.max_conns is not None and len(self._conns) >= self.max_conns:
@@ -188,6 +244,7 @@ class Server:
                     self.loop.remove_signal_handler(sig)
                 self._signals_installed = False
             self._close_listeners()
+            self._bytes.close()
             if self._own_loop:
                 self.loop.close()
         return self.exit_code
@@ -218,6 +275,7 @@ class Server:
         self._shutting_down = True
         self._close_listeners()
         for transport in list(self._conns.values()):
+            transport.pause_reading()  # what a client still sends is not taken
             transport.close("shutdown")
         if self._conns:
             wait = self.grace if grace is None else grace
@@ -262,7 +320,9 @@ class Server:
             sock.close()
             self.closed_by_reason["app-error"] += 1
             return
-        transport = Transport(self.loop, sock, protocol, conn_id=conn_id, owner=self)
+        transport = Transport(
+            self.loop, sock, protocol, conn_id=conn_id, owner=self, ledger=self.ledger
+        )
         self._conns[conn_id] = transport
         count = len(self._conns)
         if count > self.peak_connections:
@@ -283,9 +343,7 @@ class Server:
         if self._conns.pop(transport.id, None) is None:
             return
         self.closed_by_reason[transport.close_reason or "error"] += 1
-        counters = transport.counters()
-        self._closed_bytes_in += counters.bytes_in
-        self._closed_bytes_out += counters.bytes_out
+        self._bytes.closed(transport)
         if self._shutting_down:
             if not self._conns:
                 if self._grace_timer is not None:
@@ -303,9 +361,16 @@ class Server:
         return len(self._conns)
 
     def statistics(self) -> ServerStats:
-        """The server's counters now."""
-        transports = list(self._conns.values())
-        live = [t.counters() for t in transports]
+        """The server's counters now: O(1) in the number of connections.
+
+        Every number is kept as it changes (the ledger counts paused
+        connections and buffered bytes), so asking costs the same at 10 or
+        20,000 connections. Bytes in and out of live connections are read from
+        the kernel a bounded batch at a time once somebody asks
+        (``LiveBytes``): they lag by at most one sweep.
+        """
+        ledger = self.ledger
+        bytes_in, bytes_out = self._bytes.totals()
         accept_errors: Counter[str] = Counter()
         accept_pauses: Counter[str] = Counter()
         for listener in self.listeners:
@@ -323,13 +388,17 @@ class Server:
             accept_paused=any(listener.paused for listener in self.listeners),
             accept_pauses=dict(accept_pauses),
             closed=dict(self.closed_by_reason),
-            bytes_in=self._closed_bytes_in + sum(c.bytes_in for c in live),
-            bytes_out=self._closed_bytes_out + sum(c.bytes_out for c in live),
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
             fd_soft_limit=self.fd_soft_limit,
             fd_hard_limit=self.fd_hard_limit,
             fds_open=open_fd_count(),
             loop_wakeups=self.loop.wakeups,
             loop_events=self.loop.events,
-            reading_paused=sum(t._read_paused for t in transports),
-            writing_paused=sum(t._write_paused for t in transports),
+            reading_paused=ledger.reading_paused,
+            writing_paused=ledger.writing_paused,
+            buffered_bytes=ledger.held_bytes,
+            buffered_bytes_peak=ledger.peak_held_bytes,
+            max_buffer_memory=ledger.limit_bytes,
+            send_timeout=ledger.send_timeout_s,
         )

@@ -20,10 +20,11 @@ CLOSE_REASONS = (
     "error",  # any other socket error
     "idle",  # silent longer than the idle timeout
     "app-error",  # the application raised
-    "slow-reader",  # an application dropped a client that does not read
+    "slow-reader",  # a client that does not read: send deadline passed, or an app dropped it
     "protocol-error",  # the peer sent bytes the protocol forbids
     "shutdown",  # the server stopped (graceful or not)
     "unwatchable",  # the poller cannot watch this fd (select, fd >= FD_SETSIZE)
+    "memory-budget",  # the server's buffers passed their budget; it held the most
 )
 
 
@@ -73,6 +74,7 @@ class ServerStats:
     accept_paused: bool
     accept_pauses: dict[str, int]
     closed: dict[str, int]
+    #: Bytes read from and written to (taken by the kernel for) every connection.
     bytes_in: int
     bytes_out: int
     fd_soft_limit: int
@@ -83,3 +85,10 @@ class ServerStats:
     #: Connections whose reading / writing is paused now (backpressure at work).
     reading_paused: int
     writing_paused: int
+    #: Bytes held in user space for connections (queued output and partial
+    #: input), now and at most so far, and the budget they are held to.
+    buffered_bytes: int
+    buffered_bytes_peak: int
+    max_buffer_memory: int | None
+    #: Seconds queued output may stand still before its connection is closed.
+    send_timeout: float | None

@@ -22,6 +22,10 @@ from typing import Any
 _MIN_CANCELLED_TO_PURGE = 64
 
 
+def _cancelled(*args: Any) -> None:
+    """What a cancelled timer would call (it never does)."""
+
+
 class Timer:
     """A callback scheduled for a deadline on the loop's monotonic clock."""
 
@@ -41,6 +45,10 @@ class Timer:
         if self.cancelled:
             return
         self.cancelled = True
+        # A cancelled timer may wait in the heap until its deadline: it must
+        # not keep its callback's object (a closed connection) alive.
+        self.callback = _cancelled
+        self.args = ()
         if self._queue is not None:
             self._queue._note_cancelled()
 

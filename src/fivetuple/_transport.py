@@ -28,9 +28,29 @@ no-op documented on the method):
     LOCAL_EOF     peer EOF                     CLOSING (then CLOSED)
     any open      close(), peer EOF            CLOSING, CLOSED once flushed
                                                (and, if input is unread, after
-                                               FIN and the peer's EOF: linger)
+                                               FIN and the peer's EOF: linger;
+                                               or, if reading is paused, once
+                                               the peer acknowledged all: drain)
     any           abort(), socket error        CLOSED
     ============  ===========================  ==========================
+
+Closing a socket that holds unread input makes the kernel send RST, and a
+peer's kernel may then drop replies it has not acknowledged. So once the
+queue is flushed and FIN sent, a closing connection with unread input either
+*lingers* (nginx's lingering close: read and discard until the peer's EOF, at
+most ``LINGER_S``), or, when its reading is paused (the application's
+backpressure, or a server shutting down), *drains*: it reads nothing more and
+closes as soon as the peer has acknowledged every byte and the FIN, so the
+peer has all the replies and learns from the reset that what it kept sending
+was not taken.
+
+Memory. A transport that belongs to a server reports what it holds to the
+server's ``Ledger``: its queued output, and the partial input its protocol
+declares with ``set_input_buffer_size``. The ledger closes the biggest holders
+when the server's memory budget is blown (``memory-budget``). Queued output
+that does not move for the ledger's ``send_timeout_s`` (the kernel has sent no
+data for that long) ends the connection as ``slow-reader``, as nginx's
+``send_timeout`` does: a client that never reads holds kernel memory too.
 
 Errors never escape to the loop: a reset, a broken pipe or an exception in
 the protocol ends this one connection with a counted reason, and
@@ -49,8 +69,10 @@ import termios
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ._kernel import TcpCounters, kernel_counts, tcp_counters
+from ._kernel import TcpCounters, kernel_counts, tcp_counters, unsent_bytes
+from ._ledger import UNACCOUNTED, Ledger
 from ._poller import ERROR, READ, WRITE
+from ._protocol import Protocol as _NoProtocol
 from ._stats import ConnectionStats
 from .errors import BrokenResourceError, ClosedResourceError
 
@@ -69,8 +91,12 @@ CLOSED = "closed"
 
 #: Bytes asked of recv() per readable event (uvloop and asyncio use 256 KiB).
 RECV_BYTES = 64 * 1024
-#: Longest a closing connection drains unread input before it is closed.
+#: Longest a closing connection lingers (reading and discarding) or drains
+#: (waiting for the peer to acknowledge what it was sent) before it is closed.
 LINGER_S = 2.0
+#: A draining connection asks the kernel this often at first, then less often.
+_DRAIN_POLL_S = 0.01
+_DRAIN_POLL_MAX_S = 0.2
 #: Idle checks within this of the deadline close the connection.
 _IDLE_SLACK_S = 0.002
 #: Default write-queue water marks (asyncio's defaults).
@@ -108,21 +134,24 @@ class Transport:
         protocol: receives the callbacks; see ``fivetuple.Protocol``.
         conn_id: a number that identifies the connection for its whole life.
         owner: told through ``transport_closed`` once the connection ends.
+        ledger: the server's account of memory held and paused connections
+            (by default one that counts and never limits).
     """
 
     __slots__ = (
         "_buffer",
         "_fd",
         "_idle_timer",
+        "_input_held",
+        "_ledger",
         "_limits",
         "_loop",
         "_owner",
         "_protocol",
-        "_read",
         "_read_paused",
+        "_send_timer",
         "_sock",
         "_watching",
-        "_write",
         "_write_paused",
         "close_reason",
         "id",
@@ -154,6 +183,7 @@ class Transport:
         *,
         conn_id: int = 0,
         owner: TransportOwner | None = None,
+        ledger: Ledger = UNACCOUNTED,
     ) -> None:
         sock.setblocking(False)
         self._loop = loop
@@ -167,6 +197,9 @@ class Transport:
         self._write_paused = False
         self._limits = _DEFAULT_LIMITS  # (high, low) water marks, shared until changed
         self._idle_timer: Timer | None = None
+        self._send_timer: Timer | None = None
+        self._ledger = ledger
+        self._input_held = 0
         self.state = OPEN
         #: Why the connection ended (one of ``CLOSE_REASONS``), None while open.
         self.close_reason: str | None = None
@@ -253,8 +286,9 @@ class Transport:
             self._fatal(exc)
             return
         del buffer[:sent]
+        self._charge(-sent)
         if self._write_paused and len(buffer) <= self._limits[1]:
-            self._write_paused = False
+            self._set_write_paused(False)
             try:
                 self._protocol.resume_writing()
             except Exception as exc:
@@ -309,8 +343,12 @@ class Transport:
         else:
             self._buffer += data
         self._set_watch(self._watching | WRITE)
+        self._charge(len(data))
+        timeout = self._ledger.send_timeout_s
+        if timeout is not None and self._send_timer is None:
+            self._send_timer = self._loop.call_later(timeout, self._send_check)
         if not self._write_paused and len(self._buffer) > self._limits[0]:
-            self._write_paused = True
+            self._set_write_paused(True)
             try:
                 self._protocol.pause_writing()
             except Exception as exc:
@@ -357,10 +395,7 @@ class Transport:
             self._finish_or_linger()
 
     def _finish_or_linger(self) -> None:
-        # Closing a socket that still holds unread input makes the kernel send
-        # RST and discard what it has not yet delivered of our replies. So,
-        # like nginx's lingering close: send FIN, then read and discard until
-        # the peer's EOF (or LINGER_S), and only then close.
+        # Unread input: send FIN, then linger or drain (module docstring).
         if not _unread_input(self._fd):
             self._finish(None)
             return
@@ -369,12 +404,32 @@ class Transport:
         except OSError:
             self._finish(None)
             return
-        self._protocol = _Linger(self, self._protocol)
-        self._read_paused = False
-        self._set_watch(READ)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
+        if self._read_paused:
+            self._drain()
+            return
+        self._protocol = _Linger(self, self._protocol)
+        self._set_watch(READ)
         self._idle_timer = self._loop.call_later(LINGER_S, self.abort, self.close_reason)
+
+    def _drain(self) -> None:
+        """Read nothing more; close once the peer acknowledged every byte (or LINGER_S)."""
+        if self._watching != _UNWATCHED:
+            self._loop.remove_io(self._fd)
+            self._watching = _UNWATCHED
+        deadline = self._loop.time() + LINGER_S
+        self._idle_timer = self._loop.call_later(
+            _DRAIN_POLL_S, self._drain_check, deadline, _DRAIN_POLL_S
+        )
+
+    def _drain_check(self, deadline: float, wait: float) -> None:
+        self._idle_timer = None
+        if unsent_bytes(self._sock) and self._loop.time() < deadline:
+            wait = min(wait * 2, _DRAIN_POLL_MAX_S)
+            self._idle_timer = self._loop.call_later(wait, self._drain_check, deadline, wait)
+        else:
+            self._finish(None)
 
     def abort(self, reason: str = "aborted") -> None:
         """Close now, dropping whatever is queued. Harmless if repeated.
@@ -389,18 +444,38 @@ class Transport:
 
     def pause_reading(self) -> None:
         """Stop reading until ``resume_reading()``; the kernel buffers meanwhile,
-        and TCP flow control then slows the peer down."""
+        and TCP flow control then slows the peer down.
+
+        A connection that is lingering after close (reading and discarding
+        until the peer's EOF) stops reading too, and drains instead.
+        """
         if not self._read_paused:
-            self._read_paused = True
+            self._set_read_paused(True)
             if self.state in (OPEN, LOCAL_EOF):
                 self._set_watch(self._watching & ~READ)
+            elif isinstance(self._protocol, _Linger) and self.state == CLOSING:
+                if self._idle_timer is not None:
+                    self._idle_timer.cancel()
+                self._drain()
 
     def resume_reading(self) -> None:
-        """Undo ``pause_reading()``."""
-        if self._read_paused:
-            self._read_paused = False
+        """Undo ``pause_reading()``. Once the connection is closing, reading stays
+        as it was: a server that stopped reading at shutdown is not overruled by
+        an application resuming as its queue drains."""
+        if self._read_paused and self.state not in (CLOSING, CLOSED):
+            self._set_read_paused(False)
             if self.state in (OPEN, LOCAL_EOF):
                 self._set_watch(self._watching | READ if self._watching != _UNWATCHED else READ)
+
+    def _set_read_paused(self, paused: bool) -> None:
+        self._read_paused = paused
+        if self.state != CLOSED:
+            self._ledger.reading_paused += 1 if paused else -1
+
+    def _set_write_paused(self, paused: bool) -> None:
+        self._write_paused = paused
+        if self.state != CLOSED:
+            self._ledger.writing_paused += 1 if paused else -1
 
     def is_reading(self) -> bool:
         return (
@@ -422,10 +497,10 @@ class Transport:
         size = self.get_write_buffer_size()
         try:
             if not self._write_paused and size > high:
-                self._write_paused = True
+                self._set_write_paused(True)
                 self._protocol.pause_writing()
             elif self._write_paused and size <= low:
-                self._write_paused = False
+                self._set_write_paused(False)
                 self._protocol.resume_writing()
         except Exception as exc:
             self._app_error(exc, "set_write_buffer_limits")
@@ -433,6 +508,46 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet taken by the kernel."""
         return len(self._buffer) if self._buffer else 0
+
+    def set_input_buffer_size(self, nbytes: int) -> None:
+        """Declare the bytes of this connection's input the protocol holds now.
+
+        A protocol that buffers partial input (a codec waiting for the rest of
+        a message) calls this whenever that amount changes, so that the
+        server's memory budget sees it; ``MessageProtocol`` does it by itself.
+        Ignored once the connection has ended.
+        """
+        if self.state == CLOSED or nbytes == self._input_held:
+            return
+        delta = nbytes - self._input_held
+        self._input_held = nbytes
+        self._charge(delta)
+
+    def get_input_buffer_size(self) -> int:
+        """Bytes of input the protocol declared it holds (``set_input_buffer_size``)."""
+        return self._input_held
+
+    def _charge(self, delta: int) -> None:
+        self._ledger.charge(self, delta, self.get_write_buffer_size() + self._input_held)
+
+    def _send_check(self) -> None:
+        """The send deadline: queued output the kernel has not sent any of for too long."""
+        self._send_timer = None
+        timeout = self._ledger.send_timeout_s
+        if not self._buffer or self.state == CLOSED or timeout is None:
+            return
+        remaining = timeout - self.counters().idle_out_s
+        if remaining <= _IDLE_SLACK_S:
+            logger.info(
+                "closing connection %s from %s: %d bytes queued, nothing sent for %.1fs",
+                self.id,
+                _format_peer(self.peer),
+                len(self._buffer),
+                timeout,
+            )
+            self.abort("slow-reader")
+        else:
+            self._send_timer = self._loop.call_later(remaining, self._send_check)
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         """``peername``, ``sockname``, ``socket``, ``fd`` (asyncio's names)."""
@@ -471,6 +586,11 @@ class Transport:
     @property
     def fd(self) -> int:
         return self._fd
+
+    @property
+    def loop(self) -> Loop:
+        """The loop this connection runs on (for the protocol's own timers)."""
+        return self._loop
 
     # -- idle timeout -------------------------------------------------------
 
@@ -547,6 +667,14 @@ class Transport:
             self._watching = events
 
     def _finish(self, exc: BaseException | None) -> None:
+        if self.state == CLOSED:
+            return
+        ledger = self._ledger
+        held = self.get_write_buffer_size() + self._input_held
+        if held:
+            ledger.charge(self, -held, 0)
+        ledger.reading_paused -= self._read_paused
+        ledger.writing_paused -= self._write_paused
         self.state = CLOSED
         if self._watching != _UNWATCHED:
             self._loop.remove_io(self._fd)
@@ -554,7 +682,11 @@ class Transport:
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
         self._buffer = None
+        self._input_held = 0
         self._loop.call_soon(self._connection_lost, exc)
 
     def _connection_lost(self, exc: BaseException | None) -> None:
@@ -568,6 +700,11 @@ class Transport:
             if self._owner is not None:
                 self._owner.transport_closed(self)
             self._sock.close()
+            # The protocol usually refers back to its transport: break the
+            # cycle, so that what the protocol held (a codec's half-received
+            # message) is freed now, not whenever the cyclic GC looks at
+            # this long-lived pair (the memory budget has already let it go).
+            self._protocol = _ENDED
 
     # -- observability ------------------------------------------------------
 
@@ -699,6 +836,8 @@ def _unread_input(fd: int) -> bool:
 
 
 _ZERO_INT = bytes(4)
+#: What a transport's protocol is once ``connection_lost`` has run.
+_ENDED = _NoProtocol()
 _os_read = os.read
 _os_write = os.write
 

@@ -12,14 +12,76 @@ from typing import Any
 
 import click
 
+from ._datagram import PEER_BURST, PEER_RATE_PER_S
+from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES
 from ._poller import available_backends
-from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, Server
+from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, DEFAULT_SEND_TIMEOUT_S, Server
 from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 USAGE_EXIT = 2
+OFF = "off"
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+class ByteSize(click.ParamType[int | None]):
+    """A number of bytes: ``65536``, ``64k``, ``256M``, ``1G`` (powers of 1024); or ``off``."""
+
+    name = "size"
+
+    def __init__(self, allow_off: bool = False) -> None:
+        self.allow_off = allow_off
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | None:
+        if isinstance(value, int) or value is None:
+            return value
+        text = str(value).strip().lower()
+        if self.allow_off and text == OFF:
+            return None
+        number, unit = text.rstrip("kmgib"), text[len(text.rstrip("kmgib")) :]
+        unit = unit.removesuffix("ib").removesuffix("b")
+        try:
+            size = int(number) * _SIZE_UNITS[unit]
+        except (ValueError, KeyError):
+            size = 0
+        if size < 1:
+            off = " or 'off'" if self.allow_off else ""
+            self.fail(f"{value!r} is not a size such as 65536, 64k, 256M or 1G{off}", param, ctx)
+        return size
+
+
+class PositiveOrOff(click.ParamType[float | None]):
+    """A number above 0 (seconds, a rate), or ``off``."""
+
+    def __init__(self, what: str) -> None:
+        self.name = self.what = what
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float | None:
+        if isinstance(value, float) or value is None:
+            return value
+        if str(value).strip().lower() == OFF:
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            number = 0.0
+        if not number > 0:
+            self.fail(f"{value!r} is not a number of {self.what} above 0, or 'off'", param, ctx)
+        return number
+
+
+def _unix_mode(ctx: Any, param: Any, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o777:
+        raise click.BadParameter(f"{value!r} is not octal permission bits such as 660 or 600")
+    return mode
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,6 +145,43 @@ def cli() -> None:
     help="On SIGINT/SIGTERM, how long queued bytes may flush.",
 )
 @click.option(
+    "--max-buffer-memory",
+    type=ByteSize(allow_off=True),
+    default=DEFAULT_MEMORY_BUDGET_BYTES,
+    metavar="SIZE",
+    help="Partial input and queued output all clients may hold together; past it the "
+    f"biggest holders are closed [default: {DEFAULT_MEMORY_BUDGET_BYTES >> 20}M; 'off': no limit].",
+)
+@click.option(
+    "--send-timeout",
+    type=PositiveOrOff("seconds"),
+    default=DEFAULT_SEND_TIMEOUT_S,
+    metavar="SECONDS",
+    help="Close a client whose queued replies have not moved for SECONDS "
+    f"[default: {DEFAULT_SEND_TIMEOUT_S:g}; 'off': never].",
+)
+@click.option(
+    "--sndbuf",
+    type=ByteSize(),
+    default=None,
+    metavar="SIZE",
+    help="Cap each client socket's kernel send buffer (SO_SNDBUF) [default: the kernel's].",
+)
+@click.option(
+    "--rcvbuf",
+    type=ByteSize(),
+    default=None,
+    metavar="SIZE",
+    help="Cap each client socket's kernel receive buffer (SO_RCVBUF) [default: the kernel's].",
+)
+@click.option(
+    "--unix-mode",
+    metavar="MODE",
+    default=None,
+    callback=_unix_mode,
+    help="Permission bits of the --unix socket file, in octal (e.g. 660) [default: the umask's].",
+)
+@click.option(
     "--codec",
     type=click.Choice(["raw", "lines", "length", "packets"]),
     default="raw",
@@ -91,6 +190,22 @@ def cli() -> None:
 )
 @click.option(
     "--udp", is_flag=True, help="Serve UDP datagrams on --host/--port instead of TCP (echo)."
+)
+@click.option(
+    "--udp-rate",
+    type=PositiveOrOff("datagrams a second"),
+    default=PEER_RATE_PER_S,
+    metavar="N",
+    help="With --udp: datagrams a second each peer may send; more are dropped and counted "
+    f"[default: {PEER_RATE_PER_S:g}; 'off': no limit].",
+)
+@click.option(
+    "--udp-burst",
+    type=click.IntRange(min=1),
+    default=PEER_BURST,
+    metavar="N",
+    help=f"With --udp: datagrams a peer may send at once before --udp-rate applies "
+    f"[default: {PEER_BURST}].",
 )
 @click.option(
     "--admin",
@@ -121,8 +236,15 @@ def serve(
     max_conns: int | None,
     idle_timeout: float | None,
     grace: float,
+    max_buffer_memory: int | None,
+    send_timeout: float | None,
+    sndbuf: int | None,
+    rcvbuf: int | None,
+    unix_mode: int | None,
     codec: str,
     udp: bool,
+    udp_rate: float | None,
+    udp_burst: int,
     admin_addr: str | None,
     admin_public: bool,
     status_every: float | None,
@@ -138,6 +260,8 @@ def serve(
         raise click.UsageError(
             "--unix cannot be combined with --host or --port; use one or the other"
         )
+    if unix_mode is not None and unix_path is None:
+        raise click.UsageError("--unix-mode applies to --unix PATH only")
     if codec != "raw" and app not in MESSAGE_APPS:
         raise click.UsageError(
             f"--codec {codec} applies to: {', '.join(MESSAGE_APPS)}; {app} speaks raw bytes"
@@ -148,7 +272,9 @@ def serve(
         stream=sys.stderr,
     )
     if udp:
-        sys.exit(_serve_udp(app, host, port, unix_path, backend, codec, admin_addr))
+        sys.exit(
+            _serve_udp(app, host, port, unix_path, backend, codec, admin_addr, udp_rate, udp_burst)
+        )
     server = Server(
         make_app(app, None if codec == "raw" else codec),
         host if host is not None else DEFAULT_HOST,
@@ -159,6 +285,11 @@ def serve(
         max_conns=max_conns,
         idle_timeout=idle_timeout,
         grace=grace,
+        max_buffer_memory=max_buffer_memory,
+        send_timeout=send_timeout,
+        sndbuf=sndbuf,
+        rcvbuf=rcvbuf,
+        unix_mode=unix_mode,
     )
     admin = None
     if admin_addr is not None or status_every is not None:
@@ -186,6 +317,8 @@ def _serve_udp(
     backend: str | None,
     codec: str,
     admin_addr: str | None,
+    udp_rate: float | None,
+    udp_burst: int,
 ) -> int:
     from ._datagram import DatagramServer
     from .apps import DATAGRAM_APPS
@@ -199,6 +332,8 @@ def _serve_udp(
         host if host is not None else DEFAULT_HOST,
         port if port is not None else DEFAULT_PORT,
         backend=backend,
+        peer_rate=udp_rate,
+        peer_burst=udp_burst,
     )
     print(server.banner(app), flush=True)
     return server.serve_forever()

@@ -9,6 +9,14 @@ would cost an allocation per message on the hottest path a codec has.
 After ``next_event()`` raises ``RemoteProtocolError`` the codec is broken:
 every later call raises the same error again, and the connection should be
 closed (the reason is on the error).
+
+Buffering costs what it holds. Bytes that do not yet make a whole message are
+kept in one growing ``bytearray``, never as a list of the chunks they came in:
+a peer that sends one byte per segment would otherwise make every byte cost a
+Python object of 34 bytes or more. A ``bytearray`` over-allocates at most an
+eighth, so the memory per buffered byte stays near 1 whatever the read
+pattern. ``held_bytes`` says what a codec holds now, for the server's memory
+budget (``MessageProtocol`` reports it to the transport).
 """
 
 from __future__ import annotations
@@ -49,15 +57,19 @@ class CodecBase:
     """Statistics and the broken state; subclasses parse and encode."""
 
     name = "codec"
+    #: True for codecs that age what they hold (``receive_data(data, now)``,
+    #: ``get_timer``, ``expire``): the engine then passes the time.
+    uses_time = False
 
     def __init__(self) -> None:
         self.messages_in = self.bytes_in = self.messages_out = self.bytes_out = 0
         self.errors: Counter[str] = Counter()
         self._error: RemoteProtocolError | None = None
-        self._chunks: list[bytes] = []  # unparsed bytes, oldest first
-        self._pending = 0  # their total
-        self._need = 1  # pending bytes needed before a parse can make progress
+        self._buffer = bytearray()  # bytes received and not yet parsed
+        self._need = 1  # buffered bytes needed before a parse can make progress
         self._ready: deque[bytes] = deque()  # parsed by next_event, not yet returned
+        #: Bytes of input held now: unparsed bytes and partial messages.
+        self.held_bytes = 0
 
     def _fail(self, message: str, reason: str) -> RemoteProtocolError:
         self.errors[reason] += 1
@@ -69,11 +81,16 @@ class CodecBase:
         """The error that broke the codec, or None."""
         return self._error
 
-    def receive_data(self, data: bytes) -> None:
-        """File bytes away for ``next_event`` (copies nothing yet)."""
+    def receive_data(self, data: bytes, now: float | None = None) -> None:
+        """File bytes away for ``next_event``.
+
+        Args:
+            now: the time now (any monotonic clock), for codecs that age what
+                they hold (``Packets``); the others ignore it.
+        """
         if data:
-            self._chunks.append(data)
-            self._pending += len(data)
+            self._buffer += data
+            self.held_bytes += len(data)
 
     def next_event(self) -> bytes | _NeedData:
         """The next whole message, or NEED_DATA.
@@ -85,7 +102,7 @@ class CodecBase:
                 stays broken afterwards.
         """
         ready = self._ready
-        if not ready and self._error is None and self._pending >= self._need:
+        if not ready and self._error is None and len(self._buffer) >= self._need:
             ready.extend(self.receive_messages(b""))
         if ready:
             return ready.popleft()
@@ -93,8 +110,8 @@ class CodecBase:
             raise self._error
         return NEED_DATA
 
-    def receive_messages(self, data: bytes) -> list[bytes]:
-        """``receive_data(data)``, then every whole message now buffered.
+    def receive_messages(self, data: bytes, now: float | None = None) -> list[bytes]:
+        """``receive_data(data, now)``, then every whole message now buffered.
 
         The batched twin of calling ``next_event`` until NEED_DATA, and the
         one place each codec parses. Messages before a malformed frame are
@@ -114,6 +131,14 @@ class CodecBase:
     def encode(self, message: bytes) -> bytes:
         raise NotImplementedError
 
+    def get_timer(self) -> float | None:
+        """When ``expire`` has something to do, or None (codecs that hold nothing stale)."""
+        return None
+
+    def expire(self, now: float) -> int:
+        """Drop what went stale by ``now``; returns how many messages were given up."""
+        return 0
+
     @staticmethod
     def _outgoing_size(message: bytes, limit: int) -> int:
         """len(message), or LocalProtocolError if the peer would refuse it."""
@@ -123,7 +148,7 @@ class CodecBase:
         return size
 
     def _buffered(self) -> int:
-        return self._pending + sum(len(m) for m in self._ready)
+        return len(self._buffer) + sum(len(m) for m in self._ready)
 
     def statistics(self) -> CodecStats:
         return CodecStats(

@@ -19,12 +19,13 @@ class LengthPrefixed(CodecBase):
     """Length-prefixed messages.
 
     Parsing is batched: one tight loop slices every whole message out of a
-    chunk. A message cut by the chunk's end is kept as the head of its
-    payload, its header already read; the chunk that completes it is not
-    joined to it but cut once (``head + data[:k]``), and the loop goes on in
-    that chunk where the message ended. So each payload byte is copied once
-    or twice, however the stream is cut, and a large message arriving in
-    small pieces is joined once, not once per piece.
+    chunk, copying nothing it does not deliver. A message cut by the chunk's
+    end is kept as the head of its payload in the codec's one buffer, its
+    header already read; later chunks are appended to it (amortised: the
+    buffer grows by an eighth at a time) and the chunk that completes it is
+    cut once, the loop going on in that chunk where the message ended. So each
+    payload byte is copied once or twice however the stream is cut, and a
+    large message arriving in small pieces is never re-joined per piece.
 
     Args:
         max_message_bytes: a length field above this is a protocol error
@@ -40,7 +41,7 @@ class LengthPrefixed(CodecBase):
         self._need = HEADER_BYTES
         self._size = -1  # the buffered message's length, once its header is read
 
-    def receive_messages(self, data: bytes) -> list[bytes]:
+    def receive_messages(self, data: bytes, now: float | None = None) -> list[bytes]:
         """See ``CodecBase.receive_messages``: one loop slices every whole
         message of the chunk; the length over the limit is ``length-over-limit``.
         """
@@ -48,63 +49,66 @@ class LengthPrefixed(CodecBase):
             return self._take_ready() + self.receive_messages(data)
         if self._error is not None:
             raise self._error
-        out = []
-        pos = start = 0
-        chunks = self._chunks
-        if chunks:  # a message (or a header) began in an earlier chunk
-            pending = self._pending + len(data)
-            if pending < self._need:
-                if data:
-                    chunks.append(data)
-                    self._pending = pending
-                return []
-            size = self._size
-            if size < 0:  # the header itself was cut: rare, join it all
-                chunks.append(data)
-                data = b"".join(chunks)
-            else:  # the payload's head is buffered, its header already read
-                pos = size - self._pending  # bytes of data that complete it
-                if pos >= 0:
-                    head = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-                    out.append(head + data[:pos])
-                else:  # receive_data buffered past it: join it all
-                    chunks.append(data)
-                    data = b"".join(chunks)
-                    out.append(data[:size])
-                    pos = size
-                start = pos - size - HEADER_BYTES  # counted once delivered
+        out: list[bytes] = []
+        buffer = self._buffer
+        pos = 0  # where the loop starts in data
+        delivered = 0  # framing bytes delivered before the loop
+        size = self._size
+        if buffer or size >= 0:  # a message (or a header) began in an earlier chunk
+            if size >= 0 and len(buffer) <= size:  # the payload's head, its header read
+                rest = size - len(buffer)  # bytes of data that complete it
+                if len(data) < rest:
+                    buffer += data
+                    self.held_bytes = len(buffer)
+                    return out
+                buffer += memoryview(data)[:rest]
+                out.append(bytes(buffer))
+                self._buffer = bytearray()
                 self._size = -1
-        elif len(data) < HEADER_BYTES:
-            if data:
-                self._chunks = [data]
-                self._pending = len(data)
-            return []
+                self._need = HEADER_BYTES
+                delivered = HEADER_BYTES + size
+                pos = rest
+            else:  # a cut header (or, through receive_data, more than the payload)
+                buffer += data
+                if size >= 0:
+                    out.append(bytes(memoryview(buffer)[:size]))
+                    delivered = HEADER_BYTES + size
+                    self._size = -1
+                    self._need = HEADER_BYTES
+                    data = bytes(memoryview(buffer)[size:])
+                elif len(buffer) < HEADER_BYTES:
+                    self.held_bytes = len(buffer)
+                    return out
+                else:
+                    data = bytes(buffer)
+                self._buffer = bytearray()
         total = len(data)
+        start = pos
         while total - pos >= HEADER_BYTES:
             size = _unpack(data, pos)[0]
             if size > self.max_message_bytes:
-                limit = self.max_message_bytes
                 self._fail(
-                    f"message length {size} is over the limit of {limit} bytes",
+                    f"message length {size} is over the limit of {self.max_message_bytes} bytes",
                     "length-over-limit",
                 )
-                self._chunks = [data[pos:]]
                 break
             end = pos + HEADER_BYTES + size
             if end > total:  # keep the payload's head, the header read
                 self._size = self._need = size
-                pos += HEADER_BYTES
-                start += HEADER_BYTES  # bytes_in counts delivered messages
-                self._chunks = [data[pos:]]
-                break
+                self._buffer += memoryview(data)[pos + HEADER_BYTES :]
+                self.messages_in += len(out)
+                self.bytes_in += delivered + pos - start
+                self.held_bytes = len(self._buffer)
+                return out
             out.append(data[pos + HEADER_BYTES : end])
             pos = end
-        else:
-            self._need = HEADER_BYTES
-            self._chunks = [data[pos:]] if pos < total else []
+        if pos < total:  # part of a header, or what a length over the limit left
+            self._buffer += memoryview(data)[pos:]
+            self.held_bytes = len(self._buffer)
+        elif self.held_bytes:
+            self.held_bytes = 0
         self.messages_in += len(out)
-        self.bytes_in += pos - start
-        self._pending = total - pos
+        self.bytes_in += delivered + pos - start
         return out
 
     def _buffered(self) -> int:

@@ -29,7 +29,7 @@ class Lines(CodecBase):
         self.max_line_bytes = max_line_bytes
         self._scanned = 0  # unparsed bytes already known to hold no delimiter
 
-    def receive_messages(self, data: bytes) -> list[bytes]:
+    def receive_messages(self, data: bytes, now: float | None = None) -> list[bytes]:
         """See ``CodecBase.receive_messages``: one loop finds every delimiter
         of the chunk, searching only bytes not searched before (a long line fed
         one byte at a time stays linear); a line over ``max_line_bytes`` is
@@ -39,18 +39,27 @@ class Lines(CodecBase):
             return self._take_ready() + self.receive_messages(data)
         if self._error is not None:
             raise self._error
-        self.receive_data(data)
-        if self._pending < self._need:
-            return []
-        chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        total = len(data)
         delimiter = self.delimiter
         width = len(delimiter)
         limit = self.max_line_bytes
+        buffer = self._buffer
+        start = 0  # where the search starts: a delimiter may straddle chunks
+        if buffer:  # a line began in an earlier chunk
+            buffer += data
+            if len(buffer) < self._need:
+                self.held_bytes = len(buffer)
+                return []
+            start = max(0, self._scanned - width + 1)
+            if buffer.find(delimiter, start, limit + width) < 0 and len(buffer) < limit + width:
+                self._scanned = len(buffer)  # still one unfinished line: keep it as it is
+                self._need = self._scanned + 1
+                self.held_bytes = len(buffer)
+                return []
+            data = bytes(buffer)
+            self._buffer = bytearray()
+        total = len(data)
         out: list[bytes] = []
         pos = 0
-        start = max(0, self._scanned - width + 1)  # a delimiter may straddle chunks
         while True:
             end = data.find(delimiter, start, pos + limit + width)
             if end < 0:
@@ -61,10 +70,11 @@ class Lines(CodecBase):
             pos = start = end + width
         self.messages_in += len(out)
         self.bytes_in += pos
-        self._chunks = [data[pos:]] if pos < total else []
-        self._pending = total - pos
+        if pos < total:
+            self._buffer += memoryview(data)[pos:]
         self._scanned = total - pos
         self._need = self._scanned + 1  # a parse needs at least one unsearched byte
+        self.held_bytes = len(self._buffer)
         return out
 
     def encode(self, message: bytes) -> bytes:
