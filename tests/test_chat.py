@@ -1,4 +1,6 @@
-"""The chat app on real loopback sockets: notices, commands, caps, slow readers.
+"""The chat app on real loopback sockets: notices, commands, caps, slow readers,
+floods and terminal escapes; and its sans-IO parts (the allowance, ``visible``)
+with time passed in as a number.
 
 Every test runs a threaded server (``running_server``) and talks to it with
 blocking clients. To show that nothing more arrived, a client sends ``/who``
@@ -12,14 +14,25 @@ from __future__ import annotations
 import re
 import socket
 import struct
+import sys
+import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
 
 from fivetuple import Server
 from fivetuple.apps import ChatRoom
-from fivetuple.apps.chat import MAX_LINE_BYTES
+from fivetuple.apps.chat import (
+    LINE_BURST,
+    MAX_LINE_BYTES,
+    RESUME_FRACTION,
+    Allowance,
+    ChatLimits,
+    ChatMember,
+    visible,
+)
 from helpers import (
     connect,
     every_backend,
@@ -32,6 +45,10 @@ from helpers import (
 
 WELCOME = re.compile(r"\* welcome, you are (\S+); (\d+) other\(s\) here\. Commands: ")
 TOO_LONG = f"* line too long (more than {MAX_LINE_BYTES} bytes); goodbye"
+#: Limits no test below comes near: for tests about something else.
+UNLIMITED = ChatLimits(
+    lines_per_s=1e9, line_burst=1e9, fanout_bytes_per_s=1e15, fanout_burst_bytes=1e15
+)
 
 
 def address_of(sock: socket.socket) -> str:
@@ -314,7 +331,7 @@ def test_line_of_exactly_the_cap_is_delivered(server: Server, ending: bytes) -> 
 
 @every_backend
 def test_slow_reader_dropped_while_others_keep_chatting(backend: str) -> None:
-    room = ChatRoom(max_queue_bytes=16 * 1024)
+    room = ChatRoom(max_queue_bytes=16 * 1024, limits=UNLIMITED)
     with running_server(room.protocol, backend=backend) as srv:
         alice, bob = join(srv), join(srv)
         slow = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -351,3 +368,320 @@ def test_slow_reader_dropped_while_others_keep_chatting(backend: str) -> None:
                 pass
             raise EOFError
         slow.close()
+
+
+# -- issue 11: a member may not flood the room ----------------------------------
+
+
+def member_of(room: ChatRoom, client: Member) -> ChatMember:
+    """The server-side member for ``client`` (call on the loop)."""
+    return next(m for m in room.members if m.address == client.address)
+
+
+def test_allowance_lets_the_burst_through_then_one_line_per_refill() -> None:
+    limits = ChatLimits(
+        lines_per_s=4.0, line_burst=8, fanout_bytes_per_s=1e6, fanout_burst_bytes=1e6
+    )
+    allowance = Allowance(limits, now=100.0)
+    assert [allowance.take_line() for _ in range(9)] == [True] * 8 + [False]
+    # Reading waits until a quarter of the burst is back: 2 lines at 4 lines/s.
+    assert allowance.resume_delay() == pytest.approx(8 * RESUME_FRACTION / 4.0)
+    allowance.refill(100.25)  # one line's worth
+    assert [allowance.take_line() for _ in range(2)] == [True, False]
+    allowance.refill(1000.0)  # a long silence refills to the burst, not beyond
+    assert allowance.lines == 8
+    assert sum(allowance.take_line() for _ in range(20)) == 8
+
+
+def test_allowance_fanout_goes_into_debt_and_reading_waits_it_out() -> None:
+    limits = ChatLimits(
+        lines_per_s=1e6, line_burst=1e6, fanout_bytes_per_s=1000.0, fanout_burst_bytes=4000
+    )
+    allowance = Allowance(limits, now=0.0)
+    assert allowance.take_line()
+    allowance.spend(10_000)  # one line to many members: known only once sent
+    assert allowance.fanout == -6000
+    assert not allowance.take_line()
+    # Until the debt is paid and a quarter of the burst is back: 7 s at 1000 B/s.
+    assert allowance.resume_delay() == pytest.approx(7.0)
+    allowance.refill(5.99)  # still in debt
+    assert not allowance.take_line()
+    allowance.refill(7.0)
+    assert allowance.fanout == pytest.approx(1000.0)
+    assert allowance.take_line()
+    # The clock going backwards (it does not, but a caller might) refills nothing.
+    allowance.refill(1.0)
+    assert allowance.fanout == pytest.approx(1000.0)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("lines_per_s", 0.0),
+        ("line_burst", 0.5),
+        ("fanout_bytes_per_s", -1.0),
+        ("fanout_burst_bytes", 0.0),
+    ],
+)
+def test_limits_must_let_something_through(field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=field):
+        ChatLimits(**{field: value})
+
+
+def test_default_allowance_lets_a_paste_through() -> None:
+    room = ChatRoom()
+    with running_server(room.protocol) as srv:
+        alice, bob = join(srv), join(srv)
+        alice.readline()  # bob joined
+        paste = [f"line {i} of a pasted block of text" for i in range(LINE_BURST)]
+        alice.sock.sendall("".join(f"{line}\n" for line in paste).encode())
+        assert [bob.readline() for _ in paste] == [f"<{alice.address}> {line}" for line in paste]
+        stats = on_loop(srv, room.statistics)
+        assert (stats.members, stats.throttled, stats.throttles) == (2, 0, 0)
+
+
+FLOOD_LINES = 5000
+FLOOD_LIMITS = ChatLimits(
+    lines_per_s=2500.0, line_burst=100, fanout_bytes_per_s=1e12, fanout_burst_bytes=1e12
+)
+
+
+def test_flooder_is_held_back_not_dropped_and_the_room_goes_on() -> None:
+    room = ChatRoom(limits=FLOOD_LIMITS)
+    with running_server(room.protocol) as srv:
+        flooder, bob, carol = join(srv), join(srv), join(srv)
+        assert flooder.lines_before_who() == [
+            f"* {bob.address} joined",
+            f"* {carol.address} joined",
+        ]
+        assert bob.readline() == f"* {carol.address} joined"
+        flood = b"".join(b"flood %d\n" % i for i in range(FLOOD_LINES))
+        sender = threading.Thread(target=flooder.sock.sendall, args=(flood,), daemon=True)
+        started = time.monotonic()
+        sender.start()
+        assert bob.readline() == f"<{flooder.address}> flood 0"
+        # Bob talks and asks /who while the flood goes on.
+        round_trips = []
+        for k in range(3):
+            bob.send(f"bob {k}")
+            asked = time.monotonic()
+            before, listing = bob.who_and_before()
+            round_trips.append(time.monotonic() - asked)
+            assert all(line.startswith(f"<{flooder.address}> flood ") for line in before)
+            assert len(listing) == 3
+        during = on_loop(srv, room.statistics)
+        seen = [carol.readline() for _ in range(FLOOD_LINES + 3)]
+        elapsed = time.monotonic() - started
+        sender.join(5)
+        assert not sender.is_alive()
+        # Nothing dropped, nothing reordered, and nothing else arrived.
+        from_flooder = [line for line in seen if line.startswith(f"<{flooder.address}> ")]
+        from_bob = [line for line in seen if line.startswith(f"<{bob.address}> ")]
+        assert from_flooder == [f"<{flooder.address}> flood {i}" for i in range(FLOOD_LINES)]
+        assert from_bob == [f"<{bob.address}> bob {k}" for k in range(3)]
+        assert carol.lines_before_who() == []
+        # Bob's lines were not queued behind the flood: most of it came after them.
+        assert len(seen) - seen.index(f"<{bob.address}> bob 2") > FLOOD_LINES // 2
+        assert max(round_trips) < 1.0, f"/who round trips {round_trips}"
+        # The room held the flooder back, and counted it.
+        assert during.throttled == 1 and during.throttles >= 1
+        held = on_loop(srv, lambda: member_of(room, flooder).statistics())
+        assert held.throttles == on_loop(srv, room.statistics).throttles
+        # A lower bound, implied by the limits (not a speed claim): the flood
+        # past the burst cannot reach the room faster than lines_per_s.
+        slowest_allowed = (FLOOD_LINES - FLOOD_LIMITS.line_burst) / FLOOD_LIMITS.lines_per_s
+        assert elapsed >= 0.9 * slowest_allowed, elapsed
+        # The flooder is still a member in good standing.
+        assert flooder.lines_before_who() == [f"<{bob.address}> bob {k}" for k in range(3)]
+        assert on_loop(srv, lambda: len(srv)) == 3
+        wait_for(lambda: on_loop(srv, room.statistics).throttled == 0, what="the flood to end")
+
+
+def test_held_back_member_can_still_leave() -> None:
+    limits = ChatLimits(
+        lines_per_s=10.0, line_burst=10, fanout_bytes_per_s=1e12, fanout_burst_bytes=1e12
+    )
+    room = ChatRoom(limits=limits)
+    with running_server(room.protocol) as srv:
+        alice, bob = join(srv), join(srv)
+        alice.sock.sendall(b"".join(b"x %d\n" % i for i in range(100)))
+        assert [bob.readline() for _ in range(10)] == [
+            f"<{alice.address}> x {i}" for i in range(10)
+        ]
+        wait_for(lambda: on_loop(srv, room.statistics).throttled == 1, what="alice held back")
+        alice.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        alice.close()
+        # A few more of her lines may come first (the timer reads them), then she is gone.
+        while (line := bob.readline()) != f"* {alice.address} left":
+            assert line.startswith(f"<{alice.address}> x "), line
+        stats = on_loop(srv, room.statistics)
+        assert (stats.members, stats.throttled) == (1, 0)
+        assert stats.throttles >= 1
+
+
+def test_who_output_counts_against_the_askers_budget() -> None:
+    limits = ChatLimits(
+        lines_per_s=1e6, line_burst=1e6, fanout_bytes_per_s=2000.0, fanout_burst_bytes=1000
+    )
+    room = ChatRoom(limits=limits)
+    with running_server(room.protocol) as srv:
+        alice, bob = join(srv), join(srv)
+        assert alice.readline() == f"* {bob.address} joined"
+        # Twenty listings of two members are about 1,300 bytes: over the budget.
+        alice.sock.sendall(b"/who\n" * 20)
+        for _ in range(20):
+            assert alice.readline() == "* 2 connected:"
+            assert [alice.readline() for _ in range(2)] == [
+                f"*   {alice.address} (you)",
+                f"*   {bob.address}",
+            ]
+        stats = on_loop(srv, lambda: member_of(room, alice).statistics())
+        assert stats.throttles >= 1
+        assert on_loop(srv, lambda: member_of(room, bob).statistics()).throttles == 0
+        assert bob.lines_before_who() == []
+
+
+def test_fanout_is_charged_per_recipient() -> None:
+    # So slow a refill that it does not blur the numbers over the test's few ms.
+    limits = ChatLimits(
+        lines_per_s=1e6, line_burst=1e6, fanout_bytes_per_s=1.0, fanout_burst_bytes=1e6
+    )
+    room = ChatRoom(limits=limits)
+    with running_server(room.protocol) as srv:
+        alice, bob, carol = join(srv), join(srv), join(srv)
+        assert alice.lines_before_who() == [f"* {bob.address} joined", f"* {carol.address} joined"]
+        assert bob.readline() == f"* {carol.address} joined"
+        before = on_loop(srv, lambda: member_of(room, alice).allowance.fanout)
+        alice.send("a line for two others")
+        line = f"<{alice.address}> a line for two others"
+        assert bob.readline() == line
+        assert carol.readline() == line
+        after = on_loop(srv, lambda: member_of(room, alice).allowance.fanout)
+        assert before - after == pytest.approx(2 * len(line.encode() + b"\n"), abs=1.0)
+
+
+# -- issue 11: what a member sends cannot drive another member's terminal -------
+
+
+@pytest.mark.parametrize(
+    "sent, shown",
+    [
+        ("\x1b[2J\x1b[Hclean screen", "^[[2J^[[Hclean screen"),  # erase display, home
+        ("\x1b]52;c;cm0gLXJmIH4=\x07", "^[]52;c;cm0gLXJmIH4=^G"),  # OSC 52: set clipboard
+        ("\x1b]0;title\x1b\\", "^[]0;title^[\\"),  # OSC terminated by ST
+        ("I owe you $5\r<mallory> I owe", "I owe you $5^M<mallory> I owe"),  # bare CR
+        ("abc\x08\x08\x08xyz\x7f", "abc^H^H^Hxyz^?"),  # backspace, DEL
+        ("nul\x00 vt\x0b ff\x0c", "nul^@ vt^K ff^L"),
+        ("tab\tstays", "tab\tstays"),
+        ("\u009b2J \u0085 \u009f", "M-^[2J M-^E M-^_"),  # C1: CSI, NEL, APC
+        ("\u202egnp.exe", "<U+202E>gnp.exe"),  # right-to-left override
+        ("a\u2066b\u2069c \u200fx", "a<U+2066>b<U+2069>c <U+200F>x"),  # isolates, RLM
+        ("zero\u200bwidth\ufeff", "zero<U+200B>width<U+FEFF>"),
+        ("line\u2028sep", "line<U+2028>sep"),
+        (
+            "caf\u00e9 \u65e5\u672c \U0001f468\u200d\U0001f469",
+            "caf\u00e9 \u65e5\u672c \U0001f468\u200d\U0001f469",
+        ),
+    ],
+    ids=[
+        "erase-screen",
+        "osc52",
+        "osc-st",
+        "bare-cr",
+        "backspace-del",
+        "nul-vt-ff",
+        "tab",
+        "c1",
+        "rlo",
+        "isolates",
+        "zero-width",
+        "line-separator",
+        "ordinary-unicode",
+    ],
+)
+def test_visible_shows_controls_like_cat_v(sent: str, shown: str) -> None:
+    assert visible(sent) == shown
+
+
+def test_visible_covers_every_control_and_format_character() -> None:
+    hidden = "".join(
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c)) in ("Cc", "Cf", "Zl", "Zp")
+        and chr(c) not in "\t\n\u200c\u200d"  # tab; lines are split; joiners build emoji
+    )
+    shown = visible(hidden)
+    leftover = [f"U+{ord(ch):04X}" for ch in shown if ch in hidden]
+    assert leftover == []
+    # And nothing else: letters, marks, numbers, punctuation, symbols, spaces.
+    shown_as_is = "".join(
+        chr(c)
+        for c in range(sys.maxunicode + 1)
+        if unicodedata.category(chr(c))[0] in "LMNPS" or unicodedata.category(chr(c)) == "Zs"
+    )
+    assert visible(shown_as_is) == shown_as_is
+
+
+ESCAPES = {
+    "erase-screen": "\x1b[2J",
+    "osc52": "\x1b]52;c;cm0gLXJmIH4=\x07",
+    "bare-cr": "\r",
+    "rlo": "\u202e",
+}
+
+
+def test_escape_sequences_arrive_visible(server: Server) -> None:
+    alice, bob = join(server), join(server)
+    alice.readline()  # bob joined
+    for escape in ESCAPES.values():
+        alice.sock.sendall(f"before{escape}after\n".encode())
+        assert bob.readline() == f"<{alice.address}> before{visible(escape)}after"
+    # Invalid UTF-8 is still replaced, next to a visible escape.
+    alice.sock.sendall(b"\xff\x1b[31mred\n")
+    assert bob.readline() == f"<{alice.address}> \ufffd^[[31mred"
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    [
+        "\r<{victim}> I owe alice $100",  # return to column 0, overwrite own prefix
+        "x\x1b[2K\r<{victim}> I owe alice $100",  # erase the line first
+        "x\x1b[1G<{victim}> I owe alice $100",  # cursor to column 1
+        "x\x1b[1A\x1b[2K<{victim}> I owe alice $100",  # up one line, erase, rewrite
+        "x\x0b\r<{victim}> I owe alice $100",  # vertical tab: down a line
+        "x\u0085<{victim}> I owe alice $100",  # NEL: a newline to some terminals
+        "x\u2028<{victim}> I owe alice $100",  # a line separator to some clients
+        "\u202e001$ ecila ewo I >{victim}<",  # displayed right to left
+    ],
+    ids=["cr", "erase-line-cr", "column-1", "up-erase", "vt-cr", "nel", "line-separator", "rlo"],
+)
+def test_member_cannot_forge_another_members_line(server: Server, forgery: str) -> None:
+    alice, bob, carol = join(server), join(server), join(server)
+    bob.send("/nick bob")
+    assert carol.readline() == f"* {bob.address} is now bob"
+    alice.sock.sendall(forgery.format(victim="bob").encode() + b"\n")
+    received = carol.readline()
+    assert received.startswith(f"<{alice.address}> ")
+    # Nothing left that a terminal acts on or that reorders the line.
+    assert not re.search(
+        "[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]", received
+    )
+    assert carol.lines_before_who() == []
+
+
+@pytest.mark.parametrize(
+    "sent, reply",
+    [
+        ("/\x1b[2J", "* unknown command /^[[2J; try /nick NAME, /who, /quit"),
+        ("/who\r\x1b[2K", "* unknown command /who^M^[[2K; try /nick NAME, /who, /quit"),
+        ("/nick \x1b[31mred", "* usage: /nick NAME (1-32 letters, digits, _ . -)"),
+        ("/nick \u202eevil", "* usage: /nick NAME (1-32 letters, digits, _ . -)"),
+    ],
+    ids=["unknown", "who-cr", "nick-escape", "nick-bidi"],
+)
+def test_replies_echo_nothing_raw(server: Server, sent: str, reply: str) -> None:
+    alice, bob = join(server), join(server)
+    alice.readline()  # bob joined
+    alice.sock.sendall(sent.encode() + b"\n")
+    assert alice.readline() == reply
+    assert bob.lines_before_who() == []
