@@ -214,3 +214,25 @@ def run_cli(*args: str, timeout: float = 10.0) -> subprocess.CompletedProcess[st
         text=True,
         timeout=timeout,
     )
+
+
+def bytecodes(call: Callable[[], Any]) -> int:
+    """How many Python bytecodes ``call()`` executes: a count of work, not a timing."""
+    executed = 0
+
+    def local(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal executed
+        if event == "opcode":
+            executed += 1
+        return local
+
+    def on_call(frame: Any, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        return local
+
+    sys.settrace(on_call)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return executed

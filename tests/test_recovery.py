@@ -17,6 +17,7 @@ from fivetuple.reliable._recovery import (
     K_GRANULARITY_S,
     K_INITIAL_RTT_S,
     K_TIME_THRESHOLD,
+    MAX_ACK_ONLY_RECORDS,
     MAX_PTO_S,
     MAX_RTO_S,
     MIN_RTO_S,
@@ -27,6 +28,7 @@ from fivetuple.reliable._recovery import (
     RttEstimator,
     SentPacket,
 )
+from helpers import bytecodes
 
 MAD = DEFAULT_MAX_ACK_DELAY_S  # 25 ms
 
@@ -580,3 +582,37 @@ def test_a_provisional_estimate_steers_the_pto_until_the_first_sample_replaces_i
     assert (rtt.smoothed_rtt, rtt.rttvar, rtt.min_rtt) == approx((0.010, 0.005, 0.010))
     rtt.provisional(3.0)  # ignored once a sample exists
     assert rtt.smoothed_rtt == approx(0.010)
+
+
+# -- bounded records, O(1) timer (issue 11) -----------------------------------------
+
+
+def test_records_of_ack_only_packets_are_capped() -> None:
+    """A peer that keeps us acknowledging, and never acknowledges our ACK-only
+    packets, does not grow the record table without bound."""
+    ld = LossDetection()
+    for pn in range(10 * MAX_ACK_ONLY_RECORDS):
+        _send(ld, pn, pn * 0.001, size=50, ack_eliciting=False, in_flight=False)
+    stats = ld.statistics()
+    assert stats.packets_outstanding == MAX_ACK_ONLY_RECORDS
+    assert stats.bytes_in_flight == 0 and stats.packets_lost == 0
+    # An ACK of the newest still finds them; one of forgotten ones changes nothing.
+    assert len(ld.on_ack_received(_acks(10 * MAX_ACK_ONLY_RECORDS - 1), 0.0, 20.0).acked) == 1
+    assert ld.on_ack_received(_acks(0), 0.0, 20.0) == ([], [])
+
+
+def test_the_tail_timer_does_not_scan_the_records_before_the_tail_packet() -> None:
+    work = {}
+    for records in (10, 200):
+        ld = LossDetection()
+        log = _Log()
+        _tail(ld, 0, 0.0, log)
+        ld.on_ack_received(_acks(0), 0.0, 0.030)
+        for pn in range(1, records + 1):
+            _send(ld, pn, 1.0, size=50, ack_eliciting=False, in_flight=False)
+        _tail(ld, records + 1, 1.0, log)
+        deadline = ld.get_loss_detection_timer()
+        assert deadline == approx(1.0 + ld.tail_rto())
+        work[records] = bytecodes(ld.get_loss_detection_timer)
+        assert _numbers(ld.on_loss_detection_timeout(deadline).lost) == [records + 1]
+    assert work[10] == work[200], work

@@ -72,3 +72,33 @@ def test_quick_fivetuple_run_delivers_and_keeps_its_retransmissions_to_the_losse
         assert run["retransmitted_ratio"] <= 1.25 * p / (1 - p) + 0.005, run
     (stream,) = [r for r in results["runs"] if r["scenario"] == "stream"]
     assert stream["delivered"] == stream["sent"] == 3 * 60
+
+
+LISTENER_BENCH = BENCH.parent / "reliable_listener_bench.py"
+
+
+def test_the_listener_bench_runs_both_versions_of_the_code(tmp_path: Path) -> None:
+    """bench/reliable_listener_bench.py, tiny: the idle connections are made, every
+    scenario yields a number for the new code and for HEAD's (read with git show)."""
+    if not (BENCH.parent.parent / ".git").exists():
+        pytest.skip("the old code is read from git, and this is no git checkout")
+    json_path = tmp_path / "listener.json"
+    options = ["--sizes", "20,200", "--runs", "1", "--events", "20", "--budget", "0.2"]
+    done = subprocess.run(
+        [sys.executable, str(LISTENER_BENCH), *options, "--json", str(json_path)],
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(json_path.read_text())
+    assert [(row["impl"].split()[0], row["idle"]) for row in rows] == [
+        ("after", 20),
+        ("after", 200),
+        ("before", 20),
+        ("before", 200),
+    ]
+    for row in rows:
+        assert all(row[s]["median_us"] > 0 for s in ("garbage", "data", "timer")), row
+        assert row["memory_per_idle_bytes"] >= 0  # RSS moves by pages: 0 for 20 is fine
+    assert "| code | idle connections |" in done.stdout

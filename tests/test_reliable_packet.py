@@ -68,8 +68,11 @@ def test_a_full_data_frame_fills_the_datagram_exactly() -> None:
 frames_strategy = st.lists(
     st.one_of(
         st.just(Ping()),
+        # A fragment of a message of more than one fragment is never empty (empty-fragment).
         st.builds(Data, st.integers(0, 2**64 - 1), st.just(0), st.integers(1, 2**32 - 1),
-                  st.binary(max_size=100), st.booleans()),
+                  st.binary(min_size=1, max_size=100), st.booleans()),
+        st.builds(Data, st.integers(0, 2**64 - 1), st.just(0), st.just(1), st.just(b""),
+                  st.booleans()),
         st.builds(Hello, st.integers(0, 2**64 - 1), st.binary(max_size=64)),
         st.builds(Retry, st.binary(max_size=64)),
         st.builds(Welcome, st.integers(0, 2**64 - 1)),
@@ -119,6 +122,7 @@ MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
     ("data flags", lambda: raw(b"\x03\x80" + bytes(8) + (0).to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes(2)), "reserved-bits"),
     ("data count 0", lambda: raw(b"\x03\x01" + bytes(8) + bytes(4) + bytes(4) + bytes(2)), "fragment-count-zero"),
     ("data index = count", lambda: raw(b"\x03\x01" + bytes(8) + (2).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes(2)), "fragment-index-out-of-range"),
+    ("data empty fragment", lambda: raw(b"\x03\x01" + bytes(8) + (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + bytes(2)), "empty-fragment"),
     ("data payload cut", lambda: raw(b"\x03\x01" + bytes(8) + bytes(4) + (1).to_bytes(4, "big") + b"\x00\x09abc"), "truncated-frame"),
     ("cookie too long", lambda: raw(b"\x05\x41" + b"c" * 65), "cookie-too-long"),
     ("hello cut", lambda: raw(b"\x04\x00\x00"), "truncated-frame"),

@@ -35,6 +35,7 @@ from fivetuple.reliable import (
     serve,
 )
 from helpers import BACKENDS, needs_ipv6
+from test_reliable_listener import Probe, open_idle
 
 #: The wall-clock bound of one exchange; the loop is stopped and the test fails past it.
 EXCHANGE_LIMIT_S = 20.0
@@ -302,6 +303,60 @@ def test_echo_over_ipv6_loopback(loop: Loop) -> None:
     assert exchange.server_peer_addr == client_name[:2]
     row = exchange.server_transport.peers[client_name]
     assert row.datagrams_in > 0 and row.datagrams_out > 0
+
+
+@pytest.mark.timeout(60)
+def test_the_shell_visits_only_the_connections_a_datagram_or_timer_is_for(
+    loop: Loop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 11: 500 idle connections next to a live echo. The shell pumps the listener
+    after every datagram and timer; no pump may visit an idle connection."""
+    messages = message_set(12, [0, 1, 1200, 5000, 65_536], 20, 3000)
+    exchange = EchoExchange(loop, "127.0.0.1", messages)
+    listener = exchange.listener
+    # Idle peers on other loopback addresses (nothing is ever sent to them: their
+    # handshakes are done here, before the loop runs, and each WELCOME acknowledged).
+    now = loop.time()
+    cids = [
+        open_idle(listener, (f"127.1.{i // 250}.{1 + i % 250}", 9), i + 1, now) for i in range(500)
+    ]
+    probe = Probe(monkeypatch)
+    probe.watched = {id(listener.connection(cid)) for cid in cids}
+    exchange.run("an echo next to 500 idle connections")
+    exchange.check_delivery()
+    assert probe.calls == Counter(), f"the shell visited idle connections: {probe.calls}"
+    assert listener.statistics().connections == 500
+
+
+@pytest.mark.timeout(30)
+def test_a_second_connection_from_one_address_past_the_cap_is_refused(loop: Loop) -> None:
+    """serve(max_connections_per_address=1): the second client from 127.0.0.1 (another
+    port) never gets in and gives up; the first is served all along."""
+    events: dict[str, list[Event]] = {"first": [], "second": []}
+    _, listener, server_transport = serve(
+        loop, "127.0.0.1", 0, on_event=lambda event: None, max_connections_per_address=1
+    )
+    port = server_transport.get_extra_info("sockname")[1]
+    config = ConnectionConfig(handshake_timeout_s=1.0)
+    first, _ = connect(loop, "127.0.0.1", port, on_event=events["first"].append)
+
+    def second_event(event: Event) -> None:
+        events["second"].append(event)
+        if isinstance(event, ConnectionTerminated):
+            loop.stop()
+
+    second, _ = connect(loop, "127.0.0.1", port, on_event=second_event, config=config)
+    try:
+        run_until_stopped(loop, 10.0, "the second client's handshake timeout")
+    finally:
+        for protocol in (first, second):
+            if protocol.transport is not None:
+                protocol.transport.close()
+        server_transport.close()
+    assert [type(e) for e in events["first"]] == [Connected]
+    assert [getattr(e, "reason", None) for e in events["second"]] == ["handshake-timeout"]
+    assert listener.statistics().connections == 1
+    assert listener.statistics().dropped["too-many-from-address"] >= 1
 
 
 def a_port_nobody_listens_on(host: str = "127.0.0.1") -> int:

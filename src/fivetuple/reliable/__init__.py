@@ -8,7 +8,8 @@ The layers, bottom up, one module each:
 - ``_congestion``: the path model and pacer (BBR-style; docs/reliable.md says why).
 - ``_stream``: messages cut into fragments and put back together, in order.
 - ``_connection``: one connection's state machine, tying the above together.
-- ``_listener``: the server side: many connections, a stateless cookie handshake.
+- ``_listener``: the server side: many connections, a stateless cookie handshake,
+  caps per listener and per source address, O(1) work per datagram and per timer.
 
 Time is always an argument and nothing here touches a socket: drive it with
 ``fivetuple.netsim`` in tests, or with a UDP socket in an I/O shell.

@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import enum
 import math
-from collections import deque
 from collections.abc import Iterable
 
 from ._packet import MAX_DATAGRAM_BYTES
@@ -98,7 +97,9 @@ class CongestionController:
         self.loss_baseline = 0.0
         self._pacing_gain = STARTUP_GAIN
         self._cwnd_gain = CWND_GAIN
-        self._bw_rounds: deque[tuple[int, float]] = deque()  # (round, max sample in it)
+        # (round, max sample in it): at most BW_WINDOW_ROUNDS, so a list (a deque
+        # costs 760 bytes even empty, and every idle connection has one of these).
+        self._bw_rounds: list[tuple[int, float]] = []
         # Delivery-rate state (the draft's C.delivered, C.delivered_time, ...).
         self.delivered = 0
         self._delivered_time = 0.0
@@ -231,7 +232,7 @@ class CongestionController:
         else:
             rounds.append((self.round_count, rate))
         while rounds[0][0] <= self.round_count - BW_WINDOW_ROUNDS:
-            rounds.popleft()
+            del rounds[0]
         self.btl_bw = max(sample for _, sample in rounds)
 
     def _end_round(self) -> None:
@@ -246,7 +247,7 @@ class CongestionController:
             # The queue overflowed while we pushed for more: what got through
             # in this round is what the path has.
             self.btl_bw = min(self.btl_bw, self._round_rate())
-            self._bw_rounds = deque([(self.round_count, self.btl_bw)])
+            self._bw_rounds = [(self.round_count, self.btl_bw)]
             if self.phase is Phase.STARTUP:
                 self._enter(Phase.DRAIN)
             else:

@@ -30,12 +30,23 @@ Every frame rides with a delivery handler (``SentPacket.handlers``): when its
 packet is declared lost, a reliable DATA frame is queued again for a new
 packet; an unreliable one is dropped and counted.
 
-Flow control. The receiver buffers at most ``receive_window`` bytes of
-reliable data. The sender needs no window update to respect that: the
-receiver only buffers data from the oldest message it has not delivered on,
-and that message is never older than the oldest one the sender has not seen
-fully acknowledged, so the sender holds new data back while it would end
-more than ``receive_window`` bytes after the start of that message.
+Flow control. The receiver buffers reliable messages that cost at most
+``receive_window``, where a message costs its payload plus
+``FRAGMENT_OVERHEAD_BYTES`` a fragment plus ``MESSAGE_OVERHEAD_BYTES``
+(``_stream.message_cost``: what holding it really costs in Python, so a peer
+that sends 1-byte fragments cannot buy 73 bytes of memory per byte of
+window). The sender charges its messages by the same rule and needs no window
+update to respect the window: the receiver only buffers messages from the
+oldest one it has not delivered on, and that message is never older than the
+oldest one the sender has not seen fully acknowledged, so the sender holds a
+new fragment back while it would end more than ``receive_window`` (in cost)
+after the start of that message (``_offset`` counts the cost queued so far;
+the message's charge rides on its first fragment). Unreliable messages are
+charged the same way against ``unreliable_window``.
+
+The application's ``send``, ``close`` and ``abort`` call ``on_activity`` (if
+set) with the connection: that is how a ``Listener`` learns which of its
+connections have something to send without visiting them all.
 
 Receiving. A datagram that fails its CRC or does not parse is dropped whole
 and counted under its reason. A packet number seen before is a duplicate and
@@ -85,7 +96,16 @@ from ._packet import (
 )
 from ._rangeset import RangeSet
 from ._recovery import Delivery, LossDetection, SentPacket, backed_off
-from ._stream import MAX_BUFFERED_BYTES, MessageReceiver, fragment
+from ._stream import (
+    FRAGMENT_OVERHEAD_BYTES,
+    MAX_BUFFERED_BYTES,
+    MAX_UNRELIABLE_BYTES,
+    MESSAGE_OVERHEAD_BYTES,
+    MessageReceiver,
+    fragment,
+    fragment_count,
+    message_cost,
+)
 
 Address = Any
 
@@ -108,6 +128,8 @@ CLOSE_SENDS = 3
 #: Close codes on the wire.
 CLOSE_GRACEFUL = 0
 CLOSE_ERROR = 1
+#: The smallest window: one message of one full fragment must fit.
+MIN_WINDOW = message_cost(FRAGMENT_BYTES, 1)
 
 
 class State(enum.Enum):
@@ -175,8 +197,13 @@ class ConnectionConfig:
             peer must acknowledge (None: never).
         handshake_timeout_s: a client gives up the handshake after this long.
         max_ack_delay_s: the longest we hold back an ACK (RFC 9000 §18.2 default).
-        receive_window: reliable bytes the receiver buffers at most; both
-            sides must use the same value.
+        receive_window: what the reliable messages the receiver buffers may
+            cost at most: payload plus ``FRAGMENT_OVERHEAD_BYTES`` a fragment
+            plus ``MESSAGE_OVERHEAD_BYTES`` a message (``_stream.message_cost``).
+            Both sides must use the same value: the sender keeps under the
+            peer's window by it, and going past it is a protocol error.
+        unreliable_window: the same for partial unreliable messages (past it
+            the oldest is given up); no unreliable message may cost more.
     """
 
     idle_timeout_s: float = 30.0
@@ -184,14 +211,18 @@ class ConnectionConfig:
     handshake_timeout_s: float = 10.0
     max_ack_delay_s: float = 0.025
     receive_window: int = MAX_BUFFERED_BYTES
+    unreliable_window: int = MAX_UNRELIABLE_BYTES
 
     def __post_init__(self) -> None:
         if self.idle_timeout_s <= 0 or self.handshake_timeout_s <= 0:
             raise LocalProtocolError("timeouts must be positive")
         if self.keepalive_s is not None and self.keepalive_s <= 0:
             raise LocalProtocolError("keepalive_s must be positive or None")
-        if self.receive_window < FRAGMENT_BYTES:
-            raise LocalProtocolError(f"receive_window must be at least {FRAGMENT_BYTES}")
+        if min(self.receive_window, self.unreliable_window) < MIN_WINDOW:
+            raise LocalProtocolError(
+                f"receive_window and unreliable_window must be at least {MIN_WINDOW} "
+                "(one message of one full fragment)"
+            )
 
 
 @dataclass(slots=True)
@@ -226,13 +257,77 @@ class _Unacked:
     start: int
 
 
+#: What a Connection calls when the application gives it work (see ``on_activity``).
+ActivityHook = Callable[["Connection"], None]
+
+
 class Connection:
     """One end of a reliable-UDP connection (see the module docstring).
 
     Make a client with ``Connection.client``; a ``Listener`` makes server
     connections. ``cid`` is this side's connection id: the peer puts it in
     every packet it sends us.
+
+    Attributes:
+        on_activity: called with the connection after ``send``, ``close`` and
+            ``abort`` (None: nobody listens). A ``Listener`` sets it, so that
+            it visits only the connections that have work.
     """
+
+    __slots__ = (
+        "_ack_deadline",
+        "_ack_now",
+        "_bytes_received",
+        "_bytes_sent",
+        "_cc",
+        "_close_due",
+        "_close_frame",
+        "_close_resend_at",
+        "_close_sends",
+        "_closing_deadline",
+        "_control",
+        "_cookie",
+        "_created",
+        "_datagrams_received",
+        "_datagrams_sent",
+        "_duplicate_packets",
+        "_end_reason",
+        "_events",
+        "_hello_at",
+        "_hello_due",
+        "_hello_sent_time",
+        "_hellos_sent",
+        "_largest_received_time",
+        "_last_eliciting_sent",
+        "_last_received",
+        "_loss",
+        "_messages_received",
+        "_messages_sent",
+        "_next_reliable",
+        "_next_unreliable",
+        "_offset",
+        "_oldest_unacked",
+        "_payload_sent",
+        "_peer_confirmed",
+        "_pending",
+        "_pn",
+        "_probes",
+        "_received",
+        "_receiver",
+        "_retransmit",
+        "_retransmitted",
+        "_unacked",
+        "_unacked_eliciting",
+        "_unreliable_lost",
+        "cid",
+        "config",
+        "dropped",
+        "is_client",
+        "on_activity",
+        "peer_addr",
+        "peer_cid",
+        "state",
+    )
 
     def __init__(
         self,
@@ -254,7 +349,7 @@ class Connection:
         self._events: deque[Event] = deque()
         self._loss = LossDetection(max_ack_delay_s=self.config.max_ack_delay_s)
         self._cc = CongestionController(self._loss.rtt)
-        self._receiver = MessageReceiver(self.config.receive_window)
+        self._receiver = MessageReceiver(self.config.receive_window, self.config.unreliable_window)
         self._pn = 0
         # Receiving and acknowledging.
         self._received = RangeSet()
@@ -265,13 +360,16 @@ class Connection:
         self._last_received = now
         self._peer_confirmed = is_client  # server: the client has sent a ONE_RTT packet
         # Sending.
-        self._control: deque[Frame] = deque()
+        # A list, not a deque: it holds a WELCOME or a PING at most, and an empty
+        # deque costs 760 bytes on every idle connection.
+        self._control: list[Frame] = []
         self._retransmit: deque[Data] = deque()
         self._pending: deque[tuple[Data, int]] = deque()  # frame, end offset (reliable) or -1
-        self._unacked: dict[int, _Unacked] = {}
+        self._unacked: dict[int, _Unacked] = {}  # by message id, for the acks
+        self._oldest_unacked = 0  # the smallest id in _unacked, or _next_reliable
         self._next_reliable = 0
         self._next_unreliable = 0
-        self._queued_offset = 0  # reliable bytes queued so far
+        self._offset = 0  # what the reliable messages queued so far cost (message_cost)
         self._probes = 0
         self._last_eliciting_sent = now
         # Handshake (client).
@@ -294,6 +392,7 @@ class Connection:
         self._messages_sent = self._messages_received = 0
         self._duplicate_packets = self._unreliable_lost = 0
         self.dropped: Counter[str] = Counter()
+        self.on_activity: ActivityHook | None = None
         if not is_client:
             self._control.append(Welcome(cid))
 
@@ -323,32 +422,39 @@ class Connection:
         """Queue ``message``: reliable (in order, exactly once) or at most once.
 
         Raises:
-            LocalProtocolError: the connection is closing or over, or a reliable
-                message is larger than the receive window (it could never fit
-                the peer's buffer). Nothing was queued.
+            LocalProtocolError: the connection is closing or over, or the
+                message costs more than the peer's window for its kind
+                (``message_cost``: payload plus per-fragment and per-message
+                charges; it could never fit the peer's buffer). Nothing was queued.
         """
         if self.state not in (State.HANDSHAKE, State.CONNECTED):
             raise LocalProtocolError(f"send() on a connection that is {self.state.value}")
-        if reliable and len(message) > self.config.receive_window:
+        config = self.config
+        cost = message_cost(len(message), fragment_count(len(message), FRAGMENT_BYTES))
+        window = config.receive_window if reliable else config.unreliable_window
+        if cost > window:
+            name = "receive_window" if reliable else "unreliable_window"
             raise LocalProtocolError(
-                f"a reliable message of {len(message)} bytes is over the receive window "
-                f"({self.config.receive_window}); split it or raise receive_window"
+                f"a message of {len(message)} bytes costs {cost} to buffer, over the receive "
+                f"window ({name}={window}); split it or raise {name}"
             )
         self._messages_sent += 1
         if reliable:
             mid = self._next_reliable
             self._next_reliable += 1
-            start = self._queued_offset
             frames = list(fragment(mid, message, True, FRAGMENT_BYTES))
-            self._unacked[mid] = _Unacked(len(frames), start)
+            self._unacked[mid] = _Unacked(len(frames), self._offset)
+            self._offset += MESSAGE_OVERHEAD_BYTES  # charged with the first fragment
             for frame in frames:
-                self._queued_offset += len(frame.payload)
-                self._pending.append((frame, self._queued_offset))
+                self._offset += len(frame.payload) + FRAGMENT_OVERHEAD_BYTES
+                self._pending.append((frame, self._offset))
         else:
             mid = self._next_unreliable
             self._next_unreliable += 1
             for frame in fragment(mid, message, False, FRAGMENT_BYTES):
                 self._pending.append((frame, -1))
+        if self.on_activity is not None:
+            self.on_activity(self)
 
     def close(self, reason: str = "") -> None:
         """Close gracefully: what was sent is delivered first, then the peer is told.
@@ -361,12 +467,18 @@ class Connection:
         elif self.state is State.CONNECTED:
             self._end_reason = reason
             self._move(State.FLUSHING)
+        else:
+            return
+        if self.on_activity is not None:
+            self.on_activity(self)
 
     def abort(self, reason: str = "") -> None:
         """Close at once, dropping what is unsent; the peer is told with an error code."""
         if self.state in (State.CLOSING, State.TERMINATED):
             return
         self._start_closing(CLOSE_ERROR, reason or "aborted", event_reason="aborted")
+        if self.on_activity is not None:
+            self.on_activity(self)
 
     def next_event(self) -> Event | None:
         """Return the next event, or None when there is none."""
@@ -511,7 +623,13 @@ class Connection:
                 if entry is not None:
                     entry.remaining -= 1
                     if entry.remaining == 0:
-                        del self._unacked[frame.message_id]
+                        unacked = self._unacked
+                        del unacked[frame.message_id]
+                        # Each id is passed over once: amortized O(1).
+                        oldest, end = self._oldest_unacked, self._next_reliable
+                        while oldest < end and oldest not in unacked:
+                            oldest += 1
+                        self._oldest_unacked = oldest
         elif frame.reliable:
             if self.state in (State.CONNECTED, State.FLUSHING):
                 self._retransmit.append(frame)
@@ -580,7 +698,7 @@ class Connection:
             size = frame_size(control[0])
             if size > budget:
                 break
-            frame = control.popleft()
+            frame = control.pop(0)
             budget -= size
             frames.append(frame)
             if isinstance(frame, Welcome):
@@ -614,10 +732,9 @@ class Connection:
         return budget
 
     def _window_start(self) -> int:
-        """The offset of the oldest reliable message not fully acknowledged."""
-        for entry in self._unacked.values():
-            return entry.start
-        return self._queued_offset
+        """The offset of the oldest reliable message not fully acknowledged (O(1))."""
+        entry = self._unacked.get(self._oldest_unacked)
+        return self._offset if entry is None else entry.start
 
     def _has_data_to_send(self) -> bool:
         if self._control or self._retransmit:
@@ -796,10 +913,12 @@ class Connection:
         self._events.append(ConnectionTerminated(self.cid, event_reason, code, reason))
 
     def _drop_queued(self) -> None:
-        """Forget every frame waiting to be sent: the connection is ending."""
+        """Forget every frame waiting to be sent, and what was buffered for
+        delivery: the connection is ending (and may linger in CLOSING)."""
         self._control.clear()
         self._retransmit.clear()
         self._pending.clear()
+        self._receiver.release()
 
     def _terminate(self, reason: str, *, code: int = 0, detail: str = "") -> None:
         self._move(State.TERMINATED)

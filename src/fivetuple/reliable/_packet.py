@@ -19,6 +19,9 @@ never reused (u64: no wrap in practice), so an acknowledgement names exactly
 one transmission and a retransmission is a new packet carrying old frames.
 
 Fragment counts are u32 (no 8-bit ceiling: KCP's caps messages at 175 KB).
+A fragment of a message of more than one fragment is never empty (the sender
+cuts only non-empty pieces), so an empty one is malformed (``empty-fragment``):
+it would cost the receiver a fragment's upkeep for no byte of payload.
 Every malformed input raises ``RemoteProtocolError`` with a reason; anything
 else escaping ``parse_packet`` is a bug.
 """
@@ -227,6 +230,10 @@ def _read_data(data: bytes, pos: int) -> tuple[Frame, int]:
         raise _fail("DATA with a fragment count of zero", "fragment-count-zero")
     if index >= count:
         raise _fail(f"DATA fragment {index} of {count}", "fragment-index-out-of-range")
+    if length == 0 and count > 1:
+        # Only a message of one fragment may be empty: an empty fragment of a
+        # longer one carries nothing and costs the receiver a fragment's upkeep.
+        raise _fail(f"an empty DATA fragment {index} of {count}", "empty-fragment")
     _need(data, pos, length, "DATA payload")
     payload = data[pos : pos + length]
     return Data(message_id, index, count, payload, bool(flags & DATA_RELIABLE)), pos + length
@@ -301,7 +308,7 @@ def parse_packet(datagram: bytes) -> Packet:
             unsupported-version, unknown-packet-type, empty-packet,
             unknown-frame-type, truncated-frame, bad-padding, bad-ack-ranges,
             reserved-bits, fragment-count-zero, fragment-index-out-of-range,
-            cookie-too-long. Nothing of a bad datagram is delivered.
+            empty-fragment, cookie-too-long. Nothing of a bad datagram is delivered.
     """
     if len(datagram) < HEADER_BYTES + TRAILER_BYTES:
         raise _fail(f"a datagram of {len(datagram)} bytes", "too-short")

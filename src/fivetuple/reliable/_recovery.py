@@ -39,6 +39,13 @@ uses it and a dead path falls back to the PTO's backoff.
 ``on_loss_detection_timeout(now)`` runs whichever is due. Time is always an
 argument, in float seconds; nothing here reads a clock.
 
+Bounds (issue 11). Tail packets are also kept in a queue in send order, so
+the tail timer looks at the oldest one in O(1) instead of scanning every
+record before it. Records of ACK-only packets are capped at
+``MAX_ACK_ONLY_RECORDS``: the peer acknowledges them only alongside
+something it owes an ACK for, so a peer that keeps us acknowledging and
+never owes one would otherwise grow the table without bound.
+
 The RTT estimator follows RFC 9002 §5 (the RFC 6298 §2 smoothing with QUIC's
 ack-delay adjustment) and also offers the RFC 6298 retransmission timeout.
 """
@@ -46,6 +53,7 @@ ack-delay adjustment) and also offers the RFC 6298 retransmission timeout.
 from __future__ import annotations
 
 import enum
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -106,6 +114,13 @@ THIN_PACKETS = 4
 MAX_TAIL_TIMEOUTS = 2
 # Keep 2 ** pto_count a finite float however long the peer stays silent.
 _MAX_BACKOFF_EXPONENT = 30
+# Records of packets that elicit no ACK (ACK-only packets) kept at most. The
+# peer acknowledges them only alongside something it owes an ACK for, so a
+# peer that sends us many packets and never owes one (or never acks) would
+# otherwise grow the record table without bound (issue 11). They carry no
+# frame to resend and give no RTT sample, so forgetting the oldest loses
+# nothing but their count in the statistics.
+MAX_ACK_ONLY_RECORDS = 256
 
 
 def backed_off(base: float, count: int, ceiling: float = MAX_PTO_S) -> float:
@@ -324,6 +339,7 @@ class LossDetection:
 
     __slots__ = (
         "_ack_eliciting_in_flight",
+        "_ack_only",
         "_largest_sent",
         "_last_ack_eliciting_sent",
         "_loss_time",
@@ -334,6 +350,7 @@ class LossDetection:
         "_pto_events",
         "_sent",
         "_tail_timeouts",
+        "_tails",
         "bytes_in_flight",
         "largest_acked",
         "max_ack_delay_s",
@@ -362,6 +379,11 @@ class LossDetection:
         self._max_pto_s = max_pto_s
         # Packet number -> record, in send order, which is packet number order.
         self._sent: dict[int, SentPacket] = {}
+        # Tail packets in send order, and the numbers of ACK-only records, oldest
+        # first; both may hold records already gone from _sent (skipped lazily).
+        # None while empty: an empty deque costs 760 bytes, on every idle connection.
+        self._tails: deque[SentPacket] | None = None
+        self._ack_only: deque[int] | None = None
         self._largest_sent = -1
         self.largest_acked: int | None = None
         self._loss_time: float | None = None
@@ -403,6 +425,18 @@ class LossDetection:
         if packet.ack_eliciting:
             self._ack_eliciting_in_flight += 1
             self._last_ack_eliciting_sent = packet.sent_time
+        else:
+            if self._ack_only is None:
+                self._ack_only = deque()
+            self._ack_only.append(packet.packet_number)
+            if len(self._ack_only) > MAX_ACK_ONLY_RECORDS:
+                oldest = self._sent.get(self._ack_only.popleft())
+                if oldest is not None:
+                    self._forget(oldest)
+        if packet.tail:
+            if self._tails is None:
+                self._tails = deque()
+            self._tails.append(packet)
 
     # -- acknowledgements ----------------------------------------------------
 
@@ -509,9 +543,18 @@ class LossDetection:
             or self._ack_eliciting_in_flight > THIN_PACKETS
         ):
             return None
-        for packet in self._sent.values():
-            if packet.tail:
-                return packet.sent_time + self.tail_rto()
+        first = self._first_tail()
+        return None if first is None else first.sent_time + self.tail_rto()
+
+    def _first_tail(self) -> SentPacket | None:
+        """The oldest tail packet still outstanding (amortized O(1))."""
+        tails, sent = self._tails, self._sent
+        while tails:
+            packet = tails[0]
+            if sent.get(packet.packet_number) is packet:
+                return packet
+            tails.popleft()
+        self._tails = None
         return None
 
     def on_loss_detection_timeout(self, now: float) -> TimeoutOutcome:
@@ -539,9 +582,11 @@ class LossDetection:
         tail = self._tail_deadline()
         if tail is not None and tail <= now and tail <= deadline:
             wait = self.tail_rto()
-            lost = [p for p in self._sent.values() if p.tail and p.sent_time + wait <= now]
-            for packet in lost:
-                self._forget(packet)
+            lost = []
+            # Tail packets leave in order, so the lost ones are the oldest.
+            while (oldest := self._first_tail()) is not None and oldest.sent_time + wait <= now:
+                self._forget(oldest)  # and off the front of _tails
+                lost.append(oldest)
             self._packets_lost += len(lost)
             self._tail_timeouts += 1
             for packet in lost:
@@ -603,8 +648,26 @@ class LossDetection:
         return lost
 
     def _forget(self, packet: SentPacket) -> None:
-        del self._sent[packet.packet_number]
+        sent = self._sent
+        pn = packet.packet_number
+        del sent[pn]
         if packet.in_flight:
             self.bytes_in_flight -= packet.size
         if packet.ack_eliciting:
             self._ack_eliciting_in_flight -= 1
+        else:
+            # Records mostly go in order: trim the side queues from the front
+            # (amortized O(1)) and drop them when empty.
+            ack_only = self._ack_only
+            if ack_only and ack_only[0] == pn:
+                while ack_only and ack_only[0] not in sent:
+                    ack_only.popleft()
+                if not ack_only:
+                    self._ack_only = None
+        if packet.tail:
+            tails = self._tails
+            if tails and tails[0] is packet:
+                while tails and sent.get(tails[0].packet_number) is not tails[0]:
+                    tails.popleft()
+                if not tails:
+                    self._tails = None

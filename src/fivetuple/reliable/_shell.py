@@ -17,6 +17,13 @@ it), then cancels the old timer and arms a new one at ``get_timer()``. A pump
 asked for from inside ``on_event`` is folded into the running one, so the
 callback may call ``pump()`` freely.
 
+A pump after every datagram is affordable because it costs what that
+datagram caused, not what the endpoint holds: a ``Listener`` asks only the
+connections touched since the last pump for datagrams and events, and keeps
+its deadlines in a heap (issue 11; ``_listener.py`` says how). So the shell
+stays "drain datagrams, re-arm one timer" with one loop timer for every
+connection, however many there are.
+
 Addresses. The core compares addresses with ``==`` (a client drops datagrams
 whose source is not ``peer_addr``; the listener keys connections and cookies
 on them), so every address it sees must have one form. IPv4 ``recvfrom``
@@ -45,11 +52,27 @@ from .._listener import resolve_address
 from .._loop import Loop
 from .._timers import Timer
 from ._connection import Address, Connection, ConnectionConfig, Event
-from ._listener import Listener
+from ._listener import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Listener
 
 Endpoint = Listener | Connection
 EventCallback = Callable[[Event], None]
 TransportFactory = Callable[[Loop, socket.socket, DatagramProtocol], DatagramTransport]
+
+#: The datagram transport's per-peer rate limit, raised for reliable UDP: its
+#: default (1,000 datagrams a second, for an echo) would cap one connection at
+#: about 1.2 MB/s and look like loss to congestion control. 50,000 a second is
+#: about 480 Mbit/s of 1,200-byte datagrams, more than this shell can carry,
+#: and still caps what one flooding address costs the listener (about 2.5 us
+#: each). The own-address and service-port guards stay as they are.
+PEER_RATE_PER_S = 50_000.0
+PEER_BURST = 50_000
+
+
+def reliable_transport(
+    loop: Loop, sock: socket.socket, protocol: DatagramProtocol
+) -> DatagramTransport:
+    """The datagram transport ``serve`` and ``connect`` use by default."""
+    return DatagramTransport(loop, sock, protocol, peer_rate=PEER_RATE_PER_S, peer_burst=PEER_BURST)
 
 
 class ReliableProtocol(DatagramProtocol):
@@ -201,7 +224,7 @@ def connect(
     *,
     on_event: EventCallback,
     config: ConnectionConfig | None = None,
-    transport_factory: TransportFactory = DatagramTransport,
+    transport_factory: TransportFactory = reliable_transport,
 ) -> tuple[ReliableProtocol, Connection]:
     """Open a client connection to ``host``:``port``; the HELLO leaves at once.
 
@@ -238,7 +261,9 @@ def serve(
     *,
     on_event: EventCallback,
     config: ConnectionConfig | None = None,
-    transport_factory: TransportFactory = DatagramTransport,
+    transport_factory: TransportFactory = reliable_transport,
+    max_connections: int = MAX_CONNECTIONS,
+    max_connections_per_address: int = MAX_CONNECTIONS_PER_ADDRESS,
 ) -> tuple[ReliableProtocol, Listener, DatagramTransport]:
     """Accept reliable-UDP connections on ``host``:``port`` (0: any free port).
 
@@ -247,6 +272,8 @@ def serve(
             ``listener.connection(cid)`` is the connection to answer on).
         config: the settings every accepted connection gets.
         transport_factory: makes the transport (tests pass one that impairs it).
+        max_connections, max_connections_per_address: the listener's caps
+            (per IPv4 address or IPv6 /64; see ``Listener``).
 
     Returns:
         The protocol, the listener, and the transport (its socket's name is
@@ -255,6 +282,10 @@ def serve(
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
     """
-    listener = Listener(config)
+    listener = Listener(
+        config,
+        max_connections=max_connections,
+        max_connections_per_address=max_connections_per_address,
+    )
     protocol, transport = _start(loop, bind_udp(host, port), listener, on_event, transport_factory)
     return protocol, listener, transport
