@@ -29,7 +29,8 @@ runs. Each (code, N) runs in a process of its own, so that memory per idle
 connection is the growth of a fresh process's RSS while they are made,
 divided by N (and the peak RSS is that process's).
 
-``--impl before`` measures the code at ``--before-ref`` (default HEAD): its
+``--impl before`` measures the code at ``--before-ref`` (default a17b2f8, the
+last commit before issue 11 changed the listener): its
 ``src/fivetuple/reliable`` is read with ``git show`` into a temporary
 package (``fivetuple_before``), nothing in the working tree changes. The old
 code needs about 10 µs per connection per event, so its run is cut to a few
@@ -430,11 +431,17 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: The last commit before issue 11 made the listener O(1) per event.
+BEFORE_REF = "a17b2f8"
+
+
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--sizes", default="100,1000,10000,100000", help="idle connections")
     parser.add_argument("--impl", choices=("after", "before", "both"), default="both")
-    parser.add_argument("--before-ref", default="HEAD", help="git ref of the old code")
+    parser.add_argument(
+        "--before-ref", default=BEFORE_REF, help="git ref of the old code [before issue 11]"
+    )
     parser.add_argument("--runs", type=int, default=5, help="runs per scenario (median)")
     parser.add_argument("--events", type=int, default=2000, help="events per run at most")
     parser.add_argument(

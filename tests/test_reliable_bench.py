@@ -84,6 +84,7 @@ def test_the_listener_bench_runs_both_versions_of_the_code(tmp_path: Path) -> No
         pytest.skip("the old code is read from git, and this is no git checkout")
     json_path = tmp_path / "listener.json"
     options = ["--sizes", "20,200", "--runs", "1", "--events", "20", "--budget", "0.2"]
+    options += ["--before-ref", "HEAD"]  # any commit will do here (a clone may be shallow)
     done = subprocess.run(
         [sys.executable, str(LISTENER_BENCH), *options, "--json", str(json_path)],
         capture_output=True,
