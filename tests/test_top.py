@@ -17,6 +17,7 @@ import os
 import re
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
@@ -47,7 +48,7 @@ from fivetuple.admin._top import (
     run_top,
 )
 from fivetuple.errors import SetupError
-from helpers import CliServer, connect, recv_exactly, run_cli
+from helpers import CliServer, connect, recv_exactly, run_cli, wait_for
 
 ROWS, COLUMNS = 40, 120
 SEE_TIMEOUT_S = 10.0
@@ -73,6 +74,7 @@ STATS: dict[str, Any] = {
     "descriptors": {"in_use": 14, "soft_limit": 20000, "hard_limit": 20000},
     "connections": {"now": 2, "peak": 5, "max": None, "reading_paused": 0, "writing_paused": 0},
     "bytes": {"in": 1280, "out": 1280},
+    "buffers": {"now": 1536, "peak": 65536, "max": 256 * 1024 * 1024, "send_timeout_s": 30.0},
     "closed": {"eof": 3, "reset": 0},
     "loop": {"wakeups": 120, "events": 240, "events_per_wakeup": 2.0},
 }
@@ -93,6 +95,7 @@ def conn(id_: int, *, port: int | None = None, **fields: Any) -> dict[str, Any]:
         "idle_s": 0.2,
         "bytes_in": 640,
         "bytes_out": 640,
+        "input_bytes": 0,
         "queued_bytes": 0,
         "rtt_us": 45,
         "reading_paused": False,
@@ -105,7 +108,7 @@ def conn(id_: int, *, port: int | None = None, **fields: Any) -> dict[str, Any]:
 
 
 def conns_doc(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"time": 1763900000.0, "count": len(rows), "connections": rows}
+    return {"time": 1763900000.0, "connections": rows, "count": len(rows), "next_after": None}
 
 
 def text_of(renderable: Any, width: int = COLUMNS, height: int = ROWS) -> list[str]:
@@ -199,15 +202,17 @@ def test_apply_keys(keys: str, expect: tuple[str, bool]) -> None:
 
 def test_render_conns_columns_and_cells() -> None:
     lines = text_of(
-        render_conns(conns_doc([conn(7, port=51234, bytes_in=2048, queued_bytes=65536)]))
+        render_conns(
+            conns_doc([conn(7, port=51234, bytes_in=2048, input_bytes=100, queued_bytes=65536)])
+        )
     )
     assert lines[0].split() == [
         "id", "remote", "fd", "state", "age", "idle", "bytes", "in", "bytes", "out",
-        "queued", "app", "codec",
+        "input", "queued", "app", "codec",
     ]  # fmt: skip
     assert lines[1].split() == [
         "7", "127.0.0.1:51234", "15", "open", "12s", "0.2s", "2.0", "KiB", "640", "B",
-        "64", "KiB", "echo", "raw",
+        "100", "B", "64", "KiB", "echo", "raw",
     ]  # fmt: skip
     assert len(lines) == 2
 
@@ -235,6 +240,7 @@ def test_render_counters_shows_every_counter() -> None:
         "in 1.2 KiB, out 1.2 KiB",
         "eof 3, reset 0",
         "2.0 events per wakeup",
+        "buffers      1.5 KiB now, 64 KiB peak, budget 256 MiB; send timeout 30s",
     ):
         assert expect in text
 
@@ -243,6 +249,7 @@ def test_render_counters_tolerates_missing_fields() -> None:
     text = "\n".join(text_of(render_counters({"listeners": [{"accept_queue": None}]})))
     assert "accept queue -" in text
     assert "closed       none" in text
+    assert "buffers      - now, - peak, budget none; send timeout none" in text
 
 
 @pytest.mark.parametrize(
@@ -483,6 +490,22 @@ def test_top_on_a_pipe_is_one_line_exit_2(served: tuple[int, int]) -> None:
     assert "fivetuple conns" in result.stderr
 
 
+def run_conns_piped(*args: str) -> subprocess.CompletedProcess[str]:
+    """``fivetuple conns ARGS`` printing to a pipe, with this process's environment.
+
+    Given explicitly: GNU readline, once something in the test process imports
+    it, exports COLUMNS=80 into the C environment that children inherit (not
+    into ``os.environ``), and ``conns`` takes COLUMNS as the user's wish.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "fivetuple", "conns", *args],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env=dict(os.environ),
+    )
+
+
 def test_conns_json_is_one_line_with_the_client(served: tuple[int, int]) -> None:
     admin_port, client_port = served
     result = run_cli("conns", f"127.0.0.1:{admin_port}", "--json")
@@ -495,11 +518,37 @@ def test_conns_json_is_one_line_with_the_client(served: tuple[int, int]) -> None
 
 def test_conns_table_names_the_client(served: tuple[int, int]) -> None:
     admin_port, client_port = served
-    result = run_cli("conns", f"127.0.0.1:{admin_port}")
+    result = run_conns_piped(f"127.0.0.1:{admin_port}")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0].split()[:2] == ["id", "remote"]
     assert any(f"127.0.0.1:{client_port} " in line for line in lines[1:])
+
+
+def test_conns_reads_a_listing_streamed_over_several_loop_iterations() -> None:
+    from fivetuple.admin._http import TURN_ROWS
+
+    many = TURN_ROWS + TURN_ROWS // 2  # more rows than one loop iteration builds
+    with admin_server() as (server, admin_port):
+        assert server.port is not None
+        clients = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(many)]
+        try:
+            ports = [client.getsockname()[1] for client in clients]
+
+            def listed() -> list[int]:
+                result = run_cli("conns", f"127.0.0.1:{admin_port}", "--json")
+                assert result.returncode == 0, result.stderr
+                doc = json.loads(result.stdout)
+                assert doc["count"] == len(doc["connections"])
+                return [row["remote_port"] for row in doc["connections"]]
+
+            assert wait_for(lambda: listed() == ports, what=f"all {many} rows, in order")
+            table = run_conns_piped(f"127.0.0.1:{admin_port}")
+            assert table.returncode == 0, table.stderr
+            assert len(table.stdout.splitlines()) == many + 1  # the header, a line each
+        finally:
+            for client in clients:
+                client.close()
 
 
 def test_conns_unreachable_is_one_line_exit_2() -> None:

@@ -354,7 +354,7 @@ class Server:
                 listener.resume("max-conns")
 
     def connections(self) -> list[Transport]:
-        """The live connections, oldest first."""
+        """The live connections, oldest first (which is ascending ``id``)."""
         return list(self._conns.values())
 
     def __len__(self) -> int:

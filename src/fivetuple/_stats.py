@@ -52,6 +52,8 @@ class ConnectionStats:
     opened_at: float
     last_activity: float
     queued_bytes: int
+    #: Partial input the protocol holds (Redis's qbuf; ``queued_bytes`` is its omem).
+    input_bytes: int
     age: float
     idle: float
     rtt_us: int

@@ -734,6 +734,7 @@ class Transport:
             opened_at=self.opened_at,
             last_activity=now - idle,
             queued_bytes=self.get_write_buffer_size(),
+            input_bytes=self._input_held,
             age=now - self.opened_at,
             idle=idle,
             rtt_us=counters.rtt_us,

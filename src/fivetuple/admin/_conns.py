@@ -99,6 +99,7 @@ _COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] = (
     ("idle", "right", lambda r: format_duration(r.get("idle_s"))),
     ("bytes in", "right", lambda r: format_bytes(r.get("bytes_in"))),
     ("bytes out", "right", lambda r: format_bytes(r.get("bytes_out"))),
+    ("input", "right", lambda r: format_bytes(r.get("input_bytes"))),
     ("queued", "right", lambda r: format_bytes(r.get("queued_bytes"))),
     ("app", "left", lambda r: str(r.get("app", ""))),
     ("codec", "left", lambda r: str(r.get("codec", ""))),

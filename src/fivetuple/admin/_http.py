@@ -2,22 +2,49 @@
 
 Theory of operation. Each admin connection is an ordinary fivetuple Protocol
 that feeds bytes to an h11 connection (a sans-IO HTTP/1.1 parser: nothing
-hand-rolled) and answers each complete GET from a routing table. It lives by
-the same rules as any client of the data port, so a bad admin client cannot
-slow the data path:
+hand-rolled). It shares the one loop with every data client, so its work is
+budgeted: a data client must never wait long for an admin client.
+
+Taking turns. Receiving bytes only hands them to h11. Requests are answered
+by the endpoint's turn (``AdminEndpoint._turn``), one callback per loop
+iteration that gives each admin connection with work at most one *step*:
+one request answered, or one batch of ``GET /connections`` rows. The steps of
+one turn together do at most ``TURN_ROWS`` rows' worth of work (any other
+request counts as ``REQUEST_ROWS``, what the dearest of them, ``/metrics``,
+costs); whoever gets no step waits for the next turn, first in line. Between
+two turns the loop polls and serves the data clients. So 32 KB of pipelined
+requests are answered one per iteration, not in one go, and the connection
+listing (a few system calls per row: getsockname, getpeername, TCP_INFO) is
+streamed with chunked encoding, at most ``TURN_ROWS`` rows per iteration. A
+connection whose writing is paused (its client does not read) takes no steps
+until it drains. ``/stats`` and ``/metrics`` are O(1) in the number of
+connections (``_records.py``).
+
+Limits, each of which ends only the admin connection that passes it:
 
 - a malformed request gets h11's status hint (400, 431, ...) and the
   connection closes as ``protocol-error``;
-- a request must arrive whole within ``REQUEST_TIMEOUT_S`` of its first byte
-  (a slowloris is closed as ``timeout``), and a keep-alive connection silent for
-  ``IDLE_TIMEOUT_S`` is closed as ``idle``;
+- at most ``MAX_PIPELINED_REQUESTS`` requests in a row are answered while
+  more wait behind them; the next one gets 429 and the connection closes as
+  ``protocol-error`` (browsers, curl and Prometheus never pipeline);
+- at most ``MAX_BUFFERED_BYTES`` may wait unparsed; more closes it as
+  ``slow-reader``;
+- the first request must arrive whole within ``REQUEST_TIMEOUT_S`` of the
+  accept (a silent socket holds a slot as surely as a slowloris), a later
+  one within ``REQUEST_TIMEOUT_S`` of its first byte; both close as
+  ``timeout``. Between requests a keep-alive connection may stay silent for
+  ``IDLE_TIMEOUT_S`` (the admin server's idle timeout, ``idle``);
 - a client that does not read its answers stops being read once its queued
-  answers pass the transport's high-water mark (so neither answers nor requests
-  pile up), and is closed as ``idle`` when nothing has moved for
-  ``IDLE_TIMEOUT_S``; at most ``MAX_BUFFERED_BYTES`` may wait unparsed, more
-  closes it as ``slow-reader``;
-- at most ``MAX_ADMIN_CONNS`` admin connections are open at once; the rest
-  wait in the admin listener's backlog.
+  answers pass the transport's high-water mark (so neither answers nor
+  requests pile up), and is closed as ``idle`` when nothing has moved for
+  ``IDLE_TIMEOUT_S``;
+- at most ``MAX_ADMIN_CONNS`` admin connections are open. The listener
+  accepts one more, and that newcomer makes room: the connection that has
+  waited longest on its client (for a request, whole or in part, or to read
+  its answers) is closed as ``idle``. Only when all the others are being
+  answered does the newcomer keep its slot and the next ones wait in the
+  backlog. A flood of silent sockets cannot lock a person out: every new
+  connection pushes out the oldest silent one.
 
 Answers are built on demand from the statistics records: observing costs
 the data path nothing until somebody asks.
@@ -28,6 +55,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import time
+import urllib.parse
+from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -42,117 +72,385 @@ from ..errors import SetupError
 from ._metrics import CONTENT_TYPE as METRICS_TYPE
 from ._metrics import metrics_text
 from ._page import PAGE_HTML
-from ._records import Observed, connections_document, stats_document
+from ._records import Observed, connection_rows, first_after, stats_document
 
 logger = logging.getLogger("fivetuple")
 
 MAX_REQUEST_BYTES = 16 * 1024
 MAX_BUFFERED_BYTES = 256 * 1024
+#: The first request must be whole this long after the accept; a later one,
+#: this long after its first byte.
 REQUEST_TIMEOUT_S = 10.0
+#: A keep-alive connection silent this long between requests is closed.
 IDLE_TIMEOUT_S = 30.0
 MAX_ADMIN_CONNS = 64
+#: Requests answered in a row while more are already waiting behind them.
+MAX_PIPELINED_REQUESTS = 16
+#: Admin work per loop iteration, over all admin connections, in connection
+#: rows (about 16 us each: 256 rows are about 4 ms on the machine of
+#: docs/benchmarks.md).
+TURN_ROWS = 256
+#: What answering any other request counts as, in rows (/metrics, the
+#: dearest, costs about as much as 8 rows; /stats about 2).
+REQUEST_ROWS = 8
 
 JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
+TEXT_TYPE = "text/plain; charset=utf-8"
+LISTING_PATH = "/connections"
 
 
 def _json(build: Callable[[Observed], Any]) -> Callable[[Observed], tuple[str, bytes]]:
     return lambda observed: (JSON_TYPE, json.dumps(build(observed)).encode())
 
 
+#: Path -> the answer, built at once (O(1) in the number of connections).
+#: ``LISTING_PATH`` is not here: it is streamed (``AdminProtocol._list_rows``).
 ROUTES: dict[str, Callable[[Observed], tuple[str, bytes]]] = {
     "/": lambda observed: (HTML_TYPE, PAGE_HTML.encode()),
-    "/connections": _json(connections_document),
     "/stats": _json(stats_document),
     "/metrics": lambda observed: (METRICS_TYPE, metrics_text(observed)),
 }
 
 
+class AdminEndpoint:
+    """The admin connections of one endpoint: whose turn it is, and who waits longest.
+
+    Args:
+        observed: the server the endpoint shows.
+    """
+
+    __slots__ = ("_open", "_runnable", "_scheduled", "_waiting", "evicted", "observed")
+
+    def __init__(self, observed: Observed) -> None:
+        self.observed = observed
+        self._open: set[AdminProtocol] = set()
+        #: Connections waiting on their client, the longest waiting first
+        #: (a dict keeps insertion order: moving one to the end is O(1)).
+        self._waiting: dict[AdminProtocol, None] = {}
+        #: Connections with a step to take, in turn order.
+        self._runnable: deque[AdminProtocol] = deque()
+        self._scheduled = False
+        #: Connections closed to make room for a newer one.
+        self.evicted = 0
+
+    def opened(self, protocol: AdminProtocol) -> None:
+        """A new admin connection: past ``MAX_ADMIN_CONNS``, close the longest waiting."""
+        self._open.add(protocol)
+        self._waiting[protocol] = None
+        if len(self._open) <= MAX_ADMIN_CONNS:
+            return
+        victim = next((p for p in self._waiting if p is not protocol), None)
+        if victim is not None:
+            self.evicted += 1
+            self.closed(victim)  # at once: the next accept must not pick it again
+            victim.evict()
+
+    def closed(self, protocol: AdminProtocol) -> None:
+        """``protocol``'s connection is ending. Harmless if repeated."""
+        self._open.discard(protocol)
+        self._waiting.pop(protocol, None)
+
+    def waiting(self, protocol: AdminProtocol) -> None:
+        """``protocol`` now waits on its client (a request, or reading): it goes last in line."""
+        if protocol in self._open:
+            self._waiting.pop(protocol, None)
+            self._waiting[protocol] = None
+
+    def busy(self, protocol: AdminProtocol) -> None:
+        """``protocol`` is being answered: not a candidate to make room."""
+        self._waiting.pop(protocol, None)
+
+    def schedule(self, protocol: AdminProtocol) -> None:
+        """Give ``protocol`` a step in the next turn (once, however often asked)."""
+        if protocol._queued:
+            return
+        protocol._queued = True
+        self._runnable.append(protocol)
+        if not self._scheduled:
+            self._scheduled = True
+            self.observed.server.loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        """One loop iteration's admin work: a step each, ``TURN_ROWS`` in all."""
+        self._scheduled = False
+        todo, self._runnable = self._runnable, deque()
+        budget = TURN_ROWS
+        while todo and budget > 0:
+            protocol = todo.popleft()
+            protocol._queued = False
+            try:
+                budget -= protocol.step(budget)
+            except Exception as exc:  # a bug here ends one admin connection, not the turn
+                protocol.failed(exc)
+        # Whoever got no step goes first next time, before those that asked meanwhile.
+        todo.extend(self._runnable)
+        self._runnable = todo
+        if todo and not self._scheduled:
+            self._scheduled = True
+            self.observed.server.loop.call_soon(self._turn)
+
+
+class _Listing:
+    """A ``GET /connections`` answer in progress: the connections to list, and how far."""
+
+    __slots__ = ("count", "index", "next_after", "transports")
+
+    def __init__(self, transports: list[Transport], next_after: int | None) -> None:
+        self.transports = transports
+        self.index = 0
+        self.count = 0
+        self.next_after = next_after
+
+
 class AdminProtocol(Protocol):
     """One admin client: HTTP/1.1 requests in, answers out, h11 in between."""
 
-    __slots__ = ("_deadline", "_http", "_observed", "_request", "transport")
+    __slots__ = (
+        "_awaiting",
+        "_deadline",
+        "_endpoint",
+        "_http",
+        "_listing",
+        "_pipelined",
+        "_queued",
+        "_request",
+        "_write_paused",
+        "transport",
+    )
 
-    def __init__(self, observed: Observed) -> None:
-        self._observed = observed
+    def __init__(self, endpoint: AdminEndpoint) -> None:
+        self._endpoint = endpoint
         self._http = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         self._request: h11.Request | None = None
         self._deadline: Timer | None = None
+        self._listing: _Listing | None = None
+        #: Waiting for a request (not answering one).
+        self._awaiting = True
+        #: Requests answered in a row with more already waiting behind them.
+        self._pipelined = 0
+        #: In the endpoint's line for a step.
+        self._queued = False
+        self._write_paused = False
         self.transport: Transport | None = None
 
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+    # -- the transport calls these ------------------------------------------
+
+    def connection_made(self, transport: Transport) -> None:
         self.transport = transport
+        self._arm(REQUEST_TIMEOUT_S)  # from the accept, not from the first byte
+        self._endpoint.opened(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._deadline is None and self._http.their_state is h11.IDLE:
-            loop = self.transport._loop  # type: ignore[union-attr]
-            self._deadline = loop.call_later(REQUEST_TIMEOUT_S, self._too_slow)
-        self._http.receive_data(data)
-        self._answer_all()
-        if len(self._http.trailing_data[0]) > MAX_BUFFERED_BYTES:  # pipelined past our answers
+        http = self._http
+        http.receive_data(data)
+        if self._awaiting and self._deadline is None:
+            self._arm(REQUEST_TIMEOUT_S)  # the first byte of a later request
+        if len(http.trailing_data[0]) > MAX_BUFFERED_BYTES:  # pipelined past our answers
             self._close("slow-reader")
+            return
+        self._endpoint.schedule(self)
 
     def eof_received(self) -> bool:
+        # Keep the connection open: requests that came before the EOF are
+        # still answered, in turn; h11 then reports ConnectionClosed.
         self._http.receive_data(b"")
-        self._answer_all()
-        return False
+        self._endpoint.schedule(self)
+        return True
 
     def pause_writing(self) -> None:
         # A client that does not read its answers: stop reading its requests,
-        # so that neither its answers nor its requests pile up here. It is
-        # closed as idle once nothing has moved for IDLE_TIMEOUT_S.
+        # so that neither its answers nor its requests pile up here, and take
+        # no steps. It is closed as idle once nothing has moved for
+        # IDLE_TIMEOUT_S, or evicted by a newcomer before that.
+        self._write_paused = True
         self.transport.pause_reading()  # type: ignore[union-attr]
+        self._endpoint.waiting(self)
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         self.transport.resume_reading()  # type: ignore[union-attr]
-        self._answer_all()
+        if self._listing is not None:
+            self._endpoint.busy(self)
+        self._endpoint.schedule(self)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+        self._disarm()
+        self._listing = None
+        self._endpoint.closed(self)
 
-    def _answer_all(self) -> None:
-        http = self._http
+    # -- the endpoint calls these --------------------------------------------
+
+    def step(self, budget: int) -> int:
+        """Take one step: answer one request, or list one batch of rows.
+
+        Args:
+            budget: rows' worth of work left in this turn (at least 1).
+
+        Returns:
+            The work done, in rows.
+        """
         transport = self.transport
-        while transport is not None and transport.is_reading() and not transport.is_closing():
+        if transport is None or transport.is_closing() or self._write_paused:
+            return 0  # resume_writing asks for the next step
+        if self._listing is not None:
+            return self._list_rows(budget)
+        return self._next_request(budget)
+
+    def evict(self) -> None:
+        """Close this connection to make room for a newer one."""
+        if self.transport is not None:
+            self.transport.abort("idle")
+
+    def failed(self, exc: Exception) -> None:
+        """A step raised: a bug, logged; only this connection ends."""
+        logger.error("admin connection: %s: %s", type(exc).__name__, exc, exc_info=exc)
+        if self.transport is not None:
+            self.transport.abort("app-error")
+
+    # -- requests -----------------------------------------------------------
+
+    def _next_request(self, budget: int) -> int:
+        http = self._http
+        while True:
             try:
                 event = http.next_event()
             except h11.RemoteProtocolError as exc:
                 self._refuse(exc.error_status_hint, str(exc))
-                return
+                return 1
+            # (PAUSED would mean an answer still unfinished: never, each one is
+            # finished before the next request is parsed.)
             if event is h11.NEED_DATA or event is h11.PAUSED:
-                return
+                return 0
             if isinstance(event, h11.Request):
                 self._request = event
             elif isinstance(event, h11.EndOfMessage):
-                self._answer(self._request)
+                return self._answer(budget)
             elif isinstance(event, h11.ConnectionClosed):
                 self._close("eof")
-                return
+                return 0
+            # h11.Data: a request body, which no route reads.
 
-    def _answer(self, request: h11.Request | None) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+    def _answer(self, budget: int) -> int:
+        self._disarm()
+        self._awaiting = False
+        request = self._request
         assert request is not None
-        path = request.target.decode("ascii", "replace").split("?", 1)[0]
+        if self._pipelined >= MAX_PIPELINED_REQUESTS:
+            self._send(
+                429,
+                TEXT_TYPE,
+                f"at most {MAX_PIPELINED_REQUESTS} pipelined requests; "
+                "wait for the answers before sending more\n".encode(),
+                [("Connection", "close")],
+            )
+            self._close("protocol-error")
+            return 1
+        target = request.target.decode("ascii", "replace")
+        path, _, query = target.partition("?")
         if request.method not in (b"GET", b"HEAD"):
-            self._send(405, "text/plain", b"only GET and HEAD\n", [("Allow", "GET, HEAD")])
+            self._send(405, TEXT_TYPE, b"only GET and HEAD\n", [("Allow", "GET, HEAD")])
+        elif path == LISTING_PATH:
+            return self._begin_listing(request, query, budget)
         elif path not in ROUTES:
             self._send(
-                404, "text/plain", f"no {path} here; try / /stats /connections /metrics\n".encode()
+                404, TEXT_TYPE, f"no {path} here; try / /stats /connections /metrics\n".encode()
             )
         else:
-            content_type, body = ROUTES[path](self._observed)
+            content_type, body = ROUTES[path](self._endpoint.observed)
             self._send(
                 200, content_type, b"" if request.method == b"HEAD" else body, length=len(body)
             )
+        self._answered()
+        return REQUEST_ROWS
+
+    def _answered(self) -> None:
+        """The answer is written: close, or get ready for the next request."""
         http = self._http
+        self._awaiting = True
         if http.our_state is h11.MUST_CLOSE:
             self._close("local")
-        elif http.our_state is h11.DONE and http.their_state is h11.DONE:
+            return
+        if http.our_state is h11.DONE and http.their_state is h11.DONE:
             http.start_next_cycle()
+        self._endpoint.waiting(self)
+        pending, closed = http.trailing_data
+        if pending:  # (part of) the next request came before this answer went: pipelined
+            self._pipelined += 1
+            self._arm(REQUEST_TIMEOUT_S)
+        else:
+            self._pipelined = 0
+        if pending or closed:
+            self._endpoint.schedule(self)
+
+    # -- GET /connections, a batch of rows per turn --------------------------
+
+    def _begin_listing(self, request: h11.Request, query: str, budget: int) -> int:
+        try:
+            after, limit = listing_query(query)
+        except ValueError as exc:
+            self._send(400, TEXT_TYPE, f"{exc}\n".encode())
+            self._answered()
+            return REQUEST_ROWS
+        http = self._http
+        # No Content-Length: h11 sends chunks to an HTTP/1.1 client and closes
+        # the connection after the answer for an HTTP/1.0 one.
+        head = http.send(
+            h11.Response(
+                status_code=200,
+                headers=[("Content-Type", JSON_TYPE), ("Cache-Control", "no-store")],
+                reason=b"OK",
+            )
+        )
+        if request.method == b"HEAD":
+            self._write(head + http.send(h11.EndOfMessage()))
+            self._answered()
+            return REQUEST_ROWS
+        # One copy of the server's list (a C-level copy of pointers, about
+        # 5 us per 1,000 connections); the rows are built from it in turns.
+        transports = self._endpoint.observed.server.connections()
+        start = first_after(transports, after)
+        end = len(transports) if limit is None else min(len(transports), start + limit)
+        next_after = transports[end - 1].id if start < end < len(transports) else None
+        self._listing = _Listing(transports[start:end], next_after)
+        self._endpoint.busy(self)
+        opening = json.dumps({"time": time.time()})[:-1] + ', "connections": ['
+        self._write(head + http.send(h11.Data(data=opening.encode())))
+        left = budget - REQUEST_ROWS
+        if left > 0 and not self._write_paused:
+            return REQUEST_ROWS + self._list_rows(left)
+        self._endpoint.schedule(self)
+        return REQUEST_ROWS
+
+    def _list_rows(self, budget: int) -> int:
+        listing = self._listing
+        assert listing is not None
+        observed = self._endpoint.observed
+        first = listing.index
+        batch = listing.transports[first : first + max(budget, 1)]
+        listing.index += len(batch)
+        rows = connection_rows(batch, observed.app, observed.codec)
+        text = json.dumps(rows)[1:-1] if rows else ""
+        if text and listing.count:
+            text = ", " + text
+        listing.count += len(rows)
+        http = self._http
+        if listing.index < len(listing.transports):
+            if text:
+                self._write(http.send(h11.Data(data=text.encode())))
+            self._endpoint.schedule(self)
+            return max(len(batch), 1)
+        closing = json.dumps({"count": listing.count, "next_after": listing.next_after})
+        text += "], " + closing[1:]
+        self._listing = None
+        self._write(http.send(h11.Data(data=text.encode())) + http.send(h11.EndOfMessage()))
+        self._answered()
+        return max(len(batch), 1)
+
+    # -- writing and closing -------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
 
     def _send(
         self,
@@ -176,16 +474,26 @@ class AdminProtocol(Protocol):
         if body:
             out += http.send(h11.Data(data=body))
         out += http.send(h11.EndOfMessage())
-        self.transport.write(out)  # type: ignore[union-attr]
+        self._write(out)
 
     def _refuse(self, status: int, reason: str) -> None:
         """A malformed request: answer with h11's hint if we still may, then close."""
         if self._http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             try:
-                self._send(status, "text/plain", f"bad request: {reason}\n".encode())
+                self._send(status, TEXT_TYPE, f"bad request: {reason}\n".encode())
             except h11.LocalProtocolError:
                 pass
         self._close("protocol-error")
+
+    def _arm(self, seconds: float) -> None:
+        self._disarm()
+        loop = self.transport.loop  # type: ignore[union-attr]
+        self._deadline = loop.call_later(seconds, self._too_slow)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
     def _too_slow(self) -> None:
         self._deadline = None
@@ -193,8 +501,33 @@ class AdminProtocol(Protocol):
             self.transport.abort("timeout")
 
     def _close(self, reason: str) -> None:
+        self._disarm()
         if self.transport is not None:
             self.transport.close(reason)
+
+
+def listing_query(query: str) -> tuple[int, int | None]:
+    """``after`` and ``limit`` from the query string of ``GET /connections``.
+
+    Returns:
+        (after, limit): list the connections whose id is above ``after``
+        (0: from the first), at most ``limit`` of them (None: all).
+
+    Raises:
+        ValueError: a value is not a whole number in range (the message says which).
+    """
+    params = urllib.parse.parse_qs(query, keep_blank_values=True)
+
+    def number(name: str, least: int) -> int | None:
+        values = params.get(name)
+        if not values:
+            return None
+        value = values[-1]
+        if not (value.isascii() and value.isdigit()) or int(value) < least:
+            raise ValueError(f"{name}={value!r}: expected a whole number, at least {least}")
+        return int(value)
+
+    return number("after", 0) or 0, number("limit", 1)
 
 
 def check_admin_address(host: str, public: bool) -> None:
@@ -224,12 +557,14 @@ def start_admin(observed: Observed, host: str, port: int, *, public: bool = Fals
         SetupError: a non-loopback address without ``public``, or the address is in use.
     """
     check_admin_address(host, public)
+    endpoint = AdminEndpoint(observed)
     admin = Server(
-        lambda: AdminProtocol(observed),
+        lambda: AdminProtocol(endpoint),
         host,
         port,
         loop=observed.server.loop,
-        max_conns=MAX_ADMIN_CONNS,
+        # One above the limit: the newcomer that makes room (AdminEndpoint.opened).
+        max_conns=MAX_ADMIN_CONNS + 1,
         idle_timeout=IDLE_TIMEOUT_S,
     )
     admin.start()

@@ -3,6 +3,7 @@
 The text is written by prometheus_client from a custom collector that reads the
 same document as ``GET /stats``: one source of truth, and the format (escaping,
 ``# HELP`` / ``# TYPE`` lines, ``_total`` suffixes) is the library's, not ours.
+Like that document, a scrape is O(1) in the number of connections.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ class _ServerCollector(Collector):
         def counter(name: str, text: str, value: Any) -> CounterMetricFamily:
             return CounterMetricFamily(f"fivetuple_{name}", text, value=value or 0)
 
-        def by(kind: type, name: str, text: str, label: str, counts: dict[str, Any]) -> Metric:
+        def by(
+            kind: type[CounterMetricFamily | GaugeMetricFamily],
+            name: str,
+            text: str,
+            label: str,
+            counts: dict[str, Any],
+        ) -> Metric:
             family = kind(f"fivetuple_{name}", text, labels=[label])
             for key, value in sorted(counts.items()):
                 family.add_metric([key], value or 0)
@@ -74,6 +81,27 @@ class _ServerCollector(Collector):
             "errno",
             doc["accept_errors"],
         )
+        buffers = doc["buffers"]
+        yield gauge(
+            "buffered_bytes",
+            "Bytes held for connections in user space (partial input and queued output).",
+            buffers["now"],
+        )
+        yield gauge(
+            "buffered_bytes_peak", "Most bytes held for connections at once.", buffers["peak"]
+        )
+        if buffers["max"] is not None:  # no budget: no series, rather than a limit of 0
+            yield gauge(
+                "buffered_bytes_limit",
+                "The memory budget; past it the biggest holders are closed.",
+                buffers["max"],
+            )
+        if buffers["send_timeout_s"] is not None:
+            yield gauge(
+                "send_timeout_seconds",
+                "Queued output that does not move for this long closes its connection.",
+                buffers["send_timeout_s"],
+            )
         yield counter("bytes_received", "Bytes received from clients.", doc["bytes"]["in"])
         yield counter(
             "bytes_sent", "Bytes sent to and acknowledged by clients.", doc["bytes"]["out"]

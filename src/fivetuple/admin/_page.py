@@ -3,7 +3,9 @@
 Theory of operation. The page is static; all data comes from the JSON
 endpoints (docs/admin.md). Every second it fetches ``stats`` and
 ``connections`` (relative URLs, so it also works behind a path prefix), then
-redraws the counters and the connection table. The next fetch is scheduled
+redraws the counters and the connection table. The listing arrives in chunks
+(the server builds it a batch of rows per loop iteration); ``fetch`` hands
+over the whole document once the last chunk is in. The next fetch is scheduled
 only after the previous one finished, so a slow server never piles up
 requests. A failed fetch keeps the last good data on screen, dimmed, under a
 visible error line.
@@ -51,6 +53,7 @@ PAGE_HTML = """<!doctype html>
   <div><dt>descriptors / soft limit</dt><dd id="fds">&ndash;</dd></div>
   <div><dt>accepted</dt><dd id="accepted">&ndash;</dd></div>
   <div><dt>bytes in / out</dt><dd id="bytes">&ndash;</dd></div>
+  <div><dt>buffered now / peak / budget</dt><dd id="buffers">&ndash;</dd></div>
   <div><dt>closes by reason</dt><dd id="closed">&ndash;</dd></div>
   <div><dt>accept pauses / errors</dt><dd id="refused">&ndash;</dd></div>
   <div><dt>accept queue / backlog</dt><dd id="accept-queue">&ndash;</dd></div>
@@ -112,6 +115,7 @@ const COLUMNS = [
   {key: "idle_s", label: "idle", num: true, show: duration},
   {key: "bytes_in", label: "bytes in", num: true, show: bytes},
   {key: "bytes_out", label: "bytes out", num: true, show: bytes},
+  {key: "input_bytes", label: "input", num: true, show: bytes},
   {key: "queued_bytes", label: "queued", num: true, show: bytes},
   {key: "app", label: "app"},
   {key: "codec", label: "codec"},
@@ -183,6 +187,9 @@ function drawCounters(stats, count) {
   $("fds").textContent = nf.format(fds.in_use) + " / " + nf.format(fds.soft_limit);
   $("accepted").textContent = nf.format(stats.listeners.reduce((sum, l) => sum + l.accepted, 0));
   $("bytes").textContent = bytes(stats.bytes.in) + " / " + bytes(stats.bytes.out);
+  const buf = stats.buffers || {};
+  $("buffers").textContent = bytes(buf.now) + " / " + bytes(buf.peak) + " / " +
+    (buf.max == null ? "none" : bytes(buf.max));
   $("closed").textContent = reasons(stats.closed);
   $("refused").textContent = reasons(stats.refused) + " / " + reasons(stats.accept_errors);
   $("accept-queue").textContent = stats.listeners.map((l) =>

@@ -3,17 +3,27 @@
 Everything here is read when somebody asks (an HTTP request, a status line):
 the data path keeps its plain counters and pays nothing for being observed.
 The shapes are documented in docs/admin.md.
+
+Cost. ``stats_document`` is O(1) in the number of connections: every number
+comes from ``Server.statistics()`` (kept as it changes) and one look at each
+listener. A connection row costs a few system calls (getsockname,
+getpeername, TCP_INFO: about 16 us), so callers build rows a bounded batch
+at a time (``connection_rows``): the admin endpoint spreads one
+``GET /connections`` over many loop iterations (``_http.py``).
 """
 
 from __future__ import annotations
 
+import bisect
 import os
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from .._kernel import listen_queue
 from .._server import Server
 from .._stats import ConnectionStats
+from .._transport import CLOSED, Transport
 
 
 class Observed:
@@ -27,7 +37,13 @@ class Observed:
 
 
 def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, Any]:
-    """One row of ``GET /connections``."""
+    """One row of ``GET /connections``.
+
+    Args:
+        stats: the connection's statistics record.
+        app: the application label.
+        codec: the codec label.
+    """
     return {
         "id": stats.id,
         "protocol": stats.protocol,
@@ -41,6 +57,7 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
         "idle_s": round(stats.idle, 3),
         "bytes_in": stats.bytes_in,
         "bytes_out": stats.bytes_out,
+        "input_bytes": stats.input_bytes,
         "queued_bytes": stats.queued_bytes,
         "rtt_us": stats.rtt_us,
         "reading_paused": stats.reading_paused,
@@ -50,17 +67,60 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
     }
 
 
-def connections_document(observed: Observed) -> dict[str, Any]:
-    """``GET /connections``: every connection, oldest first."""
-    rows = [
-        connection_row(t.statistics(), observed.app, observed.codec)
-        for t in observed.server.connections()
-    ]
-    return {"time": time.time(), "count": len(rows), "connections": rows}
+def connection_rows(transports: Iterable[Transport], app: str, codec: str) -> list[dict[str, Any]]:
+    """The rows of ``transports``, leaving out connections that have ended.
+
+    A listing built over several loop iterations holds transports that may
+    end before their row is built: they are no longer connections, so they
+    get no row.
+    """
+    return [connection_row(t.statistics(), app, codec) for t in transports if t.state != CLOSED]
+
+
+def first_after(transports: list[Transport], after: int) -> int:
+    """The index in ``transports`` (oldest first) of the first one whose id is above ``after``.
+
+    A server numbers its connections in the order it accepts them, so its
+    list, oldest first, is sorted by id: a binary search, not a walk.
+    """
+    return bisect.bisect_right(transports, after, key=lambda t: t.id)
+
+
+def connections_document(
+    observed: Observed, after: int = 0, limit: int | None = None
+) -> dict[str, Any]:
+    """``GET /connections`` built at once: the rows with ids above ``after``, oldest first.
+
+    This costs O(rows) system calls in one go; it is for embedding and
+    tests. The admin endpoint streams the same document a batch of rows per
+    loop iteration instead.
+
+    Args:
+        observed: the server.
+        after: only connections whose id is above this.
+        limit: at most this many rows (None: all).
+
+    Returns:
+        ``{"time", "connections", "count", "next_after"}``: ``next_after`` is
+        the ``after`` of the next page, None once there is no next page.
+    """
+    transports = observed.server.connections()
+    start = first_after(transports, after)
+    end = len(transports) if limit is None else min(len(transports), start + limit)
+    rows = connection_rows(transports[start:end], observed.app, observed.codec)
+    return {
+        "time": time.time(),
+        "connections": rows,
+        "count": len(rows),
+        "next_after": transports[end - 1].id if start < end < len(transports) else None,
+    }
 
 
 def stats_document(observed: Observed) -> dict[str, Any]:
-    """``GET /stats``: the listener, descriptors, connections, bytes, closes, the loop."""
+    """``GET /stats``: listeners, descriptors, connections, bytes, buffers, closes, the loop.
+
+    O(1) in the number of connections (one look at each listener).
+    """
     server = observed.server
     stats = server.statistics()
     listeners = []
@@ -101,6 +161,12 @@ def stats_document(observed: Observed) -> dict[str, Any]:
             "writing_paused": stats.writing_paused,
         },
         "bytes": {"in": stats.bytes_in, "out": stats.bytes_out},
+        "buffers": {
+            "now": stats.buffered_bytes,
+            "peak": stats.buffered_bytes_peak,
+            "max": stats.max_buffer_memory,
+            "send_timeout_s": stats.send_timeout,
+        },
         "closed": dict(stats.closed),
         "loop": {
             "wakeups": wakeups,

@@ -109,6 +109,17 @@ def _accept_queue(listeners: list[dict[str, Any]]) -> str:
     return _num(sum(queues)) if queues else "-"
 
 
+def _buffers(buffers: dict[str, Any]) -> str:
+    """Bytes held for connections now and at peak, the budget, the send timeout."""
+    budget = buffers.get("max")
+    timeout = buffers.get("send_timeout_s")
+    return (
+        f"{format_bytes(buffers.get('now'))} now, {format_bytes(buffers.get('peak'))} peak"
+        f", budget {'none' if budget is None else format_bytes(budget)}"
+        f"; send timeout {'none' if timeout is None else format_duration(timeout)}"
+    )
+
+
 def _title(view: View) -> Table:
     server = _dig(view.snapshot.stats, "server") or {}
     left = Text.assemble(
@@ -157,6 +168,7 @@ def render_counters(stats: dict[str, Any]) -> Table:
             f"in {format_bytes(_dig(stats, 'bytes', 'in'))}, "
             f"out {format_bytes(_dig(stats, 'bytes', 'out'))}",
         ),
+        ("buffers", _buffers(stats.get("buffers") or {})),
         ("closed", _by_reason(stats.get("closed"))),
         (
             "loop",
