@@ -433,7 +433,7 @@ class DatagramTransport:
         peer = self.peers.get(addr)
         if peer is None:
             peer = self._asked(addr)
-        elif peer.blocked is SERVICE_PORT:
+        elif peer.blocked == SERVICE_PORT:
             self._unblock(peer)
         peer.datagrams_out += 1
         peer.bytes_out += len(data)
@@ -447,7 +447,7 @@ class DatagramTransport:
             addr = (addr[0], addr[1], 0, 0)
             peer = self.peers.get(addr)
             if peer is not None:
-                if peer.blocked is SERVICE_PORT:
+                if peer.blocked == SERVICE_PORT:
                     self._unblock(peer)
                 return peer
         return self._new_peer(addr, self._loop.now, asked=True)
