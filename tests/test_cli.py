@@ -29,7 +29,7 @@ from helpers import (
 
 BANNER = re.compile(
     r"listening on (?P<address>\S+) app=(?P<app>\w+) backend=(?P<backend>\w+) "
-    r"backlog=(?P<backlog>\d+) fd-limit=(?P<fd_limit>\d+)"
+    r"backlog=(?P<backlog>\d+) fd-limit=(?P<fd_limit>\d+) pid=(?P<pid>\d+)"
 )
 
 

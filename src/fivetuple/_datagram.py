@@ -81,9 +81,11 @@ import socket
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+from logging import INFO
 from typing import Any
 
 from ._listener import bind_error, format_address, resolve_address
+from ._log import event
 from ._loop import Loop
 from ._poller import ERROR, READ, WRITE
 from ._timers import Timer
@@ -615,13 +617,24 @@ class DatagramServer:
         return format_address(sock.family, sock.getsockname(), "udp")
 
     def banner(self, app: str) -> str:
-        return f"listening on {self.address} app={app} backend={self.loop.backend}"
+        return (
+            f"listening on {self.address} app={app} backend={self.loop.backend} pid={os.getpid()}"
+        )
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        peers = len(self.transport.peers)
+        event(
+            logger, INFO, "shutdown", f"{name}: shutting down, {peers} peers seen lately",
+            signal=name, peers=peers,
+        )  # fmt: skip
+        self.loop.stop()
 
     def serve_forever(self, *, handle_signals: bool = True) -> int:
         """Run until SIGINT or SIGTERM (UDP has nothing to flush); returns 0."""
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self.loop.stop)
+                self.loop.add_signal_handler(sig, self._on_signal, sig)
         try:
             self.loop.run()
         finally:

@@ -37,7 +37,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from logging import WARNING
 from typing import TYPE_CHECKING
+
+from ._log import event
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -136,15 +139,13 @@ class Ledger:
             transport.abort("memory-budget")  # releases its charge at once
             closed += 1
         self.closed_for_budget += closed
-        logger.warning(
-            "memory budget: %d bytes held by connections, over the limit of %d; closed the %d "
-            "holding the most (the biggest, %s, held %d bytes)",
-            over,
-            limit,
-            closed,
-            format_peer(biggest.peer) if biggest is not None else "-",
-            biggest_held,
-        )
+        remote = format_peer(biggest.peer) if biggest is not None else "-"
+        event(
+            logger, WARNING, "memory-budget",
+            f"memory budget: {over} bytes held by connections, over the limit of {limit}; "
+            f"closed the {closed} holding the most (the biggest, {remote}, held {biggest_held} bytes)",
+            held=over, limit=limit, closed=closed, biggest=remote, biggest_held=biggest_held,
+        )  # fmt: skip
 
 
 def _held_by(transport: Transport) -> int:

@@ -34,9 +34,11 @@ import socket
 import stat
 from collections import Counter
 from collections.abc import Callable
+from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
 from ._limits import fd_limits
+from ._log import EVENTS, event
 from ._poller import READ
 from .errors import SetupError
 
@@ -58,11 +60,76 @@ _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 _TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.EINTR}
 
 
-def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
-    """Create a listening TCP socket on ``host``:``port``.
+#: Binding every address of a name on one port chosen by the kernel: attempts
+#: before giving up when the port it chose for the first is taken for another.
+_SAME_PORT_ATTEMPTS = 8
 
-    ``host`` ``"::"`` listens dual-stack (IPv6 and IPv4-mapped); any other
-    IPv6 address is IPv6 only. Port 0 lets the kernel pick a free port.
+
+def bind_tcp_all(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Listening TCP sockets on every address ``host`` names, all on one port.
+
+    ``localhost`` is the loopback of both families (127.0.0.1 and ::1, RFC
+    6761), whatever /etc/hosts says, so that a client that tries ``::1``
+    first (curl, browsers) finds the server; ``::`` is one dual-stack socket.
+    Port 0: the kernel picks a port for the first, and the others take it too.
+
+    Raises:
+        SetupError: unknown host, address in use, permission denied, ...
+    """
+    if host == "localhost":
+        hosts = ["127.0.0.1", "::1"] if ipv6_available() else ["127.0.0.1"]
+    else:
+        hosts = [sockaddr[0] for _, sockaddr in passive_addresses(host, port)]
+    if len(hosts) == 1:
+        return [bind_tcp(host, port, backlog)]
+    for _ in range(_SAME_PORT_ATTEMPTS):  # each family its own socket: no dual-stack
+        socks = [bind_tcp(hosts[0], port, backlog, dual_stack=False)]
+        chosen = socks[0].getsockname()[1]
+        try:
+            socks += [bind_tcp(other, chosen, backlog, dual_stack=False) for other in hosts[1:]]
+        except SetupError:
+            for sock in socks:
+                sock.close()
+            if port:
+                raise
+            continue  # the port the kernel chose is taken for another address: again
+        return socks
+    raise SetupError(f"cannot find one free port on every address of {host}; name a --port")
+
+
+def passive_addresses(host: str, port: int) -> list[tuple[int, Any]]:
+    """Every distinct (family, sockaddr) ``host`` names for listening (IPv4, IPv6)."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (socket.gaierror, OverflowError):
+        return [resolve_address(host, port, socket.SOCK_STREAM)]  # raises the one-line error
+    seen: dict[tuple[int, Any], None] = {}
+    for family, _, _, _, sockaddr in infos:
+        if family in (socket.AF_INET, socket.AF_INET6):
+            seen[family, sockaddr] = None
+    return list(seen)
+
+
+def ipv6_available() -> bool:
+    """True if this machine can bind the IPv6 loopback address."""
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def bind_tcp(
+    host: str, port: int, backlog: int, *, dual_stack: bool | None = None
+) -> socket.socket:
+    """Create a listening TCP socket on ``host``:``port`` (the first address it names).
+
+    ``host`` ``"::"`` listens dual-stack (IPv6 and IPv4-mapped) unless
+    ``dual_stack`` is False; any other IPv6 address is IPv6 only. Port 0 lets
+    the kernel pick a free port.
 
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
@@ -76,7 +143,8 @@ def bind_tcp(host: str, port: int, backlog: int) -> socket.socket:
         # SO_REUSEADDR bind() fails with "Address already in use" until then.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
+            both = host == "::" if dual_stack is None else dual_stack
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if both else 1)
         # Accepted sockets inherit TCP_NODELAY from the listener on Linux; the
         # server sets it again where they do not.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -257,12 +325,22 @@ class Listener:
         if reason not in self._pauses:
             self._pauses.add(reason)
             self.pause_counts[reason] += 1
+            event(
+                EVENTS, INFO, "accept-pause", f"accepting paused on {self.address} ({reason})",
+                listener=self.address, reason=reason,
+            )  # fmt: skip
         self._watch(False)
 
     def resume(self, reason: str) -> None:
         """Drop ``reason``; accepting resumes once no reason is left."""
+        if reason not in self._pauses:
+            return
         self._pauses.discard(reason)
         if not self._pauses and not self._closed:
+            event(
+                EVENTS, INFO, "accept-resume", f"accepting again on {self.address}",
+                listener=self.address, reason=reason,
+            )  # fmt: skip
             self._watch(True)
 
     def _watch(self, on: bool) -> None:
@@ -297,20 +375,23 @@ class Listener:
             return True
         if self._burst_failures == 0:
             self._burst_started = self._loop.now
-            logger.warning(
-                "accept on %s failed: %s (%s, descriptor limit %d); pausing accepts, retrying every %.1fs",
-                self.address,
-                exc.strerror,
-                errno.errorcode.get(code, code),
-                fd_limits()[0],
-                ACCEPT_RETRY_S,
-            )
+            name = errno.errorcode.get(code, str(code))
+            limit = fd_limits()[0]
+            event(
+                logger, WARNING, "accept-failed",
+                f"accept on {self.address} failed: {exc.strerror} ({name}, descriptor limit "
+                f"{limit}); pausing accepts, retrying every {ACCEPT_RETRY_S:.1f}s",
+                listener=self.address, errno=name, fd_limit=limit, retry_s=ACCEPT_RETRY_S,
+            )  # fmt: skip
         self._burst_failures += 1
         self._burst_last_failure = self._loop.now
         if self._burst_timer is None:
             self._burst_timer = self._loop.call_later(BURST_QUIET_S, self._burst_check)
         if code not in _EXHAUSTED:
-            logger.error("unexpected accept error on %s: %s", self.address, exc)
+            event(
+                logger, ERROR, "accept-error", f"unexpected accept error on {self.address}: {exc}",
+                listener=self.address, errno=errno.errorcode.get(code, str(code)),
+            )  # fmt: skip
         self.pause("fd-exhausted")
         self._retry_timer = self._loop.call_later(ACCEPT_RETRY_S, self._retry)
         return False
@@ -325,12 +406,13 @@ class Listener:
         if quiet < BURST_QUIET_S:
             self._burst_timer = self._loop.call_later(BURST_QUIET_S - quiet, self._burst_check)
             return
-        logger.warning(
-            "accept on %s recovered after %d failed attempts over %.1fs",
-            self.address,
-            self._burst_failures,
-            self._burst_last_failure - self._burst_started,
-        )
+        span = self._burst_last_failure - self._burst_started
+        event(
+            logger, WARNING, "accept-recovered",
+            f"accept on {self.address} recovered after {self._burst_failures} failed attempts "
+            f"over {span:.1f}s",
+            listener=self.address, failures=self._burst_failures, span_s=round(span, 3),
+        )  # fmt: skip
         self._burst_failures = 0
 
     def close(self) -> None:

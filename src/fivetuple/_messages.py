@@ -17,8 +17,10 @@ A chunk that leaves the codec holding nothing costs one test.
 from __future__ import annotations
 
 import logging
+from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
+from ._log import EVENTS, event
 from ._protocol import Protocol
 from ._transport import format_peer
 from .codecs import LengthPrefixed, Lines, Packets
@@ -93,13 +95,11 @@ class MessageProtocol(Protocol):
             return
         stale = self.codec.expire(transport.loop.now)
         if stale:
-            logger.info(
-                "connection %s from %s: dropped %d partial %s message(s) older than the limit",
-                transport.id,
-                format_peer(transport.peer),
-                stale,
-                self.codec.name,
-            )
+            event(
+                EVENTS, INFO, "partial-expired",
+                f"dropped {stale} partial {self.codec.name} message(s) older than the limit",
+                conn=transport.id, codec=self.codec.name, dropped=stale,
+            )  # fmt: skip
         self._holding()
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -109,14 +109,13 @@ class MessageProtocol(Protocol):
             self._expiry = None
 
     def _malformed(self, exc: RemoteProtocolError) -> None:
-        logger.warning(
-            "closing connection %s from %s: malformed %s frame (%s): %s",
-            self.transport.id,
-            format_peer(self.transport.peer),
-            self.codec.name,
-            exc.reason,
-            exc,
-        )
+        remote = format_peer(self.transport.peer)
+        event(
+            logger, WARNING, "protocol-error",
+            f"closing connection {self.transport.id} from {remote}: malformed "
+            f"{self.codec.name} frame ({exc.reason}): {exc}",
+            conn=self.transport.id, remote=remote, codec=self.codec.name, reason=exc.reason,
+        )  # fmt: skip
         self.transport.abort("protocol-error")
 
     def message_received(self, message: bytes) -> None:

@@ -27,16 +27,19 @@ is aborted and the loop stops. A second signal aborts everything at once.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
 from collections import Counter
 from collections.abc import Callable
+from logging import INFO, WARNING
 from typing import Any
 
 from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES, Ledger, LiveBytes
 from ._limits import clamp_backlog, fd_limits, open_fd_count, raise_fd_limit, return_freed_memory
-from ._listener import Listener, bind_tcp, bind_unix
+from ._listener import Listener, bind_tcp_all, bind_unix
+from ._log import EVENTS, event
 from ._loop import Loop
 from ._protocol import Protocol
 from ._stats import ServerStats
@@ -143,6 +146,8 @@ class Server:
         self._next_id = 1
         self.peak_connections = 0
         self.closed_by_reason: Counter[str] = Counter()
+        #: Peers of live connections, kept only while connection events are logged.
+        self._remotes: dict[int, str] = {}
         self.fd_soft_limit, self.fd_hard_limit = fd_limits()
         self._started = False
         self._shutting_down = False
@@ -172,10 +177,11 @@ class Server:
         self.fd_soft_limit, self.fd_hard_limit = raise_fd_limit()
         return_freed_memory()
         if self._unix is not None:
-            sock = bind_unix(self._unix, self.backlog, self._unix_mode)
+            socks = [bind_unix(self._unix, self.backlog, self._unix_mode)]
         else:
-            sock = bind_tcp(self._host, self._port, self.backlog)
-        self.add_listener(sock)
+            socks = bind_tcp_all(self._host, self._port, self.backlog)
+        for sock in socks:
+            self.add_listener(sock)
         self._started = True
 
     def add_listener(self, sock: socket.socket) -> Listener:
@@ -211,6 +217,19 @@ class Server:
         """The first listening socket's address, as getsockname() gives it."""
         return self.listeners[0].sock.getsockname()
 
+    @property
+    def port(self) -> int | None:
+        """The TCP port the server listens on (the one the kernel chose for port 0),
+        or None for a Unix socket.
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        if not self.listeners:
+            raise LocalProtocolError("the server has no port before start()")
+        name = self.sockname
+        return int(name[1]) if isinstance(name, tuple) else None
+
     def banner(self, app: str) -> str:
         """The one line a server prints when it is ready."""
         backlog = str(self.backlog)
@@ -218,7 +237,7 @@ class Server:
             backlog += f" (clamped from {self._requested_backlog} by net.core.somaxconn)"
         return (
             f"listening on {' '.join(self.addresses)} app={app} backend={self.loop.backend} "
-            f"backlog={backlog} fd-limit={self.fd_soft_limit}"
+            f"backlog={backlog} fd-limit={self.fd_soft_limit} pid={os.getpid()}"
         )
 
     # -- running ------------------------------------------------------------
@@ -250,18 +269,21 @@ class Server:
         return self.exit_code
 
     def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
         if self._shutting_down:
-            logger.warning("second %s: exiting now", signal.Signals(sig).name)
+            event(
+                logger, WARNING, "abort", f"second {name}: exiting now",
+                signal=name, connections=len(self._conns),
+            )  # fmt: skip
             self.exit_code = 128 + sig
             self.abort_all()
             self.loop.stop()
         else:
-            logger.warning(
-                "%s: shutting down, %d connections, grace %.1fs",
-                signal.Signals(sig).name,
-                len(self._conns),
-                self.grace,
-            )
+            event(
+                logger, INFO, "shutdown",
+                f"{name}: shutting down, {len(self._conns)} connections, grace {self.grace:.1f}s",
+                signal=name, connections=len(self._conns), grace_s=self.grace,
+            )  # fmt: skip
             self.shutdown()
 
     def shutdown(self, grace: float | None = None) -> None:
@@ -290,7 +312,11 @@ class Server:
     def _grace_expired(self) -> None:
         self._grace_timer = None
         if self._conns:
-            logger.warning("grace period over: aborting %d connections", len(self._conns))
+            event(
+                logger, WARNING, "grace-over",
+                f"grace period over: aborting {len(self._conns)} connections",
+                connections=len(self._conns),
+            )  # fmt: skip
         self.abort_all()
 
     def abort_all(self) -> None:
@@ -316,7 +342,11 @@ class Server:
         try:
             protocol = self._factory()
         except Exception:
-            logger.exception("protocol factory failed for a connection from %s", format_peer(addr))
+            logger.exception(
+                "protocol factory failed for a connection from %s",
+                format_peer(addr),
+                extra={"event": "app-error", "fields": {"remote": format_peer(addr)}},
+            )
             sock.close()
             self.closed_by_reason["app-error"] += 1
             return
@@ -324,6 +354,8 @@ class Server:
             self.loop, sock, protocol, conn_id=conn_id, owner=self, ledger=self.ledger
         )
         self._conns[conn_id] = transport
+        if EVENTS.isEnabledFor(INFO):
+            self._log_accept(transport, sock, addr)
         count = len(self._conns)
         if count > self.peak_connections:
             self.peak_connections = count
@@ -344,6 +376,14 @@ class Server:
             return
         self.closed_by_reason[transport.close_reason or "error"] += 1
         self._bytes.closed(transport)
+        remote = self._remotes.pop(transport.id, None)
+        if remote is not None and EVENTS.isEnabledFor(INFO):
+            reason = transport.close_reason or "error"
+            event(
+                EVENTS, INFO, "close", f"closed {remote} ({reason})",
+                conn=transport.id, remote=remote, reason=reason,
+                age_s=round(self.loop.time() - transport.opened_at, 3),
+            )  # fmt: skip
         if self._shutting_down:
             if not self._conns:
                 if self._grace_timer is not None:
@@ -352,6 +392,21 @@ class Server:
         elif self.max_conns is not None and len(self._conns) < self.max_conns:
             for listener in self.listeners:
                 listener.resume("max-conns")
+
+    def _log_accept(self, transport: Transport, sock: socket.socket, addr: Any) -> None:
+        """The accept event, with the five-tuple; the peer is kept for the close event
+        (after a reset the kernel no longer names it)."""
+        remote = format_peer(addr)
+        self._remotes[transport.id] = remote
+        try:
+            local = format_peer(sock.getsockname())
+        except OSError:
+            local = "?"
+        proto = "unix" if sock.family == getattr(socket, "AF_UNIX", None) else "tcp"
+        event(
+            EVENTS, INFO, "accept", f"accepted {remote}",
+            conn=transport.id, proto=proto, local=local, remote=remote, fd=transport.fd,
+        )  # fmt: skip
 
     def connections(self) -> list[Transport]:
         """The live connections, oldest first (which is ascending ``id``)."""

@@ -67,10 +67,12 @@ import os
 import socket
 import termios
 import time
+from logging import INFO
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ._kernel import TcpCounters, kernel_counts, tcp_counters, unsent_bytes
 from ._ledger import UNACCOUNTED, Ledger
+from ._log import EVENTS, event
 from ._poller import ERROR, READ, WRITE
 from ._protocol import Protocol as _NoProtocol
 from ._stats import ConnectionStats
@@ -538,13 +540,12 @@ class Transport:
             return
         remaining = timeout - self.counters().idle_out_s
         if remaining <= _IDLE_SLACK_S:
-            logger.info(
-                "closing connection %s from %s: %d bytes queued, nothing sent for %.1fs",
-                self.id,
-                _format_peer(self.peer),
-                len(self._buffer),
-                timeout,
-            )
+            event(
+                EVENTS, INFO, "send-timeout",
+                f"{len(self._buffer)} bytes queued for {_format_peer(self.peer)}, "
+                f"none sent for {timeout:.1f}s",
+                conn=self.id, queued=len(self._buffer), send_timeout_s=timeout,
+            )  # fmt: skip
             self.abort("slow-reader")
         else:
             self._send_timer = self._loop.call_later(remaining, self._send_check)
@@ -645,14 +646,16 @@ class Transport:
         self._finish(error)
 
     def _app_error(self, exc: Exception, where: str) -> None:
+        remote = _format_peer(self.peer)
         logger.error(
             "closing connection %s from %s: %s raised %s: %s",
             self.id,
-            _format_peer(self.peer),
+            remote,
             where,
             type(exc).__name__,
             exc,
             exc_info=exc,
+            extra={"event": "app-error", "fields": {"conn": self.id, "remote": remote}},
         )
         if self.state != CLOSED:
             self.close_reason = "app-error"

@@ -7,26 +7,36 @@ that names the problem and the fix, and exit status 2; never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from ._datagram import PEER_BURST, PEER_RATE_PER_S
 from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES
+from ._log import configure as configure_logging
+from ._log import event
 from ._poller import available_backends
 from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, DEFAULT_SEND_TIMEOUT_S, Server
 from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
 
+logger = logging.getLogger("fivetuple")
+
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 USAGE_EXIT = 2
 OFF = "off"
+
+if TYPE_CHECKING:  # generic for the type checker (click 8.5); not subscriptable in click 8.2.0
+    _ParamType = click.ParamType[Any]
+else:
+    _ParamType = click.ParamType
 _SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
 
-class ByteSize(click.ParamType[int | None]):
+class ByteSize(_ParamType):
     """A number of bytes: ``65536``, ``64k``, ``256M``, ``1G`` (powers of 1024); or ``off``."""
 
     name = "size"
@@ -52,7 +62,7 @@ class ByteSize(click.ParamType[int | None]):
         return size
 
 
-class PositiveOrOff(click.ParamType[float | None]):
+class PositiveOrOff(_ParamType):
     """A number above 0 (seconds, a rate), or ``off``."""
 
     def __init__(self, what: str) -> None:
@@ -225,8 +235,19 @@ def cli() -> None:
     metavar="SECONDS",
     help="Print a one-line status (connections, rates, descriptors) every SECONDS.",
 )
-@click.option("-v", "--verbose", is_flag=True, help="Log more (info level).")
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also log every accept, close (with its reason) and pause.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option(
+    "--log-json", is_flag=True, help="Log JSON lines instead of key=value lines (on stderr)."
+)
+@click.pass_context
 def serve(
+    ctx: click.Context,
     app: str,
     host: str | None,
     port: int | None,
@@ -249,13 +270,19 @@ def serve(
     admin_public: bool,
     status_every: float | None,
     verbose: bool,
+    quiet: bool,
+    log_json: bool,
 ) -> None:
     """Serve APP (echo, discard or chat; default chat) on one port.
 
     Prints one line when ready, then serves until SIGINT or SIGTERM: the first
     stops accepting and lets queued bytes flush for --grace seconds, a second
-    exits at once.
+    exits at once. Logs go to stderr, one line per event (key=value, or JSON):
+    starts, stops and faults; with -v every connection's accept and close too.
     """
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other; choose one")
+    _refuse_options_that_do_not_apply(ctx, udp)
     if unix_path is not None and (host is not None or port is not None):
         raise click.UsageError(
             "--unix cannot be combined with --host or --port; use one or the other"
@@ -266,15 +293,9 @@ def serve(
         raise click.UsageError(
             f"--codec {codec} applies to: {', '.join(MESSAGE_APPS)}; {app} speaks raw bytes"
         )
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="fivetuple: %(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
     if udp:
-        sys.exit(
-            _serve_udp(app, host, port, unix_path, backend, codec, admin_addr, udp_rate, udp_burst)
-        )
+        sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst))
     server = Server(
         make_app(app, None if codec == "raw" else codec),
         host if host is not None else DEFAULT_HOST,
@@ -302,21 +323,63 @@ def serve(
         if status_every is not None:
             _print_status_every(observed, status_every)
     server.start()
-    print(server.banner(app if codec == "raw" else f"{app} codec={codec}"), flush=True)
+    label = app if codec == "raw" else f"{app} codec={codec}"
+    print(server.banner(label), flush=True)
     if admin is not None:
         print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
+    _log_start(server.banner(label))
     status = server.serve_forever()
+    _log_stop(status)
     sys.exit(status)
+
+
+#: serve's options that mean something for TCP only, and for UDP only.
+_TCP_ONLY = (
+    "unix_path", "backlog", "max_conns", "idle_timeout", "grace", "max_buffer_memory",
+    "send_timeout", "sndbuf", "rcvbuf", "unix_mode", "codec", "admin_addr", "admin_public",
+    "status_every",
+)  # fmt: skip
+_UDP_ONLY = ("udp_rate", "udp_burst")
+
+
+def _refuse_options_that_do_not_apply(ctx: click.Context, udp: bool) -> None:
+    """One line naming options given that this kind of server would silently ignore."""
+    given = [
+        name
+        for name in (_TCP_ONLY if udp else _UDP_ONLY)
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if not given:
+        return
+    flags = ", ".join(_flag(ctx, name) for name in given)
+    if udp:
+        raise click.UsageError(
+            f"{flags}: TCP only; a UDP server has no connections to limit or time out "
+            "(its peers are a table: --udp-rate and --udp-burst limit each one)"
+        )
+    raise click.UsageError(f"{flags}: UDP only; add --udp")
+
+
+def _flag(ctx: click.Context, name: str) -> str:
+    for param in ctx.command.params:
+        if param.name == name and isinstance(param, click.Option):
+            return max(param.opts, key=len)
+    return name
+
+
+def _log_start(banner: str) -> None:
+    event(logger, logging.INFO, "start", banner, pid=os.getpid())
+
+
+def _log_stop(status: int) -> None:
+    event(logger, logging.INFO, "stop", f"stopped, exit status {status}", status=status)
 
 
 def _serve_udp(
     app: str,
     host: str | None,
     port: int | None,
-    unix_path: str | None,
     backend: str | None,
-    codec: str,
-    admin_addr: str | None,
     udp_rate: float | None,
     udp_burst: int,
 ) -> int:
@@ -325,8 +388,6 @@ def _serve_udp(
 
     if app not in DATAGRAM_APPS:
         raise click.UsageError(f"--udp serves: {', '.join(DATAGRAM_APPS)}; {app} needs TCP")
-    if unix_path is not None or codec != "raw" or admin_addr is not None:
-        raise click.UsageError("--udp takes --host and --port only (no --unix, --codec or --admin)")
     server = DatagramServer(
         DATAGRAM_APPS[app](),
         host if host is not None else DEFAULT_HOST,
@@ -336,7 +397,10 @@ def _serve_udp(
         peer_burst=udp_burst,
     )
     print(server.banner(app), flush=True)
-    return server.serve_forever()
+    _log_start(server.banner(app))
+    status = server.serve_forever()
+    _log_stop(status)
+    return status
 
 
 def _host_port(text: str, option: str) -> tuple[str, int]:

@@ -85,6 +85,8 @@ FANOUT_BYTES_PER_S = 1024 * 1024
 FANOUT_BURST_BYTES = 4 * 1024 * 1024
 #: A held-back member is read again when both buckets are back to this share of the burst.
 RESUME_FRACTION = 0.25
+#: Nicknames are ASCII on purpose: "b\u043eb" (a Cyrillic o) would pass for "bob" on
+#: every other screen, which the escaping of lines exists to prevent.
 _NICK = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 
 
@@ -373,7 +375,7 @@ class ChatMember(Protocol):
 
     def _nick(self, name: str) -> None:
         if not _NICK.fullmatch(name):
-            self.send("* usage: /nick NAME (1-32 letters, digits, _ . -)")
+            self.send("* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)")
             return
         if any(m.nick == name for m in self.room.members if m is not self):
             self.send(f"* {name} is taken; choose another")
