@@ -3,6 +3,7 @@ the truth test: the table agrees with the kernel (``ss``) and /proc."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -22,13 +23,19 @@ import h11
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from fivetuple import Server
+from fivetuple import CLOSE_REASONS, Server, _listener
 from fivetuple._stats import ConnectionStats
 from fivetuple.admin import Observed, start_admin
 from fivetuple.admin import _http as admin_http
-from fivetuple.admin._records import connection_row
+from fivetuple.admin._records import (
+    ACCEPT_ERRNOS,
+    ACCEPT_PAUSE_REASONS,
+    connection_row,
+    every_reason,
+)
 from fivetuple.apps import make_app
 from helpers import (
+    ROOT,
     CliServer,
     connect,
     on_loop,
@@ -158,6 +165,99 @@ def test_metrics_parse_with_the_prometheus_parser() -> None:
     assert samples[("fivetuple_buffered_bytes_peak", ())] >= 0
     assert samples[("fivetuple_buffered_bytes_limit", ())] == BUDGET_BYTES
     assert samples[("fivetuple_send_timeout_seconds", ())] == SEND_TIMEOUT_S
+
+
+def metric_samples(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, _, body = get(port, "/metrics")
+    assert status == 200
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body.decode())
+        for s in family.samples
+    }
+
+
+def test_stats_and_metrics_show_every_reason_with_zero() -> None:
+    """Issue 12: ``closed``, ``refused`` and the pausing errnos are never ``{}``."""
+    with running_server(make_app("echo")) as server, admin_for(server) as (_, port):
+        stats = get_json(port, "/stats")
+        assert list(stats["closed"].items()) == [(reason, 0) for reason in CLOSE_REASONS]
+        assert stats["refused"] == dict.fromkeys(ACCEPT_PAUSE_REASONS, 0)
+        assert stats["accept_errors"] == dict.fromkeys(ACCEPT_ERRNOS, 0)
+        samples = metric_samples(port)
+        for reason in CLOSE_REASONS:
+            assert samples[("fivetuple_closed_total", (("reason", reason),))] == 0
+        for reason in ACCEPT_PAUSE_REASONS:
+            assert samples[("fivetuple_accept_pauses_total", (("reason", reason),))] == 0
+        assert samples[("fivetuple_accept_errors_total", (("errno", "EMFILE"),))] == 0
+        with connect(server) as client:
+            client.sendall(b"x")
+            recv_exactly(client, 1)
+            client.shutdown(socket.SHUT_WR)
+            assert recv_until_eof(client) == b""
+        closed = wait_for(
+            lambda: (c := get_json(port, "/stats")["closed"])["eof"] == 1 and c, what="eof 1"
+        )
+        assert list(closed) == list(CLOSE_REASONS)  # the order stays, whatever happened
+        assert sum(closed.values()) == 1
+        assert metric_samples(port)[("fivetuple_closed_total", (("reason", "eof"),))] == 1
+
+
+def test_a_max_conns_pause_is_counted_under_a_known_reason() -> None:
+    """The zeros are the listener's reasons: a real pause adds no key of its own."""
+    with (
+        running_server(make_app("echo"), max_conns=1) as server,
+        admin_for(server) as (_, port),
+        connect(server) as first,
+        connect(server),  # waits in the backlog: accepting is paused
+    ):
+        first.sendall(b"x")
+        recv_exactly(first, 1)
+        refused = wait_for(
+            lambda: (r := get_json(port, "/stats")["refused"])["max-conns"] >= 1 and r,
+            what="a max-conns pause",
+        )
+        assert list(refused) == list(ACCEPT_PAUSE_REASONS)
+        assert refused["fd-exhausted"] == 0
+
+
+def test_the_errnos_shown_with_zero_are_those_that_pause_accepting() -> None:
+    assert set(ACCEPT_ERRNOS) == {errno.errorcode[code] for code in _listener._EXHAUSTED}
+
+
+def test_every_reason_keeps_known_order_and_unknown_reasons() -> None:
+    assert every_reason(("a", "b"), {}) == {"a": 0, "b": 0}
+    assert list(every_reason(("a", "b"), {"new": 2, "b": 1}).items()) == [
+        ("a", 0),
+        ("b", 1),
+        ("new", 2),
+    ]
+
+
+def json_example(doc: str, heading: str) -> Any:
+    """The first ```json block after ``heading`` in docs/admin.md, decoded."""
+    after = doc.split(heading, 1)[1]
+    return json.loads(after.split("```json", 1)[1].split("```", 1)[0])
+
+
+def test_the_doc_examples_have_the_fields_the_endpoint_serves() -> None:
+    doc = (ROOT / "docs" / "admin.md").read_text()
+    with (
+        running_server(make_app("echo")) as server,
+        admin_for(server) as (_, port),
+        connect(server) as client,
+    ):
+        client.sendall(b"x")
+        recv_exactly(client, 1)
+        served = {path: get_json(port, f"/{path}") for path in ("stats", "connections")}
+    for path, real in served.items():
+        example = json_example(doc, f"## `GET /{path}`")
+        assert list(example) == list(real), path
+        for key, value in real.items():
+            if isinstance(value, dict):  # the maps by reason: same keys, same order
+                assert list(example[key]) == list(value), (path, key)
+            elif isinstance(value, list) and value:
+                assert list(example[key][0]) == list(value[0]), (path, key)
 
 
 def test_keep_alive_serves_several_requests_on_one_connection() -> None:

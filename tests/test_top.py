@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import http.server
 import io
 import json
 import os
@@ -22,6 +23,7 @@ import struct
 import subprocess
 import sys
 import termios
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -29,6 +31,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from fivetuple import CLOSE_REASONS
 from fivetuple.admin import _top
 from fivetuple.admin._conns import (
     SORT_KEYS,
@@ -69,13 +72,13 @@ STATS: dict[str, Any] = {
             "paused": False,
         }
     ],
-    "refused": {"max-conns": 0},
-    "accept_errors": {"EMFILE": 0},
+    "refused": {"max-conns": 0, "fd-exhausted": 2},
+    "accept_errors": {"EMFILE": 2, "ENFILE": 0, "ENOBUFS": 0, "ENOMEM": 0, "ECONNABORTED": 1},
     "descriptors": {"in_use": 14, "soft_limit": 20000, "hard_limit": 20000},
     "connections": {"now": 2, "peak": 5, "max": None, "reading_paused": 0, "writing_paused": 0},
     "bytes": {"in": 1280, "out": 1280},
     "buffers": {"now": 1536, "peak": 65536, "max": 256 * 1024 * 1024, "send_timeout_s": 30.0},
-    "closed": {"eof": 3, "reset": 0},
+    "closed": {**dict.fromkeys(CLOSE_REASONS, 0), "eof": 3, "idle": 5, "reset": 1},
     "loop": {"wakeups": 120, "events": 240, "events_per_wakeup": 2.0},
 }
 
@@ -236,13 +239,27 @@ def test_render_counters_shows_every_counter() -> None:
         "2 now, 5 peak",
         "14 in use / 20,000 soft limit",
         "accepted     10; accept queue 0",
-        "refused: max-conns 0",
+        "refused: fd-exhausted 2; accept errors: EMFILE 2, ECONNABORTED 1",
         "in 1.2 KiB, out 1.2 KiB",
-        "eof 3, reset 0",
+        "closed       idle 5, eof 3, reset 1\n",
         "2.0 events per wakeup",
         "buffers      1.5 KiB now, 64 KiB peak, budget 256 MiB; send timeout 30s",
     ):
         assert expect in text
+
+
+def test_render_counters_shows_only_the_reasons_that_happened() -> None:
+    """/stats lists every reason with 0 (for machines); top shows what is not 0, like the page."""
+    zeros = {
+        **STATS,
+        "closed": dict.fromkeys(CLOSE_REASONS, 0),
+        "refused": {"max-conns": 0, "fd-exhausted": 0},
+        "accept_errors": {"EMFILE": 0},
+    }
+    text = "\n".join(text_of(render_counters(zeros)))
+    assert "refused: none; accept errors: none" in text
+    assert "closed       none" in text
+    assert "reset" not in text and "memory-budget" not in text
 
 
 def test_render_counters_tolerates_missing_fields() -> None:
@@ -312,14 +329,15 @@ def test_refresh_keeps_the_old_data_while_unreachable_then_recovers(
     new = Snapshot(STATS, conns_doc([conn(1), conn(2)]), 2.0)
     answers: list[Snapshot | SetupError] = [SetupError("cannot reach it"), new]
 
-    def fetch_snapshot(addr: str) -> Snapshot:
+    def fetch_snapshot(addr: str, timeout: float) -> Snapshot:
+        assert timeout == 0.25
         answer = answers.pop(0)
         if isinstance(answer, SetupError):
             raise answer
         return answer
 
     monkeypatch.setattr(_top, "fetch_snapshot", fetch_snapshot)
-    view = _top._refresh(View("a:1", 1.0, "age", old))
+    view = _top._refresh(View("a:1", 1.0, "age", old, timeout=0.25))
     assert (view.snapshot, view.error, view.sort) == (old, "cannot reach it", "age")
     view = _top._refresh(view)
     assert (view.snapshot, view.error, view.sort) == (new, None, "age")
@@ -330,6 +348,8 @@ def test_run_top_rejects_bad_options_before_touching_the_network() -> None:
         run_top("127.0.0.1:1", sort="rtt")
     with pytest.raises(SetupError, match="interval"):
         run_top("127.0.0.1:1", interval=0)
+    with pytest.raises(SetupError, match="--timeout"):
+        run_top("127.0.0.1:1", timeout=0)
 
 
 # --- the commands, against a real server ----------------------------------------------
@@ -557,3 +577,259 @@ def test_conns_unreachable_is_one_line_exit_2() -> None:
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith("fivetuple: error: ")
+
+
+# --- the wrong address: what a new user hits first (issue 12) -------------------------
+
+WRONG_TIMEOUT_S = 0.5
+ALT_SCREEN_ON = b"\x1b[?1049h"
+
+
+def _cli_has_timeout(command: str) -> bool:
+    from fivetuple.cli import cli
+
+    sub = cli.commands[command]  # type: ignore[attr-defined]
+    return any(param.name == "timeout" for param in sub.params)
+
+
+def timeout_args(command: str) -> tuple[str, ...]:
+    """``--timeout 0.5`` once the command has it; until then the client's default applies."""
+    return ("--timeout", str(WRONG_TIMEOUT_S)) if _cli_has_timeout(command) else ()
+
+
+class NotOurs(http.server.BaseHTTPRequestHandler):
+    """A plain HTTP server that is not a fivetuple admin endpoint; ``server.kind`` says how."""
+
+    server: NotOursServer
+
+    def do_GET(self) -> None:
+        kind = self.server.kind
+        if kind == "http-404":
+            self.send_error(404)
+            return
+        content_type, body, length = {
+            "http-html": ("text/html", b"<html><body>it works</body></html>", None),
+            "http-other-json": ("application/json", b'{"hello": "world"}', None),
+            "http-bad-json": ("application/json", b"{this is not json", None),
+            "http-cut-short": ("application/json", b'{"time": 1.0, "connections": [', 1000),
+        }[kind]
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(length or len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        self.close_connection = True
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # not on the test's stderr
+
+
+class NotOursServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(("127.0.0.1", 0), NotOurs)
+        self.kind = kind
+
+
+@contextlib.contextmanager
+def not_ours(kind: str) -> Iterator[int]:
+    """A python http.server of ``kind`` on 127.0.0.1 port 0 in a thread; yields its port."""
+    server = NotOursServer(kind)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+@contextlib.contextmanager
+def closed_port() -> Iterator[int]:
+    """A port bound but not listening: connecting is refused, and no one else can take it."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+#: What answers -> what the line must say (besides the address and the --admin hint).
+WRONG: dict[str, tuple[str, ...]] = {
+    "chat": ("answered, but not as an admin endpoint", "'* welcome", "server's own port"),
+    "echo": ("answered, but not as an admin endpoint", "echo", "server's own port"),
+    "closed": ("nothing listens", "connection refused"),
+    "discard": ("accepted the connection but did not answer GET /",),
+    "http-404": ("HTTP 404", "not a fivetuple admin endpoint"),
+    "http-html": ("text/html", "not a fivetuple admin endpoint"),
+    "http-other-json": ("JSON, but not the admin's", "no "),
+    "http-bad-json": ("JSON that does not parse",),
+    "http-cut-short": ("was cut short",),
+}
+
+
+@pytest.fixture(scope="module")
+def wrong_ports() -> Iterator[dict[str, int]]:
+    """Everything in WRONG, up at once: kind -> its port on 127.0.0.1."""
+    with contextlib.ExitStack() as stack:
+        ports = {"closed": stack.enter_context(closed_port())}
+        for app in ("chat", "echo", "discard"):
+            server = stack.enter_context(CliServer(app, "--port", "0"))
+            assert server.port is not None
+            ports[app] = server.port
+        for kind in WRONG:
+            if kind.startswith("http-"):
+                ports[kind] = stack.enter_context(not_ours(kind))
+        assert set(ports) == set(WRONG)
+        yield ports
+
+
+def assert_one_line_exit_2(result: subprocess.CompletedProcess[str], port: int, kind: str) -> None:
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, lines
+    (line,) = lines
+    assert line.startswith("fivetuple: error: ")
+    assert f"127.0.0.1:{port}" in line
+    for expect in WRONG[kind]:
+        assert expect in line, (expect, line)
+    if kind not in ("http-cut-short",):  # the fix for those is the right address
+        assert "--admin" in line and "'admin on http://...'" in line, line
+
+
+@pytest.mark.parametrize("kind", list(WRONG))
+@pytest.mark.parametrize("command", ["conns", "top"])
+def test_a_wrong_address_is_one_line_exit_2(
+    command: str, kind: str, wrong_ports: dict[str, int]
+) -> None:
+    port = wrong_ports[kind]
+    result = run_cli(command, f"127.0.0.1:{port}", *timeout_args(command))
+    assert_one_line_exit_2(result, port, kind)
+
+
+@pytest.mark.parametrize("kind", ["chat", "echo", "http-404"])
+def test_top_on_a_wrong_address_leaves_the_terminal_as_it_was(
+    kind: str, wrong_ports: dict[str, int]
+) -> None:
+    port = wrong_ports[kind]
+    with top_in_pty(port, *timeout_args("top")) as top:
+        assert top.wait(SEE_TIMEOUT_S) == 2
+        assert termios.tcgetattr(top.slave) == top.mode_before
+        assert ALT_SCREEN_ON not in top.output  # the screen was never taken
+        lines = top.screen_text().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("fivetuple: error: "), lines
+        assert f"127.0.0.1:{port}" in lines[0] and WRONG[kind][0] in lines[0]
+
+
+def test_conns_takes_the_address_as_the_server_prints_it(served: tuple[int, int]) -> None:
+    admin_port, client_port = served
+    result = run_cli("conns", f"http://127.0.0.1:{admin_port}/", "--json")
+    assert result.returncode == 0, result.stderr
+    assert client_port in [row["remote_port"] for row in json.loads(result.stdout)["connections"]]
+
+
+# --- the client itself, against scripted peers (no subprocess) ---------------------------
+
+
+@contextlib.contextmanager
+def scripted(answer: bytes, then: str = "close") -> Iterator[str]:
+    """A one-connection server that reads the request, sends ``answer``, then closes it
+    (``then="close"``) or holds it open silent (``"hold"``); yields ``HOST:PORT``."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def serve() -> None:
+        sock, _ = listener.accept()
+        with sock:
+            sock.settimeout(5)
+            with contextlib.suppress(OSError):
+                sock.recv(65536)
+                sock.sendall(answer)
+            if then == "hold":
+                done.wait(5)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+
+
+HEAD_200 = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "then", "expect"),
+    [
+        (b"", "close", "closed the connection without answering GET /stats"),
+        (b"> ", "hold", "answered, but not as an admin endpoint (it sent '> ')"),
+        (
+            b"\x1b[2J\x1b]52;c;aGk=\x07 hi\r\n",
+            "close",
+            r"it sent '\x1b[2J\x1b]52;c;aGk=\x07 hi\r\n'",
+        ),
+        (b"SSH-2.0-OpenSSH_9.6\r\n", "close", "it sent 'SSH-2.0-OpenSSH_9.6\\r\\n'"),
+        (HEAD_200 + b"Content-Length: 2\r\n\r\n[]", "close", "not the admin's (not an object)"),
+        (HEAD_200 + b'Content-Length: 8\r\n\r\n{"a": 1}', "close", "not the admin's (no server"),
+        (HEAD_200 + b'Content-Length: 50\r\n\r\n{"ser', "close", "was cut short"),
+        (HEAD_200 + b'Content-Length: 50\r\n\r\n{"ser', "hold", "stopped answering GET /stats"),
+        (HEAD_200 + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n", "close", "was cut short"),
+        (HEAD_200, "hold", "stopped answering GET /stats"),
+        (b"HTTP/1.1 500 Internal Server Error\r\n\r\n", "close", "HTTP 500 Internal Server"),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}", "close", "with no Content-Type"),
+        (b"HTTP/1.1 200 OK\r\nbad header\r\n\r\n", "close", "with broken HTTP"),
+        (b"HTTP/1.1 500 \x9b2J\r\n\r\n", "close", r"HTTP 500 '\x9b2J'"),
+    ],
+)
+def test_fetch_says_what_answered_in_one_line(answer: bytes, then: str, expect: str) -> None:
+    from fivetuple.admin import fetch
+
+    with scripted(answer, then) as addr, pytest.raises(SetupError) as caught:
+        fetch(addr, "/stats", timeout=WRONG_TIMEOUT_S)
+    message = str(caught.value)
+    assert expect in message, message
+    assert addr in message
+    assert message.isprintable()  # one line, and no escape reaches the terminal
+
+
+def test_fetch_reads_a_chunked_answer_that_comes_in_pieces() -> None:
+    body = json.dumps({"connections": [], "count": 0}).encode()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (1, body[i : i + 1]) for i in range(len(body)))
+    answer = HEAD_200 + b"Transfer-Encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n"
+    from fivetuple.admin import fetch
+
+    with scripted(answer, "hold") as addr:
+        assert fetch(addr, "/connections", timeout=WRONG_TIMEOUT_S) == {
+            "connections": [],
+            "count": 0,
+        }
+
+
+@pytest.mark.parametrize(
+    ("addr", "expect"),
+    [
+        ("7001", "not an admin address such as 127.0.0.1:7001"),
+        ("127.0.0.1:99999", "not an admin address"),
+        ("127.0.0.1:http", "not an admin address"),
+        ("https://127.0.0.1:7001", "plain HTTP"),
+    ],
+)
+def test_fetch_rejects_what_is_not_an_admin_address(addr: str, expect: str) -> None:
+    from fivetuple.admin import fetch
+
+    with pytest.raises(SetupError, match=expect):
+        fetch(addr, "/stats", timeout=WRONG_TIMEOUT_S)
+
+
+def test_parse_admin_addr_takes_every_form_a_person_types() -> None:
+    from fivetuple.admin._client import parse_admin_addr
+
+    assert parse_admin_addr("127.0.0.1:7001") == ("127.0.0.1", 7001)
+    assert parse_admin_addr("http://127.0.0.1:7001/") == ("127.0.0.1", 7001)
+    assert parse_admin_addr("[::1]:7001") == ("::1", 7001)
+    assert parse_admin_addr("localhost:0") == ("localhost", 0)

@@ -610,21 +610,37 @@ def bench(
     show_default=True,
     help="Sort the table (keys b, i, a while running).",
 )
-def top(admin_addr: str, interval: float, sort: str) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the admin endpoint to connect and to answer.",
+)
+def top(admin_addr: str, interval: float, sort: str, timeout: float) -> None:
     """A live view of a server's connections (its --admin address); q quits."""
     from .admin._top import run_top
 
-    sys.exit(run_top(admin_addr, interval, sort))
+    sys.exit(run_top(admin_addr, interval, sort, timeout))
 
 
 @cli.command()
 @click.argument("admin_addr", default="127.0.0.1:7001", required=False, metavar="[ADMIN_ADDR]")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-def conns(admin_addr: str, as_json: bool) -> None:
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long to wait for the admin endpoint to connect and to answer.",
+)
+def conns(admin_addr: str, as_json: bool, timeout: float) -> None:
     """Print a server's connection table once (from its --admin address)."""
     from .admin._conns import run_conns
 
-    sys.exit(run_conns(admin_addr, as_json))
+    sys.exit(run_conns(admin_addr, as_json, timeout))
 
 
 def main(argv: list[str] | None = None) -> None:

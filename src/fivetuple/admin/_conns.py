@@ -21,7 +21,8 @@ from rich.console import Console, JustifyMethod
 from rich.table import Table
 from rich.text import Text
 
-from ._client import fetch
+from ..errors import SetupError
+from ._client import TIMEOUT_S, fetch
 
 Row = dict[str, Any]
 
@@ -142,20 +143,24 @@ def render_conns(conns: dict[str, Any], sort: str | None = None, limit: int | No
     return table
 
 
-def run_conns(addr: str, as_json: bool) -> int:
+def run_conns(addr: str, as_json: bool, timeout: float = TIMEOUT_S) -> int:
     """Print the connection table of the server whose admin endpoint is ``addr``, once.
 
     Args:
         addr: the admin endpoint, ``HOST:PORT``.
         as_json: print the ``GET /connections`` JSON as one line instead of a table.
+        timeout: seconds to wait to connect, and for each read of the answer.
 
     Returns:
         The exit status, 0.
 
     Raises:
-        SetupError: nothing answers at ``addr`` (or not with the admin's JSON).
+        SetupError: a bad ``timeout``; nothing answers at ``addr``, or not as an
+            admin endpoint (see ``fetch``). Nothing is printed on stdout then.
     """
-    conns = fetch(addr, "/connections")
+    if not timeout > 0:
+        raise SetupError(f"--timeout must be above 0 seconds, not {timeout:g}")
+    conns = fetch(addr, "/connections", timeout)
     if as_json:
         print(json.dumps(conns), flush=True)
         return 0

@@ -22,8 +22,29 @@ from typing import Any
 
 from .._kernel import listen_queue
 from .._server import Server
-from .._stats import ConnectionStats
+from .._stats import CLOSE_REASONS, ConnectionStats
 from .._transport import CLOSED, Transport
+
+#: Why accepting pauses (``Listener.pause``): every one is shown, with 0 if it never did.
+ACCEPT_PAUSE_REASONS = ("max-conns", "fd-exhausted")
+#: The accept() errors that pause accepting (the listener's ``_EXHAUSTED``): shown
+#: with 0, so that "no EMFILE yet" can be read and graphed. Any other errno (the
+#: transient ones skipped over, ECONNABORTED and such, or one never expected) is
+#: shown once it has happened: errnos are many and most never happen here.
+ACCEPT_ERRNOS = ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+
+
+def every_reason(known: Iterable[str], counts: dict[str, int]) -> dict[str, int]:
+    """``counts`` with each ``known`` reason present (0 if it never happened), in
+    ``known``'s order, then any others in the order they were first counted.
+
+    A reason missing from a document is ambiguous (none yet? an older server? a
+    typo?); a 0 is not, and a Prometheus series that exists from the start
+    makes ``rate()`` and alerts work from the first increment.
+    """
+    every = dict.fromkeys(known, 0)
+    every.update(counts)
+    return every
 
 
 class Observed:
@@ -146,8 +167,8 @@ def stats_document(observed: Observed) -> dict[str, Any]:
             "uptime_s": round(server.loop.time() - observed.started, 3),
         },
         "listeners": listeners,
-        "refused": dict(stats.accept_pauses),
-        "accept_errors": dict(stats.accept_errors),
+        "refused": every_reason(ACCEPT_PAUSE_REASONS, stats.accept_pauses),
+        "accept_errors": every_reason(ACCEPT_ERRNOS, stats.accept_errors),
         "descriptors": {
             "in_use": stats.fds_open,
             "soft_limit": stats.fd_soft_limit,
@@ -167,7 +188,7 @@ def stats_document(observed: Observed) -> dict[str, Any]:
             "max": stats.max_buffer_memory,
             "send_timeout_s": stats.send_timeout,
         },
-        "closed": dict(stats.closed),
+        "closed": every_reason(CLOSE_REASONS, stats.closed),
         "loop": {
             "wakeups": wakeups,
             "events": stats.loop_events,

@@ -13,6 +13,13 @@ already fetched) or quits.
 If the endpoint stops answering, the last data stays on screen under a red line
 that says so, and every refresh tries again. Only at start is an unreachable
 endpoint an error: ``SetupError``, which the command line prints as one line.
+That first look comes before the terminal is touched (cbreak mode, the
+alternate screen), so a wrong address (the server's own port, issue 12) leaves
+the terminal exactly as it was.
+
+The counters show the reasons that happened (closes, refusals, accept errors)
+biggest first, like the web page: ``/stats`` lists every known reason, zeros
+included, for machines; a person wants the few that are not zero.
 
 The drawing is pure: ``render_counters`` and ``render_screen`` take the decoded
 JSON (docs/admin.md) and return rich renderables, so tests need no terminal.
@@ -38,7 +45,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import SetupError
-from ._client import fetch
+from ._client import TIMEOUT_S, fetch
 from ._conns import SORT_KEYS, format_bytes, format_duration, render_conns
 
 #: Key typed -> the sort it selects.
@@ -69,6 +76,8 @@ class View:
     snapshot: Snapshot
     #: Why the last fetch failed, or None when the data is fresh.
     error: str | None = None
+    #: Seconds each fetch may wait to connect, and for each read.
+    timeout: float = TIMEOUT_S
 
 
 def apply_keys(sort: str, keys: str) -> tuple[str, bool]:
@@ -97,10 +106,13 @@ def _num(value: Any) -> str:
 
 
 def _by_reason(counts: Any) -> str:
-    """``{"eof": 3, "reset": 0}`` -> ``eof 3, reset 0``."""
-    if not isinstance(counts, dict) or not counts:
+    """``{"eof": 3, "reset": 0, "idle": 5}`` -> ``idle 5, eof 3``: the reasons that
+    happened, biggest first (ties in the server's order); ``none`` if none did."""
+    if not isinstance(counts, dict):
         return "none"
-    return ", ".join(f"{reason} {_num(n)}" for reason, n in counts.items())
+    happened = [(reason, n) for reason, n in counts.items() if isinstance(n, int) and n > 0]
+    happened.sort(key=lambda item: -item[1])
+    return ", ".join(f"{reason} {_num(n)}" for reason, n in happened) or "none"
 
 
 def _accept_queue(listeners: list[dict[str, Any]]) -> str:
@@ -220,14 +232,14 @@ def render_screen(console: Console, view: View, now: float) -> Group:
     return Group(header, Text(""), render_conns(conns, view.sort, limit))
 
 
-def fetch_snapshot(addr: str) -> Snapshot:
+def fetch_snapshot(addr: str, timeout: float = TIMEOUT_S) -> Snapshot:
     """Read ``/stats`` and ``/connections`` once.
 
     Raises:
-        SetupError: the endpoint did not answer (or not with its JSON).
+        SetupError: the endpoint did not answer (or not as an admin endpoint).
     """
-    stats = fetch(addr, "/stats")
-    conns = fetch(addr, "/connections")
+    stats = fetch(addr, "/stats", timeout)
+    conns = fetch(addr, "/connections", timeout)
     return Snapshot(stats, conns, time.monotonic())
 
 
@@ -276,7 +288,9 @@ def _cbreak(stream: Any) -> Iterator[_Keys]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def run_top(addr: str, interval: float = 1.0, sort: str = "bytes") -> int:
+def run_top(
+    addr: str, interval: float = 1.0, sort: str = "bytes", timeout: float = TIMEOUT_S
+) -> int:
     """Show the server behind the admin endpoint ``addr`` live, like top, until ``q``.
 
     Keys: ``b``, ``i``, ``a`` sort the connections by bytes, idle time or age
@@ -286,19 +300,24 @@ def run_top(addr: str, interval: float = 1.0, sort: str = "bytes") -> int:
         addr: the admin endpoint, ``HOST:PORT``.
         interval: seconds between refreshes.
         sort: ``bytes``, ``idle`` or ``age``.
+        timeout: seconds each fetch may wait to connect, and for each read.
 
     Returns:
         The exit status, 0. The terminal is left in the mode it was found in.
 
     Raises:
-        SetupError: a bad ``interval`` or ``sort``; nothing answers at ``addr`` at
-            start (later, the screen says so and keeps trying); stdout is not a terminal.
+        SetupError: a bad ``interval``, ``sort`` or ``timeout``; nothing answers at
+            ``addr`` at start, or not as an admin endpoint (later, the screen says
+            so and keeps trying); stdout is not a terminal. The terminal is not
+            touched before these are known.
     """
     if sort not in SORT_KEYS:
         raise SetupError(f"unknown sort {sort!r}; use one of: {', '.join(SORT_KEYS)}")
     if not interval > 0:
         raise SetupError(f"--interval must be above 0 seconds, not {interval:g}")
-    view = View(addr, interval, sort, fetch_snapshot(addr))
+    if not timeout > 0:
+        raise SetupError(f"--timeout must be above 0 seconds, not {timeout:g}")
+    view = View(addr, interval, sort, fetch_snapshot(addr, timeout), timeout=timeout)
     console = Console(highlight=False)
     if not console.is_terminal:
         # Live draws nothing on a pipe: say so rather than run silently forever.
@@ -346,6 +365,6 @@ def _interrupt(signum: int, frame: object) -> None:
 def _refresh(view: View) -> View:
     """The view with fresh data, or with the old data and why there is none newer."""
     try:
-        return replace(view, snapshot=fetch_snapshot(view.addr), error=None)
+        return replace(view, snapshot=fetch_snapshot(view.addr, view.timeout), error=None)
     except SetupError as exc:
         return replace(view, error=str(exc))
