@@ -675,8 +675,14 @@ def test_member_cannot_forge_another_members_line(server: Server, forgery: str) 
     [
         ("/\x1b[2J", "* unknown command /^[[2J; try /nick NAME, /who, /quit"),
         ("/who\r\x1b[2K", "* unknown command /who^M^[[2K; try /nick NAME, /who, /quit"),
-        ("/nick \x1b[31mred", "* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)"),
-        ("/nick \u202eevil", "* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)"),
+        (
+            "/nick \x1b[31mred",
+            "* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)",
+        ),
+        (
+            "/nick \u202eevil",
+            "* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)",
+        ),
     ],
     ids=["unknown", "who-cr", "nick-escape", "nick-bidi"],
 )
