@@ -275,6 +275,8 @@ def test_handshake_completes_under_thirty_percent_loss(seed_offset: int) -> None
 
     run(client, server, path, until=60, on_step=on_step)
     assert any(isinstance(e, Connected) for _, e in trace.client), f"seed={seed}"
+    # The server side's first event is Connected too, with its own id (issue 12).
+    assert [e for _, e in trace.server][:1] == [Connected(client.peer_cid)], f"seed={seed}"
     assert trace.messages("server") == [b"first words"], f"seed={seed}"
     assert server.statistics().accepted == 1, f"seed={seed}"
     assert server.statistics().retries_sent >= 1
@@ -457,6 +459,34 @@ def test_graceful_close_delivers_everything_first_then_both_sides_end() -> None:
     assert [(e.reason, e.detail) for e in trace.ends("server")] == [("peer-closed", "done")]
     assert client.state is State.TERMINATED
     assert server.statistics().connections == 0
+
+
+def test_send_then_close_before_the_handshake_is_done_loses_nothing() -> None:
+    """Issue 12: ``send`` then ``close`` at once (a new user's first program) ended
+    the connection at once, and the message was never sent."""
+    seed = pick_seed(65)
+    link = LinkConfig(delay_s=0.02, loss=0.1)
+    path = Path(link, link, seed=seed)
+    server = Listener(seed=seed)
+    client = Connection.client(SERVER)
+    client.send(b"hello")
+    client.send(bytes(50_000))
+    client.close("bye")
+    assert client.state is State.HANDSHAKE
+    with pytest.raises(LocalProtocolError):
+        client.send(b"too late")
+    client.close("again")  # does nothing
+    trace = Trace()
+    run(client, server, path, until=30, on_step=lambda now: pump_events(client, server, trace, now))
+    assert trace.messages("server") == [b"hello", bytes(50_000)], f"seed={seed}"
+    assert [(e.reason, e.detail) for e in trace.ends("client")] == [("closed", "bye")]
+    assert [(e.reason, e.detail) for e in trace.ends("server")] == [("peer-closed", "bye")]
+    assert [type(e) for _, e in trace.client] == [Connected, ConnectionTerminated]
+    # With nothing queued, a close during the handshake still ends it at once.
+    quiet = Connection.client(SERVER)
+    quiet.close()
+    assert quiet.state is State.TERMINATED
+    assert quiet.next_event() == ConnectionTerminated(quiet.cid, "closed")
 
 
 def test_abort_tells_the_peer_with_an_error_code() -> None:

@@ -14,14 +14,15 @@ from typing import Any
 import pytest
 
 from fivetuple.netsim import LinkConfig, Network, Path, pick_seed
-from fivetuple.reliable import Connection as ConnectionClass
 from fivetuple.reliable import (
+    Connected,
     ConnectionConfig,
     ConnectionTerminated,
     Listener,
     MessageReceived,
     State,
 )
+from fivetuple.reliable import Connection as ConnectionClass
 from fivetuple.reliable._listener import MAX_CONNECTIONS_PER_ADDRESS
 from fivetuple.reliable._packet import (
     INITIAL,
@@ -214,7 +215,10 @@ def test_an_application_send_reaches_the_wire_without_a_datagram_or_timer() -> N
     connection.abort("enough")
     ((data, _),) = listener.datagrams_to_send(1.2)
     assert parse_packet(data).frames[0].reason == "enough"  # type: ignore[union-attr]
-    assert isinstance(listener.next_event(), ConnectionTerminated)
+    events = list(iter(listener.next_event, None))
+    assert events == [Connected(cid) for cid in cids] + [
+        ConnectionTerminated(cids[3], "aborted", 1, "enough")
+    ]
 
 
 def test_ended_connections_leave_no_timer_or_entry_behind() -> None:
@@ -222,6 +226,8 @@ def test_ended_connections_leave_no_timer_or_entry_behind() -> None:
     listener = Listener(config, seed=4)
     for i in range(300):
         open_idle(listener, idle_address(i), i + 1, 1.0 + i * 0.001)
+    connected = [listener.next_event() for _ in range(300)]
+    assert all(isinstance(event, Connected) for event in connected)
     ended = 0
     while (deadline := listener.get_timer()) is not None:
         listener.handle_timer(deadline)
@@ -232,6 +238,51 @@ def test_ended_connections_leave_no_timer_or_entry_behind() -> None:
     assert ended == 300
     assert listener.statistics().connections == 0
     assert not listener._filed and not listener._heap and not listener._per_address
+
+
+def test_an_accepted_connection_reports_connected_first() -> None:
+    """Issue 12: the server side had no Connected event; a server could not greet a
+    client, or count it, before its first message."""
+    listener = Listener(seed=6)
+    addr = ("192.0.2.7", 4000)
+    listener.receive_datagram(hello(77), addr, 1.0)
+    listener.datagrams_to_send(1.0)
+    assert listener.next_event() is None  # a RETRY made nothing
+    (welcome,) = knock(listener, addr, 77, 1.0)
+    (frame,) = [f for f in parse_packet(welcome).frames if isinstance(f, Welcome)]
+    cid = frame.source_cid
+    assert listener.next_event() == Connected(cid)
+    assert listener.next_event() is None
+    assert listener.connection(cid).peer_addr == addr
+    # The client's first data follows it; a HELLO again (WELCOME lost) makes no second one.
+    listener.receive_datagram(hello(77), addr, 1.01)
+    data = build_packet(ONE_RTT, cid, 0, [Data(0, 0, 1, b"hi")])
+    listener.receive_datagram(data, addr, 1.02)
+    listener.datagrams_to_send(1.02)
+    assert list(iter(listener.next_event, None)) == [MessageReceived(cid, b"hi")]
+
+
+def test_the_application_s_calls_reach_on_activity_and_datagrams_and_timers_do_not() -> None:
+    """The hook an I/O shell uses to pump after ``send`` (issue 12): called once per
+    application call, with the connection, and never for the listener's own work."""
+    listener = Listener(ConnectionConfig(keepalive_s=1.0), seed=7)
+    cids = [open_idle(listener, idle_address(i), i + 1, 1.0) for i in range(3)]
+    told: list[ConnectionClass] = []
+    listener.on_activity = told.append
+    deadline = listener.get_timer()
+    assert deadline is not None
+    listener.handle_timer(deadline)  # keepalives
+    listener.receive_datagram(b"garbage", idle_address(0), deadline)
+    listener.datagrams_to_send(deadline)
+    assert told == []
+    first, second = listener.connection(cids[0]), listener.connection(cids[1])
+    first.send(b"a")
+    second.close()
+    first.abort()
+    assert told == [first, second, first]
+    # Each was marked touched: what they queued leaves without a datagram or timer.
+    sent_to = {addr for _, addr in listener.datagrams_to_send(deadline)}
+    assert sent_to == {first.peer_addr, second.peer_addr}
 
 
 # -- connections per source address ---------------------------------------------

@@ -11,8 +11,11 @@ The layers, bottom up, one module each:
 - ``_listener``: the server side: many connections, a stateless cookie handshake,
   caps per listener and per source address, O(1) work per datagram and per timer.
 
-Time is always an argument and nothing here touches a socket: drive it with
-``fivetuple.netsim`` in tests, or with a UDP socket in an I/O shell.
+Time is always an argument and nothing in those touches a socket: drive them
+with ``fivetuple.netsim`` in tests, or with a UDP socket in an I/O shell.
+``_shell`` is that shell on the engine's loop: ``serve`` and ``connect``
+return a ``ReliableServer`` and a ``ReliableClient``, which pump by themselves
+(docs/reliable.md, "What drives it").
 """
 
 from ._connection import (
@@ -26,7 +29,7 @@ from ._connection import (
     State,
 )
 from ._listener import Listener, ListenerStatistics
-from ._shell import ReliableProtocol, connect, serve
+from ._shell import ReliableClient, ReliableProtocol, ReliableServer, connect, serve
 
 __all__ = [
     "Connected",
@@ -38,7 +41,9 @@ __all__ = [
     "Listener",
     "ListenerStatistics",
     "MessageReceived",
+    "ReliableClient",
     "ReliableProtocol",
+    "ReliableServer",
     "State",
     "connect",
     "serve",

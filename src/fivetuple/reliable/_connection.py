@@ -19,7 +19,14 @@ what the client sent), the server answers with a stateless RETRY cookie, the
 client sends HELLO again with the cookie, and the server, now sure the
 client receives at its address, creates a connection and sends WELCOME with
 its connection id. ``Listener`` (in ``_listener.py``) does the server's half;
-a server-side connection starts in CONNECTED.
+a server-side connection starts in CONNECTED. Both sides report ``Connected``
+first: the client when the WELCOME arrives, the server when it is made.
+
+A client that calls ``close()`` during the handshake with messages queued
+stays in HANDSHAKE, refusing further ``send``; when the WELCOME arrives it
+moves on to CONNECTED and at once to FLUSHING, so those messages are
+delivered before the CLOSE, as ``close()`` promises. With nothing queued it
+ends at once.
 
 Sending. ``send`` cuts a message into DATA frames (``_stream.fragment``) and
 queues them. ``datagrams_to_send`` fills packets, in this order: an ACK when
@@ -154,7 +161,12 @@ _MOVES: dict[State, frozenset[State]] = {
 
 @dataclass(frozen=True, slots=True)
 class Connected:
-    """The handshake is done; ``cid`` is this side's connection id."""
+    """The connection is open; ``cid`` is this side's connection id.
+
+    Every connection's first event, on both sides: a client's comes when the
+    WELCOME arrives (its handshake is done), a server connection's when the
+    ``Listener`` accepts it (a HELLO with a valid cookie made it).
+    """
 
     cid: int
 
@@ -282,6 +294,7 @@ class Connection:
         "_cc",
         "_close_due",
         "_close_frame",
+        "_close_on_connect",
         "_close_resend_at",
         "_close_sends",
         "_closing_deadline",
@@ -380,6 +393,7 @@ class Connection:
         self._hello_sent_time = now
         # Closing.
         self._close_frame: Close | None = None
+        self._close_on_connect = False  # close() came during the handshake, with data queued
         self._close_due = False
         self._closing_deadline: float | None = None
         self._close_resend_at: float | None = None
@@ -395,6 +409,7 @@ class Connection:
         self.on_activity: ActivityHook | None = None
         if not is_client:
             self._control.append(Welcome(cid))
+            self._events.append(Connected(cid))  # accepted: the server side's first event
 
     @classmethod
     def client(
@@ -429,6 +444,8 @@ class Connection:
         """
         if self.state not in (State.HANDSHAKE, State.CONNECTED):
             raise LocalProtocolError(f"send() on a connection that is {self.state.value}")
+        if self._close_on_connect:
+            raise LocalProtocolError("send() after close() on a connection still in its handshake")
         config = self.config
         cost = message_cost(len(message), fragment_count(len(message), FRAGMENT_BYTES))
         window = config.receive_window if reliable else config.unreliable_window
@@ -460,10 +477,19 @@ class Connection:
         """Close gracefully: what was sent is delivered first, then the peer is told.
 
         ``ConnectionTerminated(reason="closed")`` comes when it is done. A close
-        during the handshake ends the connection at once.
+        during the handshake ends the connection at once if nothing was sent;
+        if messages are queued, they go once the handshake is done, and the
+        close follows (a client may ``send`` then ``close`` before it is
+        connected and lose nothing). Closing again does nothing.
         """
         if self.state is State.HANDSHAKE:
-            self._terminate("closed", detail=reason)
+            if self._close_on_connect:
+                return
+            if not self._pending:
+                self._terminate("closed", detail=reason)
+            else:
+                self._end_reason = reason
+                self._close_on_connect = True
         elif self.state is State.CONNECTED:
             self._end_reason = reason
             self._move(State.FLUSHING)
@@ -573,6 +599,8 @@ class Connection:
                         self._loss.rtt.update(now - self._hello_sent_time, 0.0, now)
                     self._move(State.CONNECTED)
                     self._events.append(Connected(self.cid))
+                    if self._close_on_connect:  # close() came during the handshake
+                        self._move(State.FLUSHING)
             elif isinstance(frame, Close):
                 self._terminate("peer-closed", code=frame.code, detail=frame.reason)
                 return

@@ -36,7 +36,11 @@ connection: 10 ms a datagram at 1,000 connections, and transfers failed):
 - ``receive_datagram`` parses and routes by connection id (a dict), and marks
   the connection it reached as *touched*; garbage touches nothing.
 - A connection is also touched by its timer, and by the application's
-  ``send``, ``close`` or ``abort`` (its ``on_activity`` hook).
+  ``send``, ``close`` or ``abort`` (its ``on_activity`` hook). The listener
+  passes that last kind on through its own ``on_activity``: datagrams and
+  timers come from whoever drives the listener, who pumps after them anyway,
+  but the application may call ``send`` at any time, and an I/O shell hears
+  of it there and schedules one pump (``_shell.py``).
 - ``datagrams_to_send`` asks only the touched connections; ``next_event``
   collects events only from them (and forgets those that ended).
 - Deadlines live in a heap of ``(deadline, sequence, cid)`` with lazy deletion:
@@ -50,6 +54,10 @@ The alternative, aioquic's, is one shell (and one loop timer) per connection;
 it keeps the per-event cost O(1) as well, but moves the demultiplexing and
 the timer bookkeeping into the shell. Keeping them here leaves the shell
 "drain datagrams, re-arm one timer" and the core testable without a loop.
+
+Events. A new connection's first event is ``Connected`` (it was made
+``CONNECTED``, and its WELCOME is on its way); then ``MessageReceived``, and
+last ``ConnectionTerminated``, after which its ``cid`` is forgotten.
 
 Limits. ``max_connections`` caps live connections; ``max_connections_per_address``
 (``MAX_CONNECTIONS_PER_ADDRESS``, 256) caps them per source address: per
@@ -75,7 +83,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, RemoteProtocolError
-from ._connection import Address, Connection, ConnectionConfig, Event
+from ._connection import ActivityHook, Address, Connection, ConnectionConfig, Event
 from ._packet import INITIAL, MAX_DATAGRAM_BYTES, RETRY, Hello, Retry, build_packet, parse_packet
 
 COOKIE_LIFETIME_S = 10.0
@@ -117,6 +125,11 @@ class Listener:
             from one IPv4 address or IPv6 /64 are dropped (``too-many-from-address``).
         seed: draw connection ids from ``random.Random(seed)`` (repeatable runs);
             by default they come from ``secrets``.
+
+    Attributes:
+        on_activity: called with a connection after the application's
+            ``send``, ``close`` or ``abort`` on it, once it is marked touched
+            (None: nobody listens). An I/O shell sets it to schedule a pump.
     """
 
     def __init__(
@@ -150,6 +163,7 @@ class Listener:
         self.accepted = 0
         self.retries_sent = 0
         self.dropped: Counter[str] = Counter()
+        self.on_activity: ActivityHook | None = None
 
     # -- the application's side ----------------------------------------------
 
@@ -243,7 +257,7 @@ class Listener:
             config=self.config,
         )
         connection.take_rtt_estimate(max(now - issued, 0.0))
-        connection.on_activity = self._touch
+        connection.on_activity = self._on_application
         self._connections[cid] = connection
         self._by_peer[addr, hello.source_cid] = connection
         self._per_address[source] += 1
@@ -307,6 +321,13 @@ class Listener:
         self._to_send[connection] = None
         self._to_file[connection] = None
         self._to_collect[connection] = None
+
+    def _on_application(self, connection: Connection) -> None:
+        """The application gave ``connection`` work: touch it, and tell ``on_activity``."""
+        self._touch(connection)
+        hook = self.on_activity
+        if hook is not None:
+            hook(connection)
 
     def _file_touched(self) -> None:
         touched, self._to_file = self._to_file, {}
