@@ -14,7 +14,25 @@ alike), and the medians are reported:
 The server runs on CPU 0 and the load on CPU 1 (taskset), where taskset exists.
 Everything is on 127.0.0.1, bounded in time, and stops by itself.
 
+Two asyncio figures once disagreed: 3.5x fivetuple's CPU per round trip here and
+about even in bench/matrix.py (docs/benchmarks.md, "Why the two asyncio numbers
+differed"). The options that show why, all off by default:
+
+- ``--load c c-probe bench`` measures each server under several loads in the same
+  rounds: ``c`` is echo_load.c as above; ``c-probe`` is the same after one connection
+  was opened and closed without a byte (what ``fivetuple bench`` does first, to check
+  its target); ``bench`` is ``fivetuple bench echo``, the load of bench/matrix.py,
+  with the server's CPU counted over the whole run as matrix.py counts it;
+- the servers ``asyncio-64k`` (asyncio reading 64 KiB per recv instead of 256 KiB)
+  and ``asyncio-fixed-mmap`` (glibc's mmap threshold fixed at its initial 128 KiB,
+  so that it cannot rise);
+- ``--syscalls``: one more run per server, connection count and load under
+  ``strace -c``, reported as system calls per round trip (strace slows the server,
+  so these runs are not timed).
+
 usage: python bench/echo_compare.py [--rounds 5] [--duration 5] [--write docs/benchmarks.md]
+       python bench/echo_compare.py --servers fivetuple asyncio --load c c-probe bench
+                                    [--reference fivetuple] [--syscalls]
 """
 
 from __future__ import annotations
@@ -25,10 +43,12 @@ import os
 import platform
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,11 +61,41 @@ TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 MARK_BEGIN = "<!-- echo_compare:begin -->"
 MARK_END = "<!-- echo_compare:end -->"
 
-SERVERS = {
-    "fivetuple": [sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"],
-    "uvloop": [sys.executable, str(HERE / "servers" / "asyncio_echo.py"), "--uvloop"],
-    "asyncio": [sys.executable, str(HERE / "servers" / "asyncio_echo.py")],
+ASYNCIO_ECHO = str(HERE / "servers" / "asyncio_echo.py")
+#: glibc's initial mmap threshold; set explicitly, it stays fixed (mallopt(3), M_MMAP_THRESHOLD).
+GLIBC_MMAP_THRESHOLD_BYTES = 128 * 1024
+#: name: (argv, extra environment)
+SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
+    "fivetuple": ([sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"], {}),
+    "uvloop": ([sys.executable, ASYNCIO_ECHO, "--uvloop"], {}),
+    "asyncio": ([sys.executable, ASYNCIO_ECHO], {}),
+    # Variants for the asyncio question; not measured unless named in --servers.
+    "asyncio-64k": ([sys.executable, ASYNCIO_ECHO, "--read-size", "65536"], {}),
+    "asyncio-fixed-mmap": (
+        [sys.executable, ASYNCIO_ECHO],
+        {"MALLOC_MMAP_THRESHOLD_": str(GLIBC_MMAP_THRESHOLD_BYTES)},
+    ),
 }
+DEFAULT_SERVERS = ["fivetuple", "uvloop", "asyncio"]
+#: c: echo_load.c; c-probe: the same after one connection opened and closed, as
+#: fivetuple bench checks its target; bench: fivetuple bench echo (bench/matrix.py's load).
+LOADS = ("c", "c-probe", "bench")
+DEFAULT_LOAD = "c"
+DRAIN_WAIT_S = 2.0
+PROBE_SETTLE_S = 0.2
+LOAD_SLACK_S = 60.0
+#: --src: where fivetuple (its server and ``fivetuple bench``) is imported from; None: installed.
+FIVETUPLE_SRC: Path | None = None
+
+
+def fivetuple_env() -> dict[str, str]:
+    """Environment for a fivetuple process: --src first on the path, when given."""
+    env = dict(os.environ)
+    if FIVETUPLE_SRC is not None:
+        env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, (str(FIVETUPLE_SRC), os.environ.get("PYTHONPATH")))
+        )
+    return env
 
 
 def build_load() -> Path:
@@ -66,8 +116,13 @@ class RunningServer:
 
     def __init__(self, name: str) -> None:
         self.name = name
+        argv, env = SERVERS[name]
         self.proc = subprocess.Popen(
-            pinned(0, SERVERS[name]), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            pinned(0, argv),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**(fivetuple_env() if name == "fivetuple" else os.environ), **env},
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -77,8 +132,28 @@ class RunningServer:
         self.port = int(line.split()[2].rsplit(":", 1)[1])
 
     def cpu_seconds(self) -> tuple[float, float]:
+        return self.counters()[:2]
+
+    def counters(self) -> tuple[float, float, int]:
+        """(user s, system s, minor page faults) of the server process."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S
+        # After the ")" field 3 (state) is index 0: minflt (10) is 7, utime (14) 11, stime 12.
+        return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S, int(fields[7])
+
+    def probe(self) -> None:
+        """Open one connection and close it without sending, as ``fivetuple bench`` does first.
+
+        The server reads the EOF: for asyncio that read frees its whole 256 KiB
+        receive buffer, which raises glibc's mmap threshold for good.
+        """
+        socket.create_connection(("127.0.0.1", self.port)).close()
+        time.sleep(PROBE_SETTLE_S)
+
+    def wait_closed(self, base_fds: int) -> None:
+        """Wait (briefly) until the server has closed the load's sockets, teardown counted in."""
+        deadline = time.monotonic() + DRAIN_WAIT_S
+        while self.fd_count() > base_fds and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -98,13 +173,93 @@ class RunningServer:
             self.proc.wait()
 
 
-def measure_echo(name: str, conns: int, size: int, duration: float) -> dict[str, float]:
+def measure_echo(
+    name: str, conns: int, size: int, duration: float, load: str = DEFAULT_LOAD
+) -> dict[str, float]:
     """One server alone: round trips per second and CPU per round trip."""
-    return measure_concurrent([name], conns, size, duration)[name]
+    if load == "bench":
+        return measure_bench(name, conns, size, duration)
+    return measure_concurrent([name], conns, size, duration, probe=load == "c-probe")[name]
+
+
+def c_load_argv(port: int, conns: int, size: int, duration: float, warmup: float) -> list[str]:
+    return [
+        str(LOAD_BIN),
+        "127.0.0.1",
+        str(port),
+        str(conns),
+        str(size),
+        f"{duration:g}",
+        f"{warmup:g}",
+    ]
+
+
+def bench_load_argv(port: int, conns: int, size: int, duration: float) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "fivetuple",
+        "bench",
+        "echo",
+        f"tcp://127.0.0.1:{port}",
+        *("--conns", str(conns), "--size", str(size), "--duration", f"{duration:g}", "--json"),
+    ]
+
+
+def run_bench_load(port: int, conns: int, size: int, duration: float) -> dict[str, float]:
+    """One ``fivetuple bench echo`` run to completion: its JSON report; raises on any error."""
+    load = subprocess.Popen(
+        pinned(1, bench_load_argv(port, conns, size, duration)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=fivetuple_env(),
+        start_new_session=True,  # so that a stuck load and any worker it forked can be killed
+    )
+    try:
+        stdout, stderr = load.communicate(timeout=duration + LOAD_SLACK_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(load.pid, signal.SIGKILL)
+        load.communicate()
+        raise RuntimeError(
+            f"fivetuple bench did not finish in {duration + LOAD_SLACK_S:g} s"
+        ) from None
+    lines = stdout.strip().splitlines()
+    report = json.loads(lines[-1]) if lines else {}
+    if load.returncode != 0 or report.get("error_count") or not report.get("round_trips"):
+        raise RuntimeError(f"fivetuple bench failed ({load.returncode}): {stderr[-300:]}")
+    return report
+
+
+def measure_bench(name: str, conns: int, size: int, duration: float) -> dict[str, float]:
+    """One server under ``fivetuple bench echo``, counted as bench/matrix.py counts it.
+
+    The server's CPU is read before the load starts and after the server has
+    closed the load's connections: the whole run, connecting and teardown
+    included, over the report's round trips. The load checks its target first
+    with one connection that it closes at once.
+    """
+    server = RunningServer(name)
+    try:
+        base_fds = server.fd_count()
+        u0, s0, f0 = server.counters()
+        report = run_bench_load(server.port, conns, size, duration)
+        server.wait_closed(base_fds)
+        u1, s1, f1 = server.counters()
+    finally:
+        server.stop()
+    roundtrips = int(report["round_trips"])
+    return {
+        "rps": float(report["round_trips_per_s"]),
+        "user_us": (u1 - u0) * 1e6 / roundtrips,
+        "sys_us": (s1 - s0) * 1e6 / roundtrips,
+        "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
+        "minflt": (f1 - f0) / roundtrips,
+    }
 
 
 def measure_concurrent(
-    names: list[str], conns: int, size: int, duration: float
+    names: list[str], conns: int, size: int, duration: float, probe: bool = False
 ) -> dict[str, dict[str, float]]:
     """Run the servers at the same time (or one alone), on CPU 0, each with its own load on CPU 1.
 
@@ -115,29 +270,24 @@ def measure_concurrent(
     servers = [RunningServer(name) for name in names]
     loads = []
     try:
+        if probe:
+            for server in servers:
+                server.probe()
         for server in servers:
-            argv = [
-                str(LOAD_BIN),
-                "127.0.0.1",
-                str(server.port),
-                str(conns),
-                str(size),
-                str(duration),
-                "1",
-            ]
+            argv = c_load_argv(server.port, conns, size, duration, 1)
             loads.append(subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE, text=True))
         for load in loads:
             assert load.stdout is not None
             if load.stdout.readline().strip() != "START":
                 raise RuntimeError("a load failed to start")
-        before = [server.cpu_seconds() for server in servers]
+        before = [server.counters() for server in servers]
         for load in loads:
             assert load.stdout is not None
             if load.stdout.readline().strip() != "END":
                 raise RuntimeError("a load failed")
-        after = [server.cpu_seconds() for server in servers]
+        after = [server.counters() for server in servers]
         results = {}
-        for name, load, (u0, s0), (u1, s1) in zip(names, loads, before, after, strict=True):
+        for name, load, (u0, s0, f0), (u1, s1, f1) in zip(names, loads, before, after, strict=True):
             assert load.stdout is not None
             result = dict(kv.split("=") for kv in load.stdout.readline().split())
             if load.wait(10) != 0 or int(result["errors"]):
@@ -148,6 +298,7 @@ def measure_concurrent(
                 "user_us": (u1 - u0) * 1e6 / roundtrips,
                 "sys_us": (s1 - s0) * 1e6 / roundtrips,
                 "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
+                "minflt": (f1 - f0) / roundtrips,
             }
         return results
     finally:
@@ -156,6 +307,62 @@ def measure_concurrent(
                 load.kill()
         for server in servers:
             server.stop()
+
+
+def measure_syscalls(
+    name: str, conns: int, size: int, duration: float, load: str
+) -> dict[str, float]:
+    """System calls of one server per round trip, counted by ``strace -c`` (untimed: strace is slow).
+
+    strace is attached before the load starts and detached after it ended; the C
+    load runs without warm-up so that its round trips cover the whole window.
+    """
+    server = RunningServer(name)
+    out = Path(tempfile.mkstemp(prefix="echo_compare-strace-")[1])
+    tracer = None
+    try:
+        if load == "c-probe":
+            server.probe()
+        base_fds = server.fd_count()
+        tracer = subprocess.Popen(
+            ["strace", "-c", "-p", str(server.proc.pid), "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert tracer.stderr is not None
+        if "attached" not in tracer.stderr.readline():
+            raise RuntimeError(f"strace could not attach to {name}")
+        if load == "bench":
+            roundtrips = int(run_bench_load(server.port, conns, size, duration)["round_trips"])
+        else:
+            done = subprocess.run(
+                pinned(1, c_load_argv(server.port, conns, size, duration, 0)),
+                capture_output=True,
+                text=True,
+                timeout=duration + LOAD_SLACK_S,
+                check=False,
+            )
+            result = dict(kv.split("=") for kv in done.stdout.strip().splitlines()[-1].split())
+            if done.returncode != 0 or int(result["errors"]):
+                raise RuntimeError(f"load against {name} reported errors: {result}")
+            roundtrips = int(result["roundtrips"])
+        server.wait_closed(base_fds)
+        tracer.send_signal(signal.SIGINT)
+        tracer.wait(10)
+        calls: dict[str, float] = {}
+        for line in out.read_text().splitlines():
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"; the total line too.
+            parts = line.split()
+            if len(parts) >= 5 and parts[3].isdigit():
+                calls[parts[-1]] = int(parts[3]) / roundtrips
+        return calls
+    finally:
+        if tracer is not None and tracer.poll() is None:
+            tracer.kill()
+            tracer.wait()
+        server.stop()
+        out.unlink(missing_ok=True)
 
 
 def measure_idle_memory(name: str, count: int) -> float:
@@ -182,7 +389,28 @@ def measure_idle_memory(name: str, count: int) -> float:
         server.stop()
 
 
-_SAVED_ARGS = ("rounds", "duration", "conns", "size", "idle", "servers", "concurrent")
+_SAVED_ARGS = (
+    "rounds",
+    "duration",
+    "conns",
+    "size",
+    "idle",
+    "servers",
+    "concurrent",
+    "load",
+    "reference",
+    "src",
+)
+
+
+def run_key(name: str, conns: int, load: str) -> str:
+    """JSON key of one cell; the default load keeps the old form, name@conns."""
+    return f"{name}@{conns}" if load == DEFAULT_LOAD else f"{name}@{conns}@{load}"
+
+
+def parse_run_key(key: str) -> tuple[str, int, str]:
+    name, conns, *load = key.split("@")
+    return name, int(conns), load[0] if load else DEFAULT_LOAD
 
 
 def median(values: list[float]) -> float:
@@ -201,7 +429,28 @@ def main() -> None:
     parser.add_argument(
         "--concurrent", type=int, default=5, help="rounds of the concurrent A/B (0: skip)"
     )
-    parser.add_argument("--servers", nargs="+", default=list(SERVERS), choices=list(SERVERS))
+    parser.add_argument("--servers", nargs="+", default=DEFAULT_SERVERS, choices=list(SERVERS))
+    parser.add_argument(
+        "--load",
+        nargs="+",
+        default=[DEFAULT_LOAD],
+        choices=LOADS,
+        help="c: echo_load.c; c-probe: the same after one connection opened and closed, as "
+        "fivetuple bench does; bench: fivetuple bench echo (CPU counted as bench/matrix.py does)",
+    )
+    parser.add_argument(
+        "--reference", default="uvloop", choices=list(SERVERS), help="the ratios' denominator"
+    )
+    parser.add_argument(
+        "--src",
+        type=Path,
+        help="import fivetuple (server and bench load) from this source tree, e.g. a frozen copy",
+    )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="one more (untimed) run per server, conns and load under strace -c",
+    )
     parser.add_argument("--write", type=Path, help="update this markdown file between its markers")
     parser.add_argument(
         "--from-json", type=Path, help="render the tables of an earlier run instead of measuring"
@@ -211,30 +460,48 @@ def main() -> None:
         saved = json.loads(args.from_json.read_text())
         memory = saved.pop("memory")
         concurrent = {int(k): v for k, v in saved.pop("concurrent", {}).items()}
+        syscalls = {parse_run_key(k): v for k, v in saved.pop("syscalls", {}).items()}
         args.__dict__.update(saved.pop("args"))
-        runs = {(k.split("@")[0], int(k.split("@")[1])): v for k, v in saved.items()}
-        table = render(args, runs, memory, concurrent)
+        args.syscalls = bool(syscalls)
+        runs = {parse_run_key(k): v for k, v in saved.items()}
+        table = render(args, runs, memory, concurrent, syscalls)
         print(table)
         if args.write:
             update_markdown(args.write, table)
         return
 
+    global FIVETUPLE_SRC
+    FIVETUPLE_SRC = args.src.resolve() if args.src else None
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     build_load()
-    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    runs: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     for rnd in range(args.rounds):
         for conns in args.conns:
-            # Alternate the order so that no server is always measured first.
-            order = args.servers if rnd % 2 == 0 else args.servers[::-1]
-            for name in order:
-                r = measure_echo(name, conns, args.size, args.duration)
-                runs.setdefault((name, conns), []).append(r)
-                print(
-                    f"round {rnd + 1} {name:10s} conns={conns:5d} rps={r['rps']:9.0f} "
-                    f"cpu/rt={r['cpu_us']:6.2f}us (user {r['user_us']:5.2f} sys {r['sys_us']:5.2f})",
-                    flush=True,
-                )
+            for load in args.load:
+                # Alternate the order so that no server is always measured first.
+                order = args.servers if rnd % 2 == 0 else args.servers[::-1]
+                for name in order:
+                    r = measure_echo(name, conns, args.size, args.duration, load)
+                    runs.setdefault((name, conns, load), []).append(r)
+                    shown = "" if args.load == [DEFAULT_LOAD] else f" load={load:7s}"
+                    print(
+                        f"round {rnd + 1} {name:10s} conns={conns:5d}{shown} rps={r['rps']:9.0f} "
+                        f"cpu/rt={r['cpu_us']:6.2f}us (user {r['user_us']:5.2f} sys {r['sys_us']:5.2f})",
+                        flush=True,
+                    )
+    syscalls: dict[tuple[str, int, str], dict[str, float]] = {}
+    if args.syscalls:
+        for conns in args.conns:
+            for load in args.load:
+                for name in args.servers:
+                    calls = measure_syscalls(name, conns, args.size, args.duration, load)
+                    syscalls[(name, conns, load)] = calls
+                    print(
+                        f"syscalls {name:10s} conns={conns:5d} load={load:7s} per rt: "
+                        + " ".join(f"{k}={v:.2f}" for k, v in calls.items() if v >= 0.01),
+                        flush=True,
+                    )
     concurrent: dict[int, list[dict[str, dict[str, float]]]] = {}
     pair = [name for name in ("fivetuple", "uvloop") if name in args.servers]
     if args.concurrent and len(pair) == 2:
@@ -259,17 +526,22 @@ def main() -> None:
                 memory.setdefault(name, []).append(per_conn)
                 print(f"memory {name:10s} {per_conn:7.0f} bytes per idle connection", flush=True)
 
-    table = render(args, runs, memory, concurrent)
+    table = render(args, runs, memory, concurrent, syscalls)
     print()
     print(table)
     out = BUILD / "echo_compare.json"
     out.write_text(
         json.dumps(
-            {f"{k[0]}@{k[1]}": v for k, v in runs.items()}
+            {run_key(*k): v for k, v in runs.items()}
+            | ({"syscalls": {run_key(*k): v for k, v in syscalls.items()}} if syscalls else {})
             | {
                 "memory": memory,
                 "concurrent": concurrent,
-                "args": {k: v for k, v in vars(args).items() if k in _SAVED_ARGS},
+                "args": {
+                    k: str(v) if isinstance(v, Path) else v
+                    for k, v in vars(args).items()
+                    if k in _SAVED_ARGS
+                },
             },
             indent=1,
         )
@@ -278,46 +550,118 @@ def main() -> None:
         update_markdown(args.write, table)
 
 
+def command_text(args: argparse.Namespace) -> str:
+    """The command line of a run: the old short form, plus every option that is not its default."""
+    parts = [
+        "python bench/echo_compare.py",
+        f"--rounds {args.rounds}",
+        f"--duration {args.duration:g}",
+    ]
+    if getattr(args, "load", [DEFAULT_LOAD]) != [DEFAULT_LOAD]:
+        parts += [f"--servers {' '.join(args.servers)}"] * (args.servers != DEFAULT_SERVERS)
+        parts += [f"--conns {' '.join(map(str, args.conns))}"] * (args.conns != [50, 1000])
+        parts += [f"--size {args.size}"] * (args.size != 1024)
+        parts += [f"--load {' '.join(args.load)}"]
+        parts += [f"--reference {args.reference}"] * (args.reference != "uvloop")
+        parts += ["--syscalls"] * bool(getattr(args, "syscalls", False))
+        parts += [f"--src {args.src}"] * bool(getattr(args, "src", None))
+        parts += [f"--idle {args.idle}"] * (args.idle != 10_000)
+        parts += [f"--concurrent {args.concurrent}"] * (args.concurrent != 5)
+    return " ".join(parts)
+
+
 def render(
     args: argparse.Namespace,
-    runs: dict[tuple[str, int], list[dict[str, float]]],
+    runs: dict[tuple[str, int, str], list[dict[str, float]]],
     memory: dict[str, list[float]],
     concurrent: dict[int, list[dict[str, dict[str, float]]]],
+    syscalls: dict[tuple[str, int, str], dict[str, float]] | None = None,
 ) -> str:
+    loads: list[str] = getattr(args, "load", [DEFAULT_LOAD])
+    reference: str = getattr(args, "reference", "uvloop")
+    # The default run renders exactly as before; several loads add a load column and
+    # the server's minor page faults per round trip.
+    diagnostic = loads != [DEFAULT_LOAD]
     lines = [
-        f"Command: `python bench/echo_compare.py --rounds {args.rounds} --duration {args.duration:g}`"
+        f"Command: `{command_text(args)}`"
         f" (message {args.size} B, ping-pong, {args.rounds} interleaved rounds).",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
-        f"Python {platform.python_version()}; server on CPU 0, load (echo_load.c) on CPU 1.",
+        f"Python {platform.python_version()}; server on CPU 0, load "
+        f"({'the load column' if diagnostic else 'echo_load.c'}) on CPU 1.",
         "",
         "Round trips/s and CPU are medians over the rounds. The ratios are the medians of the",
         "per-round ratios: each round measures every server back to back, so a ratio within a",
         "round cancels the machine's slow drift, which the plain medians do not; the range",
         "in brackets is the lowest and highest per-round ratio.",
         "",
-        "| server | conns | round trips/s | vs uvloop | server CPU us/rt (user+sys) | vs uvloop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
+    if diagnostic:
+        lines += [
+            "Loads: `c` is echo_load.c (CPU counted between its START and END marks, warm-up",
+            "excluded); `c-probe` is the same after one connection was opened and closed without",
+            "a byte, as `fivetuple bench` does to check its target; `bench` is `fivetuple bench",
+            "echo`, the load of bench/matrix.py, with the server's CPU counted over the whole run",
+            "(connecting and teardown included) as matrix.py counts it. Faults: the server's minor",
+            "page faults per round trip.",
+            "",
+            f"| server | conns | load | round trips/s | vs {reference} | server CPU us/rt (user+sys) "
+            f"| vs {reference} | faults/rt |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+    else:
+        lines += [
+            f"| server | conns | round trips/s | vs {reference} | server CPU us/rt (user+sys) "
+            f"| vs {reference} |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
     for conns in args.conns if runs else []:
-        ref = runs.get(("uvloop", conns))
-        for name in args.servers:
-            rs = runs[(name, conns)]
-            rps = median([r["rps"] for r in rs])
-            cpu = median([r["cpu_us"] for r in rs])
-            user = median([r["user_us"] for r in rs])
-            sys_ = median([r["sys_us"] for r in rs])
-            rps_ratio = cpu_ratio = ""
-            if ref:
-                rps_ratio = ratio_summary(
-                    [a["rps"] / b["rps"] for a, b in zip(rs, ref, strict=True)]
-                )
-                cpu_ratio = ratio_summary(
-                    [a["cpu_us"] / b["cpu_us"] for a, b in zip(rs, ref, strict=True)]
-                )
+        for load in loads:
+            ref = runs.get((reference, conns, load))
+            for name in args.servers:
+                rs = runs[(name, conns, load)]
+                rps = median([r["rps"] for r in rs])
+                cpu = median([r["cpu_us"] for r in rs])
+                user = median([r["user_us"] for r in rs])
+                sys_ = median([r["sys_us"] for r in rs])
+                rps_ratio = cpu_ratio = ""
+                if ref:
+                    rps_ratio = ratio_summary(
+                        [a["rps"] / b["rps"] for a, b in zip(rs, ref, strict=True)]
+                    )
+                    cpu_ratio = ratio_summary(
+                        [a["cpu_us"] / b["cpu_us"] for a, b in zip(rs, ref, strict=True)]
+                    )
+                if diagnostic:
+                    faults = [r["minflt"] for r in rs if "minflt" in r]
+                    lines.append(
+                        f"| {name} | {conns} | {load} | {rps:,.0f} | {rps_ratio} | "
+                        f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu_ratio} | "
+                        f"{f'{median(faults):.2f}' if faults else ''} |"
+                    )
+                else:
+                    lines.append(
+                        f"| {name} | {conns} | {rps:,.0f} | {rps_ratio} | "
+                        f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu_ratio} |"
+                    )
+    if syscalls:
+        lines += [
+            "",
+            "System calls of the server per round trip (`--syscalls`: one more run of each,",
+            "under `strace -c`, untimed). reads: recvfrom or read; writes: sendto or write.",
+            "",
+            "| server | conns | load | reads | writes | mmap | mremap | munmap | brk | all |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for (name, conns, load), calls in syscalls.items():
+
+            def per_rt(*names: str, calls: dict[str, float] = calls) -> str:
+                return f"{sum(calls.get(n, 0.0) for n in names):.2f}"
+
             lines.append(
-                f"| {name} | {conns} | {rps:,.0f} | {rps_ratio} | "
-                f"{cpu:.2f} ({user:.2f}+{sys_:.2f}) | {cpu_ratio} |"
+                f"| {name} | {conns} | {load} | {per_rt('recvfrom', 'read')} "
+                f"| {per_rt('sendto', 'write')} | {per_rt('mmap')} | {per_rt('mremap')} "
+                f"| {per_rt('munmap')} | {per_rt('brk')} | {per_rt('total')} |"
             )
     if concurrent:
         lines += [
