@@ -79,7 +79,7 @@ import os
 import signal
 import socket
 from collections import Counter, OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from logging import INFO
 from typing import Any
@@ -630,12 +630,19 @@ class DatagramServer:
         )  # fmt: skip
         self.loop.stop()
 
-    def serve_forever(self, *, handle_signals: bool = True) -> int:
-        """Run until SIGINT or SIGTERM (UDP has nothing to flush); returns 0."""
+    def serve_forever(
+        self, *, handle_signals: bool = True, ready: Callable[[], None] | None = None
+    ) -> int:
+        """Run until SIGINT or SIGTERM (UDP has nothing to flush); returns 0.
+
+        ``ready`` is called once the signal handlers are in place (``Server.serve_forever``).
+        """
         if handle_signals:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
         try:
+            if ready is not None:
+                ready()
             self.loop.run()
         finally:
             self.transport.close()

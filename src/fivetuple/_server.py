@@ -242,12 +242,17 @@ class Server:
 
     # -- running ------------------------------------------------------------
 
-    def serve_forever(self, *, handle_signals: bool = True) -> int:
+    def serve_forever(
+        self, *, handle_signals: bool = True, ready: Callable[[], None] | None = None
+    ) -> int:
         """Run until shut down; returns the exit status (0 after a graceful stop).
 
         Args:
             handle_signals: install SIGINT/SIGTERM handlers (main thread only):
                 the first starts a graceful shutdown, a second aborts at once.
+            ready: called once the signal handlers are in place, just before
+                the loop runs (the command line prints its banner there, so a
+                signal sent as soon as the banner is read is handled).
         """
         if not self._started:
             self.start()
@@ -256,6 +261,8 @@ class Server:
                 self.loop.add_signal_handler(sig, self._on_signal, sig)
             self._signals_installed = True
         try:
+            if ready is not None:
+                ready()
             self.loop.run()
         finally:
             if self._signals_installed:

@@ -324,11 +324,14 @@ def serve(
             _print_status_every(observed, status_every)
     server.start()
     label = app if codec == "raw" else f"{app} codec={codec}"
-    print(server.banner(label), flush=True)
-    if admin is not None:
-        print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
-    _log_start(server.banner(label))
-    status = server.serve_forever()
+
+    def ready() -> None:
+        print(server.banner(label), flush=True)
+        if admin is not None:
+            print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
+        _log_start(server.banner(label))
+
+    status = server.serve_forever(ready=ready)
     _log_stop(status)
     sys.exit(status)
 
@@ -396,9 +399,12 @@ def _serve_udp(
         peer_rate=udp_rate,
         peer_burst=udp_burst,
     )
-    print(server.banner(app), flush=True)
-    _log_start(server.banner(app))
-    status = server.serve_forever()
+
+    def ready() -> None:
+        print(server.banner(app), flush=True)
+        _log_start(server.banner(app))
+
+    status = server.serve_forever(ready=ready)
     _log_stop(status)
     return status
 

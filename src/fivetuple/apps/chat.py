@@ -375,7 +375,9 @@ class ChatMember(Protocol):
 
     def _nick(self, name: str) -> None:
         if not _NICK.fullmatch(name):
-            self.send("* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)")
+            self.send(
+                "* usage: /nick NAME (1-32 ASCII letters, digits, _ . -: no look-alike letters)"
+            )
             return
         if any(m.nick == name for m in self.room.members if m is not self):
             self.send(f"* {name} is taken; choose another")
