@@ -21,12 +21,13 @@ from fivetuple.apps import make_app
 from fivetuple.errors import SetupError
 from fivetuple.loadgen import BenchConfig, parse_source_addrs
 from fivetuple.loadgen._message import MessageMaker, ReplyLedger
-from helpers import port_of, run_cli, running_server
+from helpers import CliServer, port_of, run_cli, running_server
 
 REPORT_KEYS = {
     "target", "mode", "conns", "size", "pipeline", "duration_s", "rate", "procs", "elapsed_s",
     "connections", "round_trips", "round_trips_per_s", "mb_per_s", "latency_us", "errors",
-    "error_count", "cpu", "hold", "connects_per_s", "stopped_by",
+    "error_count", "cpu", "hold", "connects_per_s", "stopped_by", "protocol", "datagrams",
+    "not_echo",
 }  # fmt: skip
 
 
@@ -193,6 +194,165 @@ def test_open_loop_latency_counts_from_when_a_message_was_due() -> None:
     assert 120 <= report["round_trips"] <= 260
 
 
+# -- verdicts against servers that misbehave in one way each (issue 12) -------
+
+
+class Staller(Protocol):
+    """Echo, but after the 20th read stop reading for STALL_S, once."""
+
+    STALL_S = 1.5
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.reads = 0
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        self.transport.write(data)
+        if self.reads == 20:
+            self.transport.pause_reading()
+            self.transport._loop.call_later(self.STALL_S, self.transport.resume_reading)
+
+
+class Swapper(Protocol):
+    """Echo 64-byte messages with each pair swapped: 1, 0, 3, 2, ..."""
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.buffer = b""
+        self.held: bytes | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 64:
+            message, self.buffer = self.buffer[:64], self.buffer[64:]
+            if self.held is None:
+                self.held = message
+            else:
+                self.transport.write(message + self.held)
+                self.held = None
+
+
+class Doubler(Protocol):
+    """Echo everything twice; remember the most bytes one read brought."""
+
+    largest_read = 0
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        Doubler.largest_read = max(Doubler.largest_read, len(data))
+        self.transport.write(data)
+        self.transport.write(data)
+
+
+class Banner(Protocol):
+    """Say hello, then discard everything (an FTP or SMTP greeting, say)."""
+
+    def connection_made(self, transport: Transport) -> None:
+        transport.write(b"220 discard ready\r\n")
+
+
+def test_a_stall_is_late_not_reordered_and_is_in_the_maximum_latency() -> None:
+    """Closed loop, --timeout 1: the message the server sat on for 1.5 s is
+    given up at 1 s (the next one is sent then) and comes back, in order, at
+    1.5 s: late, not reordered, and its 1.5 s is in the histogram. (It used to
+    be counted "reordered", and its latency left out.) The next one waited
+    0.5 s at most: on time."""
+    with running_server(Staller) as server:
+        status, report = bench(
+            port_of(server), "--conns", "1", "--duration", "2.5", "--timeout", "1"
+        )
+    assert status == 1
+    assert report["errors"] == {"late": 1}, report
+    assert report["latency_us"]["max"] >= 1_400_000
+    assert report["round_trips"] > 20  # the late one is a round trip too
+
+
+def test_an_open_loop_stall_over_the_timeout_is_late_with_every_due_time() -> None:
+    """--rate 100 --timeout 0.5 and a 1.5 s stall: about 150 messages were due
+    during it; each is late, none is missing or reordered, and the maximum
+    latency is the stall."""
+    with running_server(Staller) as server:
+        status, report = bench(
+            port_of(server), "--conns", "1", "--rate", "100", "--duration", "2.5",
+            "--timeout", "0.5",
+        )  # fmt: skip
+    assert status == 1
+    assert set(report["errors"]) == {"late"}
+    assert 50 <= report["errors"]["late"] <= 200
+    assert report["latency_us"]["max"] >= 1_400_000
+
+
+def test_replies_that_really_come_out_of_order_are_reordered() -> None:
+    with running_server(Swapper) as server:
+        status, report = bench(
+            port_of(server), "--conns", "1", "--duration", "1", "--pipeline", "2",
+            "--timeout", "0.5",
+        )  # fmt: skip
+    assert status == 1
+    # Of each pair one reply overtook the other: one round trip, one reordered.
+    assert set(report["errors"]) == {"reordered"}
+    assert report["errors"]["reordered"] == report["round_trips"]
+
+
+def test_duplicated_replies_are_counted_and_the_pipeline_stays_put() -> None:
+    """Each reply comes twice: one round trip and one duplicate each. A duplicate
+    does not make the closed loop send again (it used to, doubling the messages
+    in flight at every round trip)."""
+    Doubler.largest_read = 0
+    with running_server(Doubler) as server:
+        status, report = bench(port_of(server), "--conns", "1", "--duration", "1")
+    assert status == 1
+    assert report["errors"] == {"duplicated": report["round_trips"]}
+    assert report["round_trips"] > 100
+    assert Doubler.largest_read == 64  # one message in flight at a time, as --pipeline 1 says
+
+
+def not_echo_run(port: int, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    target = f"tcp://127.0.0.1:{port}"
+    common = ("--duration", "5", "--timeout", "0.5", *args)
+    as_json = run_cli("bench", target, *common, "--json", timeout=30)
+    as_text = run_cli("bench", target, *common, timeout=30)
+    return as_text, json.loads(as_json.stdout)
+
+
+@pytest.mark.parametrize("conns", ["1", "4"])
+def test_a_chat_server_does_not_echo(conns: str) -> None:
+    """One connection gets only chat's greeting; four also get each other's lines."""
+    with CliServer("chat", "--port", "0") as cli:
+        assert cli.port is not None
+        done, report = not_echo_run(cli.port, "--conns", conns)
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == (
+        f"tcp://127.0.0.1:{cli.port} does not echo what is sent: no reply matched a message\n"
+    )
+    assert report["not_echo"]["detail"] == done.stdout.strip()
+    assert report["elapsed_s"] < 2  # it stopped at once, not after --duration 5
+
+
+def test_a_banner_then_silence_does_not_echo() -> None:
+    """A greeting shorter than one message and then nothing: seen when the first
+    message times out."""
+    with running_server(Banner) as server:
+        done, report = not_echo_run(port_of(server), "--conns", "2")
+    assert done.returncode == 1
+    assert "does not echo what is sent" in done.stdout and done.stdout.count("\n") == 1
+    assert report["not_echo"] is not None and report["elapsed_s"] < 2
+
+
+def test_silence_is_missing_not_a_verdict_on_echoing() -> None:
+    """A discard server sends nothing at all: every message is missing."""
+    with running_server(make_app("discard")) as server:
+        status, report = bench(
+            port_of(server), "--conns", "2", "--duration", "0.6", "--timeout", "0.3"
+        )
+    assert status == 1
+    assert report["not_echo"] is None and set(report["errors"]) == {"missing"}
+    assert report["round_trips"] == 0
+
+
 def test_refused_target_is_one_line_and_exit_2() -> None:
     with running_server(make_app("echo")) as server:
         port = port_of(server)
@@ -272,6 +432,37 @@ def test_skipped_reordered_duplicated_and_unexpected_replies() -> None:
     assert book.check(maker.make(99), 3000) is None  # never sent
     assert errors == {"missing": 1, "reordered": 1, "duplicated": 1, "unexpected": 1}
     assert book.give_up() == 3 and errors["missing"] == 4
+
+
+def test_a_reply_after_it_was_given_up_is_late_with_its_round_trip() -> None:
+    """A stall: 0 is given up as overdue, then its reply comes, in order."""
+    _, book, errors, messages = ledger()
+    book.late_after = 500
+    assert book.give_up_before(1001) == 1  # 0 was sent at 1000: overdue
+    assert +errors == {"missing": 1}
+    assert book.check(messages[0], 3000) == 2000  # its whole wait, from when it was sent
+    assert book.check(messages[1], 3000) == 1999  # in order, but over late_after too
+    assert book.check(messages[2], 1400) == 398  # on time
+    assert +errors == {"late": 2}
+
+
+def test_a_given_up_reply_after_a_later_one_is_reordered() -> None:
+    _, book, errors, messages = ledger()
+    book.give_up_before(1002)  # 0 and 1
+    assert book.check(messages[1], 2000) == 999  # 1 came back first: late...
+    assert book.check(messages[0], 2000) is None  # ...and 0 after it: reordered
+    assert +errors == {"late": 1, "reordered": 1}
+
+
+def test_another_connections_message_is_unexpected_and_junk_is_counted() -> None:
+    _, book, errors, messages = ledger()
+    assert book.never_matched and book.strikes == 0
+    assert book.check(MessageMaker(40, 8).make(0), 2000) is None  # right CRC, not ours
+    assert book.check(b"x" * 40, 2000) is None
+    assert +errors == {"unexpected": 1, "corrupted": 1}
+    assert book.never_matched and book.strikes == 2
+    assert book.check(messages[1], 2000) == 999
+    assert not book.never_matched
 
 
 def test_source_address_ranges_and_lists() -> None:

@@ -103,3 +103,32 @@ def test_a_file_with_newlines_cannot_go_as_one_line(tmp_path: Path) -> None:
         )
     assert result.returncode == 2
     assert "--codec length" in result.stderr and "Traceback" not in result.stderr
+    assert "--codec lines" not in result.stderr  # the fix is not what was done
+
+
+def test_over_the_limit_names_a_codec_that_takes_it_not_the_one_in_use(tmp_path: Path) -> None:
+    """16 MiB + 1 byte: over length's limit and packets' (the same 16 MiB), so
+    only raw, a byte stream with no message limit, can carry it. Checked before
+    connecting: no server is needed to say so."""
+    blob = tmp_path / "big.bin"
+    blob.write_bytes(b"z" * (16 * 1024 * 1024 + 1))
+    for codec in ("length", "packets"):
+        result = run_cli("client", "tcp://127.0.0.1:1", "--codec", codec, "--send", str(blob))
+        assert result.returncode == 2
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and "over the limit" in lines[0], result.stderr
+        assert "--codec raw" in lines[0]
+        assert "--codec length" not in lines[0] and "--codec packets" not in lines[0]
+
+
+@pytest.mark.parametrize("udp", [False, True])
+def test_stdin_from_dev_null_is_an_empty_input(udp: bool) -> None:
+    """epoll refuses /dev/null (EPERM): it is read at once instead of crashing."""
+    args = ("echo", "--udp") if udp else ("echo",)
+    with CliServer(*args, "--port", "0") as cli:
+        result = subprocess.run(
+            [sys.executable, "-m", "fivetuple", "client", cli.address],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=20,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == b"" and result.stderr == b""

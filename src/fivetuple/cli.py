@@ -456,16 +456,17 @@ def _print_status_every(observed: Any, seconds: float) -> None:
 @click.option(
     "--timeout",
     type=click.FloatRange(min=0, min_open=True),
-    default=30.0,
-    show_default=True,
+    default=None,
     metavar="SECONDS",
-    help="With --send: how long to wait for the echo.",
+    help="With --send: how long to wait for the echo [default: 30]. udp:// lines: how "
+    "long to wait for the missing replies once stdin ends [default: 2].",
 )
-def client(target: str, codec: str, send_file: str | None, timeout: float) -> None:
-    """Connect to TARGET (tcp://HOST:PORT or unix://PATH) and talk.
+def client(target: str, codec: str, send_file: str | None, timeout: float | None) -> None:
+    """Connect to TARGET (tcp://HOST:PORT, udp://HOST:PORT or unix://PATH) and talk.
 
-    Each stdin line is sent (one message per line with a codec) and every reply
-    is printed. With --send, exits 0 if the echo matches the file, 1 if not.
+    Each stdin line is sent (one message per line with a codec; one datagram
+    per line over UDP) and every reply is printed. With --send, exits 0 if the
+    echo matches the file, 1 if not.
     """
     from .client import run_client
 
@@ -531,7 +532,17 @@ def client(target: str, codec: str, send_file: str | None, timeout: float) -> No
     default=5.0,
     show_default=True,
     metavar="SECONDS",
-    help="A reply later than this is counted missing.",
+    help="A reply later than this is counted late (its latency is still recorded); "
+    "one that never comes is missing (UDP: lost).",
+)
+@click.option(
+    "--max-loss",
+    "max_loss",
+    type=click.FloatRange(min=0, max=100),
+    default=0.0,
+    show_default=True,
+    metavar="PCT",
+    help="UDP: the percentage of datagrams that may be lost before the run fails.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
@@ -550,21 +561,26 @@ def bench(
     source_addrs: str | None,
     connect_rate: float | None,
     reply_timeout: float,
+    max_loss: float,
     as_json: bool,
     progress: bool | None,
 ) -> None:
-    """Load TARGET (tcp://HOST:PORT or unix://PATH) and report what it did.
+    """Load TARGET (tcp://HOST:PORT, udp://HOST:PORT or unix://PATH) and report what it did.
 
     \b
     echo     each connection sends a numbered, checksummed message and waits
              for it back (or --rate: sends on a schedule); every reply is
-             verified, and a wrong, missing or reordered one is an error
+             verified, and a wrong, missing, late or reordered one is an
+             error; over UDP each connection is one socket, and a datagram
+             not echoed within --timeout is lost
     hold     open --conns connections, keep them idle for --duration, then
-             check with one echo each that they are still up
+             check with one echo each that they are still up (TCP only)
     connect  open and close connections, --conns at a time: connections/s
+             (TCP only)
 
     Exit status: 0 if all went well, 1 if anything failed (an error, a failed
-    or lost connection, a limit), 2 for a bad option or an unreachable target.
+    or lost connection, a limit, a target that does not echo, UDP loss over
+    --max-loss), 2 for a bad option or an unreachable target.
     """
     import json
 
@@ -588,6 +604,7 @@ def bench(
         source_addrs=parse_source_addrs(source_addrs) if source_addrs else (),
         connect_rate=connect_rate,
         reply_timeout=reply_timeout,
+        max_loss_pct=max_loss,
     )
     report = run_bench(config, show_progress=progress)
     if as_json:

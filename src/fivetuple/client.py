@@ -4,12 +4,24 @@ Interactive: every stdin line goes out (as one message with a codec, as the
 line's bytes without one) and every reply is printed. ``--send FILE`` sends
 the file as one message and checks that the echo is byte for byte the same.
 The client is a Protocol on a Transport like any server connection.
+
+UDP (``udp://HOST:PORT``): one connected UDP socket. Each stdin line, without
+its newline, is one datagram, and each datagram that comes back is printed as
+it comes, followed by a newline. UDP has no end of stream to tell the server
+"that was all", so after stdin ends the client waits until as many replies
+have come as datagrams went, or ``timeout`` seconds (exit 1 then, naming how
+many got no reply). ``--send FILE`` sends the file as one datagram. A
+connected socket hears the ICMP "port unreachable" that a closed port sends
+back, as ECONNREFUSED: before any reply that is a person's mistake (a wrong
+port, no server: exit 2), after one it is a failure (the server went away:
+exit 1).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import select
 import socket
 import stat
 import sys
@@ -27,26 +39,40 @@ from .errors import LocalProtocolError, SetupError
 CONNECT_TIMEOUT_S = 10.0
 #: How long --send waits for the whole echo before calling it missing.
 ECHO_TIMEOUT_S = 30.0
+#: UDP lines: how long to wait for the missing replies once stdin has ended.
+UDP_REPLY_TIMEOUT_S = 2.0
+#: The largest UDP payload over IPv4 (65,535 - 20 IP - 8 UDP).
+MAX_DATAGRAM_BYTES = 65_507
+RECV_BYTES = 65_536
+#: Datagrams read per wakeup.
+RECV_BATCH = 64
 
 
 def parse_target(target: str) -> tuple[int, Any]:
-    """``tcp://HOST:PORT`` (IPv6 in brackets) or ``unix://PATH`` -> (family, address).
+    """``tcp://HOST:PORT``, ``udp://HOST:PORT`` (IPv6 in brackets) or ``unix://PATH``
+    -> (family, address). Whether it is UDP is ``is_udp(target)``.
 
     Raises:
         SetupError: the target is not of that form.
     """
     if target.startswith("unix://") and len(target) > 7:
         return socket.AF_UNIX, target[7:]
-    if target.startswith("tcp://"):
+    if target.startswith(("tcp://", "udp://")):
         rest = target[6:]
         host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit() and host:
+        if sep and port.isdigit() and host and int(port) <= 65535:
             if host.startswith("[") and host.endswith("]"):
                 return socket.AF_INET6, (host[1:-1], int(port))
             return socket.AF_UNSPEC, (host, int(port))
     raise SetupError(
-        f"target {target!r} is not tcp://HOST:PORT or unix://PATH; e.g. tcp://127.0.0.1:7000"
+        f"target {target!r} is not tcp://HOST:PORT, udp://HOST:PORT or unix://PATH; "
+        "e.g. tcp://127.0.0.1:7000"
     )
+
+
+def is_udp(target: str) -> bool:
+    """Whether ``target`` names a UDP port (``udp://HOST:PORT``)."""
+    return target.startswith("udp://")
 
 
 def connect(target: str) -> socket.socket:
@@ -103,11 +129,23 @@ class _Client(Protocol):
 
 
 class _Stdin:
-    """Reads stdin lines on the loop and sends them."""
+    """Reads stdin lines on the loop and hands each to ``send``; ``on_eof`` at the end."""
 
-    def __init__(self, loop: Loop, client: _Client, raw: bool) -> None:
-        self.loop, self.client, self.raw = loop, client, raw
+    def __init__(
+        self, loop: Loop, send: Callable[[bytes], None], on_eof: Callable[[], None], raw: bool
+    ) -> None:
+        self.loop, self.send, self.on_eof, self.raw = loop, send, on_eof, raw
         self.partial = b""
+
+    def start(self) -> None:
+        if not stat.S_ISREG(os.fstat(0).st_mode):
+            try:
+                self.loop.add_io(0, self, READ)
+                return
+            except PermissionError:  # EPERM: epoll cannot watch it (/dev/null)
+                pass
+        # A regular file, or a device epoll refuses: it never blocks, read it now.
+        self.feed(sys.stdin.buffer.read(), eof=True)
 
     def handle_io(self, events: int) -> None:
         data = os.read(0, 65536)
@@ -123,30 +161,73 @@ class _Stdin:
         for line in lines:
             if eof and not line:
                 continue
-            self.client.send(line + b"\n" if self.raw else line)
+            self.send(line + b"\n" if self.raw else line)
         if eof:
-            self.client.transport.write_eof()
+            self.on_eof()
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as exc:
+        raise SetupError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _either(options: list[str]) -> str:
+    return options[0] if len(options) == 1 else f"{', '.join(options[:-1])} or {options[-1]}"
+
+
+def _check_fits(send_file: str, data: bytes, codec_name: str) -> None:
+    """Raises SetupError, naming codecs that would take ``data`` as one message,
+    when ``codec_name`` cannot; never the one already in use."""
+    try:
+        CODECS[codec_name]().encode(data)
+        return
+    except LocalProtocolError as exc:
+        reason = str(exc)
+    fits = []
+    for name, make in CODECS.items():
+        if name == codec_name:
+            continue
+        try:
+            make().encode(data)
+        except LocalProtocolError:
+            continue
+        fits.append(f"--codec {name}")
+    # raw: a byte stream, no message and so no limit; the echo is compared whole.
+    fits.append("--codec raw (no message limit)")
+    raise SetupError(
+        f"{send_file} ({len(data):,} bytes) cannot be sent as one {codec_name} message "
+        f"({reason}); use {_either(fits)}, with a server that uses the same codec"
+    )
 
 
 def run_client(
     target: str,
     codec_name: str = "raw",
     send_file: str | None = None,
-    timeout: float = ECHO_TIMEOUT_S,
+    timeout: float | None = None,
 ) -> int:
-    """Run the client; returns the exit status (0 ok, 1 echo mismatch or lost).
+    """Run the client; returns the exit status (0 ok, 1 echo mismatch, lost, no reply).
+
+    Args:
+        timeout: with ``send_file``, how long to wait for the echo
+            (``ECHO_TIMEOUT_S`` if None); over UDP without it, how long to wait
+            for the missing replies once stdin has ended (``UDP_REPLY_TIMEOUT_S``).
 
     Raises:
-        SetupError: a bad target, a refused connection, an unreadable file.
+        SetupError: a bad target, a refused connection or unreachable port, an
+            unreadable file, a file that cannot go as one message.
     """
-    codec = None if codec_name == "raw" else CODECS[codec_name]()
+    if is_udp(target):
+        return _run_udp(target, codec_name, send_file, timeout)
     file_data = None
     if send_file is not None:
-        try:
-            with open(send_file, "rb") as f:
-                file_data = f.read()
-        except OSError as exc:
-            raise SetupError(f"cannot read {send_file}: {exc.strerror}") from None
+        file_data = _read_file(send_file)
+        if codec_name != "raw":
+            _check_fits(send_file, file_data, codec_name)
+    codec = None if codec_name == "raw" else CODECS[codec_name]()
     sock = connect(target)
     loop = Loop()
     received: list[bytes] = []
@@ -165,24 +246,12 @@ def run_client(
     transport = Transport(loop, sock, client)
     transport.start()
     if file_data is not None:
-        try:
-            client.send(file_data)
-        except LocalProtocolError as exc:
-            transport.abort()
-            loop.close()
-            raise SetupError(
-                f"{send_file} cannot be sent as one {codec_name} message ({exc}); "
-                "try --codec length or packets"
-            ) from None
+        client.send(file_data)
         if codec is None:
             transport.write_eof()
-        loop.call_later(timeout, loop.stop)
+        loop.call_later(ECHO_TIMEOUT_S if timeout is None else timeout, loop.stop)
     else:
-        reader = _Stdin(loop, client, raw=codec is None)
-        if stat.S_ISREG(os.fstat(0).st_mode):  # epoll cannot watch a regular file
-            reader.feed(sys.stdin.buffer.read(), eof=True)
-        else:
-            loop.add_io(0, reader, READ)
+        _Stdin(loop, client.send, transport.write_eof, raw=codec is None).start()
     try:
         loop.run()
     finally:
@@ -191,14 +260,182 @@ def run_client(
         loop.close()
     if file_data is None:
         return 1 if client.error is not None and codec is not None else 0
-    echo = b"".join(received)
-    digest = hashlib.sha256(file_data).hexdigest()[:16]
-    if echo == file_data:
-        print(f"sent {len(file_data)} bytes as one message; echo verified (sha256 {digest}...)")
+    return _verdict(file_data, b"".join(received), "message")
+
+
+def _verdict(sent: bytes, echo: bytes, unit: str) -> int:
+    """Print whether ``echo`` is ``sent``; returns the exit status."""
+    digest = hashlib.sha256(sent).hexdigest()[:16]
+    if echo == sent:
+        print(f"sent {len(sent)} bytes as one {unit}; echo verified (sha256 {digest}...)")
         return 0
     print(
-        f"echo differs: sent {len(file_data)} bytes (sha256 {digest}...), "
+        f"echo differs: sent {len(sent)} bytes (sha256 {digest}...), "
         f"got {len(echo)} (sha256 {hashlib.sha256(echo).hexdigest()[:16]}...)",
         file=sys.stderr,
     )
     return 1
+
+
+# -- UDP ----------------------------------------------------------------------
+
+
+def connect_udp(target: str) -> socket.socket:
+    """A connected, non-blocking UDP socket to ``target`` (nothing is sent yet).
+
+    Raises:
+        SetupError: an unknown host, or no route: one line naming the target.
+    """
+    family, address = parse_target(target)
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            address[0], address[1], family, socket.SOCK_DGRAM
+        )[0]
+    except socket.gaierror as exc:
+        raise SetupError(f"cannot resolve {target} ({exc.strerror}); check the host") from None
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.connect(address)
+    except OSError as exc:
+        sock.close()
+        raise SetupError(f"cannot send to {target}: {exc.strerror or exc}") from None
+    sock.setblocking(False)
+    return sock
+
+
+class _UdpClient:
+    """One connected UDP socket on the loop: sends datagrams, hands on replies,
+    and notes an ICMP port unreachable (ECONNREFUSED), which ends the run."""
+
+    def __init__(self, loop: Loop, sock: socket.socket, on_reply: Callable[[bytes], None]) -> None:
+        self.loop, self.sock, self.on_reply = loop, sock, on_reply
+        self.sent = 0
+        self.replies = 0
+        self.refused = False
+        self.too_long: int | None = None  # the size of a line no datagram can hold
+        self.waiting = False  # stdin has ended: stop once every datagram is answered
+        loop.add_io(sock.fileno(), self, READ)
+
+    def send(self, data: bytes) -> None:
+        if self.refused or self.too_long is not None:
+            return
+        if len(data) > MAX_DATAGRAM_BYTES:
+            self.too_long = len(data)
+            self._stop()
+            return
+        while True:
+            try:
+                self.sock.send(data)
+            except BlockingIOError:  # our send buffer is full: wait for room
+                select.select([], [self.sock], [], 1.0)
+                continue
+            except ConnectionRefusedError:
+                self._refused()
+                return
+            break
+        self.sent += 1
+
+    def handle_io(self, events: int) -> None:
+        for _ in range(RECV_BATCH):
+            try:
+                data = self.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except ConnectionRefusedError:
+                self._refused()
+                return
+            self.replies += 1
+            self.on_reply(data)
+        if self.waiting and self.replies >= self.sent:
+            self._stop()
+
+    def wait_for_replies(self, timeout: float) -> None:
+        """Stdin has ended: stop when every datagram has a reply, or after ``timeout``."""
+        self.waiting = True
+        if self.replies >= self.sent:
+            self._stop()
+        else:
+            self.loop.call_later(timeout, self.loop.stop)
+
+    def _refused(self) -> None:
+        self.refused = True
+        self._stop()
+
+    def _stop(self) -> None:
+        # Through the loop: a regular file on stdin is read (and may end) before
+        # loop.run(), which would forget a stop() made then.
+        self.loop.call_soon(self.loop.stop)
+
+    def close(self) -> None:
+        self.loop.remove_io(self.sock.fileno())
+        self.sock.close()
+
+
+def _run_udp(target: str, codec_name: str, send_file: str | None, timeout: float | None) -> int:
+    """``run_client`` for ``udp://`` targets."""
+    if codec_name != "raw":
+        raise SetupError(
+            f"--codec {codec_name} frames a byte stream; over UDP every datagram is one "
+            "message already: leave out --codec"
+        )
+    file_data = None
+    if send_file is not None:
+        file_data = _read_file(send_file)
+        if len(file_data) > MAX_DATAGRAM_BYTES:
+            raise SetupError(
+                f"{send_file} ({len(file_data):,} bytes) cannot be sent as one datagram: "
+                f"UDP carries at most {MAX_DATAGRAM_BYTES:,}; send it over TCP instead "
+                f"(fivetuple client tcp://HOST:PORT --send {send_file})"
+            )
+    sock = connect_udp(target)
+    loop = Loop()
+    received: list[bytes] = []
+    out = sys.stdout.buffer
+
+    def show(message: bytes) -> None:
+        if file_data is not None:
+            received.append(message)
+            loop.stop()
+            return
+        out.write(message + b"\n")
+        out.flush()
+
+    client = _UdpClient(loop, sock, show)
+    if file_data is not None:
+        client.send(file_data)
+        loop.call_later(ECHO_TIMEOUT_S if timeout is None else timeout, loop.stop)
+    else:
+        wait = UDP_REPLY_TIMEOUT_S if timeout is None else timeout
+        _Stdin(loop, client.send, lambda: client.wait_for_replies(wait), raw=False).start()
+    try:
+        loop.run()
+    finally:
+        client.close()
+        loop.close()
+    if client.too_long is not None:
+        raise SetupError(
+            f"a line of {client.too_long:,} bytes cannot be sent as one datagram: "
+            f"UDP carries at most {MAX_DATAGRAM_BYTES:,}"
+        )
+    if client.refused:
+        if not client.replies:  # nothing there from the start: the person's mistake
+            raise SetupError(
+                f"nothing is listening on {target}: the port is unreachable (ICMP); "
+                "is a UDP server there, e.g. fivetuple serve echo --udp?"
+            )
+        print(
+            f"{target} became unreachable (ICMP port unreachable) after "
+            f"{client.replies} replies: the server went away",
+            file=sys.stderr,
+        )
+        return 1
+    if file_data is not None:
+        return _verdict(file_data, b"".join(received[:1]), "datagram")
+    if client.replies < client.sent:
+        print(
+            f"no reply to {client.sent - client.replies} of {client.sent} datagrams "
+            f"within {wait:g} s of the end of input",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -9,6 +9,8 @@ from ..errors import SetupError
 from ._message import MIN_SIZE
 
 MODES = ("echo", "hold", "connect")
+#: The largest UDP payload over IPv4 (65,535 - 20 IP - 8 UDP).
+MAX_DATAGRAM_BYTES = 65_507
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,14 @@ class BenchConfig:
     connect_timeout: float = 10.0
     reply_timeout: float = 5.0
     backend: str | None = None
+    #: UDP: the share of datagrams, in percent, that may be lost before the
+    #: run counts as failed (exit status 1). 0: any loss fails it.
+    max_loss_pct: float = 0.0
+
+    @property
+    def udp(self) -> bool:
+        """Whether the target is ``udp://`` (one connected UDP socket per "connection")."""
+        return self.target.startswith("udp://")
 
     def check(self) -> None:
         """Raises SetupError naming the first option that cannot work."""
@@ -52,6 +62,19 @@ class BenchConfig:
             raise SetupError("--procs must be between 1 and 256")
         if self.procs > self.conns:
             raise SetupError(f"--procs {self.procs} is more than --conns {self.conns}")
+        if not 0 <= self.max_loss_pct <= 100:
+            raise SetupError("--max-loss must be a percentage from 0 to 100")
+        if self.udp:
+            if self.mode != "echo":
+                raise SetupError(
+                    f"bench {self.mode} needs a tcp:// or unix:// target: UDP has no "
+                    "connections to hold or open; use bench echo for UDP"
+                )
+            if self.size > MAX_DATAGRAM_BYTES:
+                raise SetupError(
+                    f"--size {self.size} is over {MAX_DATAGRAM_BYTES:,} bytes, the largest "
+                    "UDP datagram; use a tcp:// target for larger messages"
+                )
 
 
 def parse_source_addrs(text: str) -> tuple[str, ...]:

@@ -1,4 +1,16 @@
-"""Merge the workers' results into one report; print it as a table or as JSON."""
+"""Merge the workers' results into one report; print it as a table or as JSON.
+
+What fails a run (exit status 1, ``failed``): any error (``corrupted``,
+``missing``, ``late``, ``reordered``, ``duplicated``, ``unexpected``, an ICMP
+``refused``), a failed or lost connection, a limit that stopped it, a held
+connection that did not survive, a target that does not echo, and for UDP
+more lost datagrams than ``max_loss_pct`` (0 by default: on loopback a lost
+datagram was dropped by a full socket buffer or by the server's own rate
+limit, and a benchmark should not pass quietly over either) or any
+duplicate. UDP promises no order, so reordered echoes are counted, and are
+still round trips, but do not fail a run; and loss is reported as loss with
+its percentage, in ``datagrams``, not as an error of the server.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +20,12 @@ from typing import Any
 from hdrh.histogram import HdrHistogram
 
 from ._config import BenchConfig
+from ._message import DUPLICATED, LOST, REORDERED
 
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
+#: For UDP these are counts of what the path and the server did to datagrams,
+#: reported under "datagrams", not errors.
+_DATAGRAM_COUNTS = (LOST, DUPLICATED, REORDERED)
 
 
 def _sum_counts(results: list[dict[str, Any]], key: str) -> dict[str, int]:
@@ -35,6 +51,19 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     user = sum(r["cpu_user_s"] for r in results)
     system = sum(r["cpu_system_s"] for r in results)
     errors = _sum_counts(results, "errors")
+    datagrams = None
+    if config.udp:
+        sent = sum(r["sent"] for r in results)
+        counts = {kind: errors.pop(kind, 0) for kind in _DATAGRAM_COUNTS}
+        datagrams = {
+            "sent": sent,
+            "echoed": trips,
+            **counts,
+            "lost_pct": round(100.0 * counts[LOST] / sent, 3) if sent else 0.0,
+            "max_loss_pct": config.max_loss_pct,
+            "unsent": sum(r["unsent"] for r in results),
+        }
+    not_echo = next((r["not_echo"] for r in results if r["not_echo"]), None)
     stopped = [r["stopped_by"] for r in results if r["stopped_by"]]
     latency = None
     if histogram is not None and histogram.get_total_count():
@@ -44,6 +73,7 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     per = trips or connects
     return {
         "target": config.target,
+        "protocol": _protocol(config.target),
         "mode": config.mode,
         "conns": config.conns,
         "size": config.size,
@@ -64,6 +94,16 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
         "latency_us": latency,
         "errors": errors,
         "error_count": sum(errors.values()),
+        "datagrams": datagrams,
+        "not_echo": (
+            {
+                **not_echo,
+                # One short line: rich wraps a printed line at 80 columns.
+                "detail": f"{config.target} does not echo what is sent: no reply matched a message",
+            }
+            if not_echo
+            else None
+        ),
         "cpu": {
             "user_s": round(user, 3),
             "system_s": round(system, 3),
@@ -90,22 +130,40 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _protocol(target: str) -> str:
+    return target.partition("://")[0] if "://" in target else "tcp"
+
+
 def failed(report: dict[str, Any]) -> bool:
     """Whether the run saw anything wrong (the exit status is then 1)."""
     conns = report["connections"]
     hold = report["hold"]
+    datagrams = report["datagrams"]
     return bool(
         report["error_count"]
         or conns["failed"]
         or conns["lost"]
         or report["stopped_by"]
+        or report["not_echo"]
         or (hold and hold["still_up"] < hold["held"])
+        or (
+            datagrams
+            and (
+                datagrams[DUPLICATED]
+                or (datagrams[LOST] and datagrams["lost_pct"] > datagrams["max_loss_pct"])
+            )
+        )
     )
 
 
 def render(report: dict[str, Any]) -> Any:
-    """The report as a rich Table (printed by the CLI)."""
+    """The report as a rich Table (printed by the CLI); for a target that does
+    not echo, the one line that says so instead."""
     from rich.table import Table
+    from rich.text import Text
+
+    if report["not_echo"]:
+        return Text(report["not_echo"]["detail"])
 
     table = Table(title=f"fivetuple bench {report['mode']} {report['target']}", show_header=False)
     table.add_column("what", style="bold")
@@ -122,16 +180,33 @@ def render(report: dict[str, Any]) -> Any:
             f"{report['elapsed_s']:.1f} s, {report['procs']} proc(s)"
             + (f", rate {report['rate']:g}/s per conn" if report["rate"] else ""),
         ),
-        ("connections established", f"{conns['established']:,} of {conns['attempted']:,}"),
-        ("connections failed", counts(conns["failed"])),
-        ("connections lost", counts(conns["lost"])),
     ]
+    datagrams = report["datagrams"]
+    if datagrams is None:
+        rows += [
+            ("connections established", f"{conns['established']:,} of {conns['attempted']:,}"),
+            ("connections failed", counts(conns["failed"])),
+            ("connections lost", counts(conns["lost"])),
+        ]
+    else:
+        rows += [
+            ("UDP sockets", f"{conns['established']:,} of {conns['attempted']:,}"),
+            ("sockets failed", counts(conns["failed"])),
+        ]
     if report["mode"] == "echo":
         rows += [
             ("round trips", f"{report['round_trips']:,}"),
             ("round trips/s", f"{report['round_trips_per_s']:,.0f}"),
             ("MB/s (echoed payload)", f"{report['mb_per_s']:,.2f}"),
         ]
+    if datagrams is not None:
+        rows += [
+            ("datagrams sent", f"{datagrams['sent']:,}"),
+            ("lost", f"{datagrams['lost']:,} ({datagrams['lost_pct']:.2f}%)"),
+            ("duplicated / reordered", f"{datagrams['duplicated']:,} / {datagrams['reordered']:,}"),
+        ]
+        if datagrams["unsent"]:
+            rows.append(("not sent (own send buffer full)", f"{datagrams['unsent']:,}"))
     if report["connects_per_s"] is not None:
         rows.append(("connections/s", f"{report['connects_per_s']:,.0f}"))
     if report["hold"]:
@@ -154,6 +229,12 @@ def render(report: dict[str, Any]) -> Any:
     if report["stopped_by"]:
         stop = report["stopped_by"]
         rows.append(("stopped by", f"{stop['limit']} after {stop['reached']:,}: {stop['detail']}"))
+    if datagrams is not None and datagrams["lost"]:
+        table.caption = (
+            "Lost datagrams: a UDP server drops what it cannot take (a full receive "
+            "buffer, or a rate limit per peer: fivetuple serve --udp allows 1,000/s, "
+            "see --udp-rate); try --rate below it, or more --conns."
+        )
     for what, value in rows:
         table.add_row(what, value)
     return table

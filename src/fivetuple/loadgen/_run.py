@@ -19,12 +19,17 @@ from typing import Any
 from ..client import parse_target
 from ..errors import SetupError
 from ._config import BenchConfig
+from ._message import MessageMaker
 from ._report import merge
 from ._worker import Worker
 
 #: Descriptors a worker keeps for itself (the loop, pipes, stdio).
 SPARE_FDS = 32
 PROBE_TIMEOUT_S = 5.0
+#: UDP: how long the probe datagram waits for its echo (or an ICMP port
+#: unreachable) before the run starts anyway; a target that drops it is the
+#: run's to report, as loss.
+UDP_PROBE_S = 1.0
 
 
 def raise_nofile() -> tuple[int, int]:
@@ -39,22 +44,28 @@ def raise_nofile() -> tuple[int, int]:
     return soft, hard
 
 
-def resolve(target: str, source: str | None = None) -> tuple[int, Any]:
+def resolve(target: str, source: str | None = None, size: int = 64) -> tuple[int, Any]:
     """The family and address to connect to, checked by one blocking connect
-    (from ``source``, the first source address, if there is one).
+    (from ``source``, the first source address, if there is one); for UDP by
+    one datagram of ``size`` bytes (``probe_udp``).
 
     Raises:
         SetupError: one line naming the target and what went wrong.
     """
     family, address = parse_target(target)
+    udp = target.startswith("udp://")
+    kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     if family == socket.AF_UNIX and source is not None:
-        raise SetupError(f"--source-addrs applies to tcp:// targets, not {target}")
+        raise SetupError(f"--source-addrs applies to tcp:// and udp:// targets, not {target}")
     if family != socket.AF_UNIX:
         try:
-            info = socket.getaddrinfo(address[0], address[1], family, socket.SOCK_STREAM)
+            info = socket.getaddrinfo(address[0], address[1], family, kind)
         except socket.gaierror as exc:
             raise SetupError(f"cannot resolve {target}: {exc.strerror}") from None
         family, _, _, _, address = info[0]
+    if udp:
+        probe_udp(target, family, address, source, size)
+        return family, address
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(PROBE_TIMEOUT_S)
     try:
@@ -80,6 +91,42 @@ def resolve(target: str, source: str | None = None) -> tuple[int, Any]:
     finally:
         probe.close()
     return family, address
+
+
+def probe_udp(target: str, family: int, address: Any, source: str | None, size: int) -> None:
+    """Send one message to a UDP target and wait up to ``UDP_PROBE_S`` for
+    anything back. UDP has no handshake: only the ICMP port unreachable that
+    a datagram to a closed port brings back (ECONNREFUSED on a connected
+    socket) says that nothing listens there.
+
+    Raises:
+        SetupError: nothing listens there, or the source address is not ours.
+    """
+    probe = socket.socket(family, socket.SOCK_DGRAM)
+    probe.settimeout(UDP_PROBE_S)
+    try:
+        if source is not None:
+            try:
+                probe.bind((source, 0))
+            except OSError as exc:
+                raise SetupError(
+                    f"cannot send from source address {source}: {exc.strerror}; "
+                    "--source-addrs must be addresses of this machine (127.x.y.z on loopback)"
+                ) from None
+        probe.connect(address)
+        probe.send(MessageMaker(size, 0).make(0))
+        probe.recv(65_536)
+    except ConnectionRefusedError:
+        raise SetupError(
+            f"nothing is listening on {target}: the port is unreachable (ICMP); "
+            "is a UDP server there, e.g. fivetuple serve echo --udp?"
+        ) from None
+    except TimeoutError:
+        pass  # a silent target: the run will say how much was lost
+    except OSError as exc:
+        raise SetupError(f"cannot send to {target}: {exc.strerror or exc}") from None
+    finally:
+        probe.close()
 
 
 def _shares(config: BenchConfig) -> list[tuple[int, tuple[str, ...]]]:
@@ -120,7 +167,7 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
         SetupError: a bad option, or a target that cannot be reached.
     """
     config.check()
-    family, address = resolve(config.target, (config.source_addrs or (None,))[0])
+    family, address = resolve(config.target, (config.source_addrs or (None,))[0], config.size)
     soft, _ = raise_nofile()
     per_worker = -(-config.conns // config.procs)
     if config.mode != "connect" and per_worker + SPARE_FDS > soft:

@@ -12,9 +12,29 @@ Theory of operation. A worker runs in phases, each ended by a timer:
    cannot hide its stall by slowing the sender (no coordinated omission).
    ``hold`` sends nothing. ``connect`` opens and closes connections, as
    many as ``conns`` at a time;
-3. drain: no new messages; replies still on their way get ``DRAIN_S``;
-   then every message without its reply is counted missing;
+3. drain: no new messages; replies still on their way get ``--timeout``
+   (``reply_timeout``); then every message without its reply is counted
+   missing (lost, for UDP);
 4. (hold) probe: one echoed message per connection proves it is still up.
+
+A closed loop keeps exactly ``pipeline`` messages waiting on each
+connection: it tops up after the replies of each read and after giving up
+on overdue messages, so a server that duplicates or answers junk cannot make
+it send faster. Every ``TICK_S`` the messages older than ``reply_timeout``
+are given up (missing for now; ``late`` if their reply comes after all, see
+``_message``), so that one lost reply does not stop a closed loop.
+
+UDP (``udp://``): each "connection" is one connected UDP socket, so that the
+kernel gives it only the target's datagrams and reports an ICMP port
+unreachable as ECONNREFUSED on it. The same phases, messages and timers
+apply; a datagram whose echo has not come within ``reply_timeout`` is lost.
+There is nothing to hold and no handshake to count, so ``hold`` and
+``connect`` are TCP only (refused in ``BenchConfig.check``).
+
+A target that does not echo (its first ``NOT_ECHO_REPLIES`` replies on a
+connection, or whatever it sent before the first message timed out, match
+nothing sent) ends the run at once with that verdict: thousands of
+"corrupted" replies would only hide what is wrong.
 
 Round trip times are appended to an array as integers (microseconds) and
 folded into an HDR histogram once a second, so that the hot path does not
@@ -25,6 +45,7 @@ from __future__ import annotations
 
 import errno
 import resource
+import socket
 import time
 from array import array
 from collections import Counter
@@ -35,17 +56,24 @@ from hdrh.histogram import HdrHistogram
 
 from .._connector import open_connection
 from .._loop import Loop
+from .._poller import READ
 from .._protocol import Protocol
 from .._transport import Transport
 from ._config import BenchConfig
-from ._message import MessageMaker, ReplyLedger
+from ._message import DatagramLedger, MessageMaker, ReplyLedger
 
 MAX_CONNECTING = 256
-DRAIN_S = 2.0
 PROBE_S = 5.0
 TICK_S = 0.25
 #: Highest latency the histogram tracks: an hour, in microseconds.
 MAX_LATENCY_US = 3_600_000_000
+#: Wrong replies before any right one that make a connection's target "not an echo".
+NOT_ECHO_REPLIES = 4
+#: Datagrams read per wakeup of one UDP socket (then the loop serves the others).
+RECV_BATCH = 64
+RECV_BYTES = 65_536
+#: An ICMP port unreachable on a UDP socket, as counted in the errors.
+REFUSED = "refused"
 
 #: errno -> (reason, the limit it means or None)
 _FAILURES = {
@@ -70,60 +98,37 @@ _LIMIT_HINTS = {
 _now_ns = time.monotonic_ns
 
 
-class _Client(Protocol):
-    """One connection: echo (closed or open loop), hold, or probe."""
+class _Sender:
+    """What a TCP connection and a UDP socket share: the closed loop's top-up,
+    the open loop's schedule, and giving up on overdue messages.
 
-    __slots__ = ("_ledger", "_maker", "_next_due", "_partial", "_seq", "_worker", "transport")
+    Subclasses set the slots and define ``send(due)``, ``alive()`` and ``close()``.
+    """
 
-    def __init__(self, worker: Worker, number: int) -> None:
-        self._worker = worker
-        self._maker = MessageMaker(worker.size, number)
-        self._ledger = ReplyLedger(self._maker, worker.errors)
-        self._partial = b""
-        self._seq = 0
-        self._next_due = 0
-        self.transport: Transport | None = None
-
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
-        self.transport = transport
-        self._worker.established(self)
+    __slots__ = ("_ledger", "_maker", "_next_due", "_seq", "_worker", "key")
+    _worker: Worker
+    _ledger: ReplyLedger | DatagramLedger
+    _maker: MessageMaker
+    _seq: int
+    _next_due: int
+    key: int  # the connection's number in this worker (a TCP transport's id too)
 
     def send(self, due: int = 0) -> None:
-        seq = self._seq
-        self._seq = seq + 1
-        message = self._maker.make(seq)
-        self._ledger.sent(seq, message, due or _now_ns())
-        self.transport.write(message)  # type: ignore[union-attr]
+        raise NotImplementedError
 
-    def data_received(self, data: bytes) -> None:
-        worker = self._worker
-        size = worker.size
-        if self._partial:
-            data = self._partial + data
-            self._partial = b""
-        end = len(data)
-        if end == size:  # the common case: one whole reply
-            rtt = self._ledger.check(data, _now_ns())
-            if rtt is not None:
-                worker.latencies_us.append(rtt // 1000)
-            if worker.closed_loop:
-                self.send()
-            return
-        pos = 0
-        while end - pos >= size:
-            rtt = self._ledger.check(data[pos : pos + size], _now_ns())
-            pos += size
-            if rtt is not None:
-                worker.latencies_us.append(rtt // 1000)
-            if worker.closed_loop:
-                self.send()
-        if pos < end:
-            self._partial = data[pos:]
+    def alive(self) -> bool:
+        raise NotImplementedError
+
+    def top_up(self) -> None:
+        """Closed loop: send until ``pipeline`` messages wait (at most that many
+        tries, so that a send that fails cannot spin)."""
+        for _ in range(self._worker.pipeline - len(self._ledger.outstanding)):
+            self.send()
 
     def tick(self) -> None:
         """Open loop: send every message that is due, timed from when it was due."""
         worker = self._worker
-        if not worker.sending or self.transport is None or self.transport.is_closing():
+        if not worker.sending or not self.alive():
             return
         now = _now_ns()
         interval = worker.interval_ns
@@ -138,9 +143,100 @@ class _Client(Protocol):
         self._next_due = first_due
         self.tick()
 
-    def overdue(self, before_ns: int) -> bool:
+    def give_up_overdue(self, cutoff: int) -> int:
+        """Give up the messages sent before ``cutoff``; says "not an echo" when
+        this connection got something back, but never a right reply."""
+        ledger = self._ledger
+        oldest = ledger.oldest()
+        if oldest is None or oldest >= cutoff:
+            return 0
+        if ledger.never_matched and self._got_junk():
+            self._worker.does_not_echo(ledger.strikes)
+        return ledger.give_up_before(cutoff)
+
+    def _got_junk(self) -> bool:
+        return self._ledger.strikes > 0
+
+    def _wrong_reply(self) -> None:
+        ledger = self._ledger
+        if ledger.never_matched and ledger.strikes >= NOT_ECHO_REPLIES:
+            self._worker.does_not_echo(ledger.strikes)
+
+    def give_up(self) -> int:
+        return self._ledger.give_up()
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class _Client(_Sender, Protocol):
+    """One connection: echo (closed or open loop), hold, or probe."""
+
+    __slots__ = ("_partial", "transport")
+    _ledger: ReplyLedger
+
+    def __init__(self, worker: Worker, number: int) -> None:
+        self._worker = worker
+        self.key = number
+        self._maker = MessageMaker(worker.size, number)
+        self._ledger = ReplyLedger(self._maker, worker.errors, worker.late_after_ns)
+        self._partial = b""
+        self._seq = 0
+        self._next_due = 0
+        self.transport: Transport | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self._worker.established(self)
+
+    def alive(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+    def send(self, due: int = 0) -> None:
+        seq = self._seq
+        self._seq = seq + 1
+        message = self._maker.make(seq)
+        self._ledger.sent(seq, message, due or _now_ns())
+        self.transport.write(message)  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        worker = self._worker
+        size = worker.size
+        ledger = self._ledger
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        end = len(data)
+        if end == size:  # the common case: one whole reply
+            rtt = ledger.check(data, _now_ns())
+            if rtt is not None:
+                worker.latencies_us.append(rtt // 1000)
+            elif worker.checking:
+                self._wrong_reply()
+        else:
+            pos = 0
+            while end - pos >= size:
+                rtt = ledger.check(data[pos : pos + size], _now_ns())
+                pos += size
+                if rtt is not None:
+                    worker.latencies_us.append(rtt // 1000)
+                elif worker.checking:
+                    self._wrong_reply()
+            if pos < end:
+                self._partial = data[pos:]
+        if worker.closed_loop:  # top_up(), inlined: this is the hot path
+            outstanding = ledger.outstanding
+            while len(outstanding) < worker.pipeline:  # a TCP send always files one
+                self.send()
+
+    def _got_junk(self) -> bool:
+        # Bytes short of a whole reply count too, unless they are the start of
+        # the reply awaited: a banner shorter than a message is junk.
+        partial = self._partial
         outstanding = self._ledger.outstanding
-        return bool(outstanding) and outstanding[0][1] < before_ns
+        return self._ledger.strikes > 0 or (
+            bool(partial) and not (outstanding and outstanding[0][2].startswith(partial))
+        )
 
     def give_up(self) -> int:
         self._partial = b""
@@ -151,10 +247,100 @@ class _Client(Protocol):
         self.send()
 
     def probe_answered(self) -> bool:
-        return self._seq > 0 and not self._ledger.outstanding and self._ledger.answered_below > 0
+        ledger = self._ledger
+        return self._seq > 0 and not ledger.outstanding and not ledger.never_matched
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.abort("local")
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._worker.lost(self, self.transport)
+        self._worker.lost(self)
+
+
+class _DatagramClient(_Sender):
+    """One connected UDP socket: echo, closed or open loop."""
+
+    __slots__ = ("_sock",)
+    _ledger: DatagramLedger
+
+    def __init__(self, worker: Worker, number: int) -> None:
+        self._worker = worker
+        self.key = number
+        self._maker = MessageMaker(worker.size, number)
+        self._ledger = DatagramLedger(self._maker, worker.errors, worker.late_after_ns)
+        self._seq = 0
+        self._next_due = 0
+        self._sock: socket.socket | None = None
+
+    def open(self, family: int, address: Any, source: str | None) -> None:
+        """Make, bind and connect the socket and watch it.
+
+        Raises:
+            OSError: EMFILE, EADDRNOTAVAIL, ... (the socket is closed again).
+        """
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if source is not None:
+                sock.bind((source, 0))
+            sock.connect(address)
+            self._worker.loop.add_io(sock.fileno(), self, READ)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            if isinstance(exc, ValueError):  # select() cannot watch fd >= 1024
+                raise OSError(errno.EMFILE, str(exc)) from None
+            raise
+        self._sock = sock
+
+    @property
+    def sent(self) -> int:
+        return self._seq
+
+    def alive(self) -> bool:
+        return self._sock is not None
+
+    def send(self, due: int = 0) -> None:
+        seq = self._seq
+        message = self._maker.make(seq)
+        t = due or _now_ns()
+        try:
+            self._sock.send(message)  # type: ignore[union-attr]
+        except BlockingIOError:  # our own send buffer is full: not sent, not lost
+            self._worker.unsent += 1
+            return
+        except OSError as exc:
+            self._worker.socket_error(exc)
+            return
+        self._seq = seq + 1
+        self._ledger.sent(seq, message, t)
+
+    def handle_io(self, events: int) -> None:
+        worker = self._worker
+        recv = self._sock.recv  # type: ignore[union-attr]
+        check = self._ledger.check
+        latencies = worker.latencies_us
+        for _ in range(RECV_BATCH):
+            try:
+                data = recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # ICMP port unreachable: ECONNREFUSED, once
+                worker.socket_error(exc)
+                continue
+            rtt = check(data, _now_ns())
+            if rtt is not None:
+                latencies.append(rtt // 1000)
+            elif worker.checking:
+                self._wrong_reply()
+        if worker.closed_loop:
+            self.top_up()
+
+    def close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._worker.loop.remove_io(sock.fileno())
+            sock.close()
 
 
 class _Churn(Protocol):
@@ -166,7 +352,7 @@ class _Churn(Protocol):
         self._worker = worker
         self._started = _now_ns()
 
-    def connection_made(self, transport: Transport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Transport) -> None:
         self._worker.latencies_us.append((_now_ns() - self._started) // 1000)
         transport.close()
 
@@ -189,12 +375,17 @@ class Worker:
         self.config = config
         self.loop = Loop(config.backend)
         self.family, self.address = family, address
+        self.udp = config.udp
         self.conns = conns
         self.sources = sources
         self.size = config.size
+        self.pipeline = config.pipeline
         self.report = report
         self.closed_loop = config.mode == "echo" and config.rate is None
+        #: Whether wrong replies are watched for a target that does not echo.
+        self.checking = config.mode == "echo"
         self.interval_ns = int(1e9 / config.rate) if config.rate else 0
+        self.late_after_ns = int(config.reply_timeout * 1e9)
         self.sending = False
         self.errors: Counter[str] = Counter()
         self.failed: Counter[str] = Counter()
@@ -202,15 +393,18 @@ class Worker:
         self.latencies_us: array[int] = array("q")
         self.histogram = HdrHistogram(1, MAX_LATENCY_US, 3)
         self.recorded = 0  # latencies folded into the histogram
-        self.clients: dict[int, _Client] = {}
+        self.clients: dict[int, _Client | _DatagramClient] = {}
         self.probing: set[_Client] = set()
         self.phase = "connect"
         self.attempted = 0
         self.connecting = 0
         self.established_count = 0
         self.stopped_by: dict[str, Any] | None = None
+        self.not_echo: dict[str, Any] | None = None
+        self.unsent = 0  # UDP datagrams our own full send buffer refused
         self.run_started = self.run_ended = 0.0
         self.cpu_s = (0.0, 0.0)
+        self._cpu_start: tuple[float, float] | None = None
         self._closing = False
 
     # -- phases -------------------------------------------------------------
@@ -240,32 +434,50 @@ class Worker:
         if rate:
             budget = min(budget, max(1, int(rate * 0.01)))
         for _ in range(max(0, budget)):
-            self._connect(_Client(self, self.attempted))
+            if self.udp:
+                self._open_datagram()
+            else:
+                self._connect(_Client(self, self.attempted))
         if rate and self.attempted < self.conns and self.stopped_by is None:
             self.loop.call_later(0.01, self._open_more)
         self._maybe_connected()
+
+    def _source(self, number: int) -> str | None:
+        return self.sources[number % len(self.sources)] if self.sources else None
 
     def _connect(self, protocol: Protocol) -> None:
         number = self.attempted
         self.attempted += 1
         self.connecting += 1
-        source = self.sources[number % len(self.sources)] if self.sources else None
         open_connection(
             self.loop,
             self.family,
             self.address,
             protocol,
             on_failed=self._failed,
-            source=source,
+            source=self._source(number),
             timeout=self.config.connect_timeout,
             conn_id=number,
         )
 
-    def established(self, client: _Client) -> None:
+    def _open_datagram(self) -> None:
+        """A UDP socket is up at once; ``established`` runs on the next
+        iteration, as a TCP connection's would (no recursion into _open_more)."""
+        number = self.attempted
+        self.attempted += 1
+        self.connecting += 1
+        client = _DatagramClient(self, number)
+        try:
+            client.open(self.family, self.address, self._source(number))
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.loop.call_soon(self.established, client)
+
+    def established(self, client: _Client | _DatagramClient) -> None:
         self.connecting -= 1
         self.established_count += 1
-        assert client.transport is not None
-        self.clients[client.transport.id] = client
+        self.clients[client.key] = client
         if self.phase == "connect":
             if self.config.connect_rate:
                 self._maybe_connected()
@@ -273,6 +485,8 @@ class Worker:
                 self._open_more()
         elif self.phase == "run" and self.config.mode == "echo":  # a straggler
             self._start_sending(client)
+        elif self.phase == "done":
+            client.close()
 
     def _failed(self, exc: OSError) -> None:
         self.connecting -= 1
@@ -320,12 +534,11 @@ class Worker:
             self.sending = True
             for _ in range(self.conns):
                 self._connect(_Churn(self))
-        self.loop.call_later(self.config.duration, self._end_run)
+        self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
 
-    def _start_sending(self, client: _Client) -> None:
+    def _start_sending(self, client: _Client | _DatagramClient) -> None:
         if self.closed_loop:
-            for _ in range(self.config.pipeline):
-                client.send()
+            client.top_up()
         else:
             client.start_open_loop(_now_ns())
 
@@ -338,38 +551,58 @@ class Worker:
             self._maybe_stop()
 
     def _end_run(self) -> None:
+        if self.phase != "run":
+            return
         self.sending = False
         self.closed_loop = False
         self.run_ended = self.loop.time()
-        usage = resource.getrusage(resource.RUSAGE_SELF)
-        self.cpu_s = (usage.ru_utime - self._cpu_start[0], usage.ru_stime - self._cpu_start[1])
+        if self._cpu_start is not None:
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            self.cpu_s = (
+                usage.ru_utime - self._cpu_start[0],
+                usage.ru_stime - self._cpu_start[1],
+            )
         self._fold()
-        if self.config.mode == "hold":
+        if self.config.mode == "hold":  # TCP only: the clients are _Client
             self.phase = "probe"
             for client in list(self.clients.values()):
-                client.probe()
+                client.probe()  # type: ignore[union-attr]
             self.loop.call_later(PROBE_S, self._finish)
         else:
             self.phase = "drain"
-            self.loop.call_later(DRAIN_S, self._finish)
+            # Replies sent near the end get as long as any other: --timeout.
+            self.loop.call_later(self.config.reply_timeout, self._finish)
             self._maybe_stop()
 
     def _finish(self) -> None:
         if self.phase == "done":
             return
         if self.config.mode == "hold":
-            self.still_up = sum(1 for c in self.clients.values() if c.probe_answered())
+            answered = [c.probe_answered() for c in self.clients.values()]  # type: ignore[union-attr]
+            self.still_up = sum(answered)
         else:
             for client in self.clients.values():
+                if self.checking and client._ledger.never_matched and client._got_junk():
+                    self.not_echo = self.not_echo or {"wrong_replies": client._ledger.strikes}
                 client.give_up()
         self.phase = "done"
         self._closing = True
         for client in list(self.clients.values()):
-            if client.transport is not None:
-                client.transport.abort("local")
+            client.close()
         self._fold()
         self._report_progress()
         self.loop.stop()
+
+    def does_not_echo(self, strikes: int) -> None:
+        """A connection's target answers, but never with what was sent: stop now."""
+        if self.not_echo is not None or self.phase == "done":
+            return
+        self.not_echo = {"wrong_replies": strikes}
+        if self.phase == "connect":
+            self.run_started = self.run_ended = self.loop.time()
+        else:
+            self._end_run()
+        self.loop.call_soon(self._finish)
 
     def _maybe_stop(self) -> None:
         """End the drain early once nothing is outstanding."""
@@ -381,12 +614,19 @@ class Worker:
         elif not any(c._ledger.outstanding for c in self.clients.values()):
             self.loop.call_soon(self._finish)
 
-    def lost(self, client: _Client, transport: Transport | None) -> None:
+    def lost(self, client: _Client) -> None:
+        transport = client.transport
         if self._closing or transport is None:
             return
-        self.clients.pop(transport.id, None)
+        self.clients.pop(client.key, None)
         self.lost_by[transport.close_reason or "error"] += 1
         client.give_up()
+
+    def socket_error(self, exc: OSError) -> None:
+        """An error on a UDP socket: ECONNREFUSED is an ICMP port unreachable."""
+        code = exc.errno or 0
+        kind = REFUSED if code == errno.ECONNREFUSED else errno.errorcode.get(code, "error")
+        self.errors[kind] += 1
 
     # -- every TICK_S -------------------------------------------------------
 
@@ -395,14 +635,20 @@ class Worker:
             return
         self._fold()
         if self.phase == "run" and self.config.mode == "echo":
-            overdue = _now_ns() - int(self.config.reply_timeout * 1e9)
+            cutoff = _now_ns() - self.late_after_ns
+            closed_loop = self.closed_loop
             for client in list(self.clients.values()):
-                if client.overdue(overdue):
-                    client.give_up()
-                    if self.closed_loop:
-                        self._start_sending(client)
+                gave_up = client.give_up_overdue(cutoff)
+                if closed_loop and (gave_up or not client._ledger.outstanding):
+                    client.top_up()  # also retries a send that failed (UDP)
         elif self.phase == "drain":
             self._maybe_stop()
+        elif self.phase == "probe" and all(
+            c.probe_answered()  # type: ignore[union-attr]
+            for c in self.clients.values()
+        ):
+            self._finish()  # every held connection answered: no need to wait PROBE_S
+            return
         self._report_progress()
         self._ticker = self.loop.call_later(TICK_S, self._tick)
 
@@ -453,4 +699,7 @@ class Worker:
             "held": self.established_count if mode == "hold" else 0,
             "still_up": getattr(self, "still_up", 0),
             "stopped_by": self.stopped_by,
+            "not_echo": self.not_echo,
+            "sent": sum(c.sent for c in self.clients.values() if isinstance(c, _DatagramClient)),
+            "unsent": self.unsent,
         }
