@@ -25,6 +25,7 @@ import pytest
 
 from fivetuple import Protocol, Server, available_backends
 from fivetuple._datagram import DatagramServer
+from fivetuple._listener import ipv6_available
 
 T = TypeVar("T")
 
@@ -195,12 +196,7 @@ def stuff(sock: socket.socket, settle_s: float = 0.3, limit_s: float = 5.0) -> i
 
 def have_ipv6() -> bool:
     """True if this machine can bind the IPv6 loopback address."""
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
+    return ipv6_available()
 
 
 needs_ipv6 = pytest.mark.skipif(not have_ipv6(), reason="no IPv6 loopback here")

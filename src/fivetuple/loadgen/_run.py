@@ -69,14 +69,7 @@ def resolve(target: str, source: str | None = None, size: int = 64) -> tuple[int
     probe = socket.socket(family, socket.SOCK_STREAM)
     probe.settimeout(PROBE_TIMEOUT_S)
     try:
-        if source is not None:
-            try:
-                probe.bind((source, 0))
-            except OSError as exc:
-                raise SetupError(
-                    f"cannot connect from source address {source}: {exc.strerror}; "
-                    "--source-addrs must be addresses of this machine (127.x.y.z on loopback)"
-                ) from None
+        _bind_source(probe, source, "connect")
         probe.connect(address)
     except ConnectionRefusedError:
         raise SetupError(
@@ -93,6 +86,23 @@ def resolve(target: str, source: str | None = None, size: int = 64) -> tuple[int
     return family, address
 
 
+def _bind_source(probe: socket.socket, source: str | None, verb: str) -> None:
+    """Bind ``probe`` to ``source`` (if any), or one line saying it is not ours.
+
+    Raises:
+        SetupError: ``source`` is not an address of this machine.
+    """
+    if source is None:
+        return
+    try:
+        probe.bind((source, 0))
+    except OSError as exc:
+        raise SetupError(
+            f"cannot {verb} from source address {source}: {exc.strerror}; "
+            "--source-addrs must be addresses of this machine (127.x.y.z on loopback)"
+        ) from None
+
+
 def probe_udp(target: str, family: int, address: Any, source: str | None, size: int) -> None:
     """Send one message to a UDP target and wait up to ``UDP_PROBE_S`` for
     anything back. UDP has no handshake: only the ICMP port unreachable that
@@ -105,14 +115,7 @@ def probe_udp(target: str, family: int, address: Any, source: str | None, size: 
     probe = socket.socket(family, socket.SOCK_DGRAM)
     probe.settimeout(UDP_PROBE_S)
     try:
-        if source is not None:
-            try:
-                probe.bind((source, 0))
-            except OSError as exc:
-                raise SetupError(
-                    f"cannot send from source address {source}: {exc.strerror}; "
-                    "--source-addrs must be addresses of this machine (127.x.y.z on loopback)"
-                ) from None
+        _bind_source(probe, source, "send")
         probe.connect(address)
         probe.send(MessageMaker(size, 0).make(0))
         probe.recv(65_536)
