@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import pytest
 
 from fivetuple import Protocol, Server, available_backends
-from fivetuple._datagram import DatagramServer
+from fivetuple._datagram import DatagramProtocol, DatagramServer
 from fivetuple._listener import ipv6_available
 
 T = TypeVar("T")
@@ -66,6 +66,31 @@ def running_server(factory: Callable[[], Protocol], **options: Any) -> Iterator[
         assert not thread.is_alive(), "server thread did not stop"
         if errors:
             raise errors[0]
+
+
+@contextlib.contextmanager
+def running_udp_server(
+    protocol: DatagramProtocol | None = None, host: str = "127.0.0.1", **options: Any
+) -> Iterator[DatagramServer]:
+    """A DatagramServer (echo by default) on ``host`` port 0 with its loop in a thread.
+
+    Options are DatagramServer's keyword arguments (backend, peer_rate, ...).
+    """
+    if protocol is None:
+        from fivetuple.apps import DatagramEcho
+
+        protocol = DatagramEcho()
+    server = DatagramServer(protocol, host, 0, **options)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"handle_signals": False}, daemon=True
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.loop.call_soon_threadsafe(server.loop.stop)
+        thread.join(5)
+        assert not thread.is_alive()
 
 
 def on_loop(server: Server | DatagramServer, fn: Callable[[], T], timeout: float = 5.0) -> T:
@@ -232,3 +257,15 @@ def bytecodes(call: Callable[[], Any]) -> int:
     finally:
         sys.settrace(None)
     return executed
+
+
+def run_client(
+    *args: str, stdin: bytes = b"", timeout: float = 20
+) -> subprocess.CompletedProcess[bytes]:
+    """Run ``fivetuple client ARGS`` with ``stdin`` as its input; bytes out."""
+    return subprocess.run(
+        [sys.executable, "-m", "fivetuple", "client", *args],
+        input=stdin,
+        capture_output=True,
+        timeout=timeout,
+    )

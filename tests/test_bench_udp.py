@@ -11,34 +11,24 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import threading
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from fivetuple._datagram import DatagramProtocol, DatagramServer, DatagramTransport
+from fivetuple._datagram import DatagramProtocol, DatagramTransport
 from fivetuple.apps import DatagramEcho
 from fivetuple.loadgen import failed
 from fivetuple.loadgen._message import DatagramLedger, MessageMaker
-from helpers import CliServer, needs_ipv6, run_cli
+from helpers import CliServer, needs_ipv6, run_cli, running_udp_server
 
 
 @contextlib.contextmanager
 def udp_server(protocol: DatagramProtocol, host: str = "127.0.0.1") -> Iterator[str]:
     """A DatagramServer on ``host`` port 0, no rate limit, loop in a thread; yields its target."""
-    server = DatagramServer(protocol, host, 0, peer_rate=None)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"handle_signals": False}, daemon=True
-    )
-    thread.start()
-    try:
+    with running_udp_server(protocol, host, peer_rate=None) as server:
         yield server.address
-    finally:
-        server.loop.call_soon_threadsafe(server.loop.stop)
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 def bench(target: str, *args: str) -> tuple[int, dict[str, Any]]:

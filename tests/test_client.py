@@ -9,18 +9,9 @@ from pathlib import Path
 import pytest
 
 from fivetuple import Protocol, Transport
-from helpers import CliServer, run_cli, running_server
+from helpers import CliServer, run_cli, run_client, running_server
 
-
-def client(
-    *args: str, stdin: bytes = b"", timeout: float = 20
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "fivetuple", "client", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-    )
+client = run_client
 
 
 @pytest.mark.parametrize("codec", ["raw", "length", "packets"])

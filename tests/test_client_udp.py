@@ -4,46 +4,22 @@ sockets."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from fivetuple._datagram import DatagramProtocol, DatagramServer, DatagramTransport
+from fivetuple._datagram import DatagramProtocol, DatagramTransport
 from fivetuple.apps import DatagramEcho
-from helpers import CliServer, needs_ipv6, run_cli, wait_for
+from helpers import CliServer, needs_ipv6, run_cli, run_client, running_udp_server, wait_for
+
+udp_server = running_udp_server
 
 
-@contextlib.contextmanager
-def udp_server(protocol: DatagramProtocol, host: str = "127.0.0.1") -> Iterator[DatagramServer]:
-    server = DatagramServer(protocol, host, 0)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"handle_signals": False}, daemon=True
-    )
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.loop.call_soon_threadsafe(server.loop.stop)
-        thread.join(5)
-        assert not thread.is_alive()
-
-
-def client(
-    *args: str, stdin: bytes = b"", timeout: float = 20
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [sys.executable, "-m", "fivetuple", "client", *args],
-        input=stdin,
-        capture_output=True,
-        timeout=timeout,
-    )
+client = run_client
 
 
 class Recorder(DatagramProtocol):

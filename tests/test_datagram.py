@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -29,25 +28,9 @@ from fivetuple._poller import READ
 from fivetuple.apps import DatagramEcho
 from fivetuple.errors import SetupError
 from helpers import BACKENDS, needs_ipv6, on_loop, run_cli, wait_for
+from helpers import running_udp_server as udp_server
 
 TIMEOUT_S = 5.0
-
-
-@contextlib.contextmanager
-def udp_server(
-    host: str = "127.0.0.1", backend: str | None = None, **options: Any
-) -> Iterator[DatagramServer]:
-    server = DatagramServer(DatagramEcho(), host, 0, backend=backend, **options)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"handle_signals": False}, daemon=True
-    )
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.loop.call_soon_threadsafe(server.loop.stop)
-        thread.join(5)
-        assert not thread.is_alive()
 
 
 def port(server: DatagramServer) -> int:
@@ -121,10 +104,10 @@ def test_an_icmp_error_from_a_vanished_peer_does_not_stop_the_server() -> None:
 
 @needs_ipv6
 def test_ipv6_and_dual_stack() -> None:
-    with udp_server("::1") as server, client(socket.AF_INET6) as peer:
+    with udp_server(host="::1") as server, client(socket.AF_INET6) as peer:
         peer.sendto(b"six", ("::1", port(server)))
         assert peer.recvfrom(100)[0] == b"six"
-    with udp_server("::") as server, client() as v4, client(socket.AF_INET6) as v6:
+    with udp_server(host="::") as server, client() as v4, client(socket.AF_INET6) as v6:
         v4.sendto(b"four", ("127.0.0.1", port(server)))
         v6.sendto(b"six", ("::1", port(server)))
         assert v4.recvfrom(100)[0] == b"four" and v6.recvfrom(100)[0] == b"six"
@@ -232,7 +215,10 @@ def bind_service_port(candidates: list[int], host: str = "127.0.0.1") -> socket.
 )
 def test_a_datagram_from_the_servers_own_address_is_not_answered(host: str, source: str) -> None:
     six = host == "::1"
-    with udp_server(host) as server, client(socket.AF_INET6 if six else socket.AF_INET) as peer:
+    with (
+        udp_server(host=host) as server,
+        client(socket.AF_INET6 if six else socket.AF_INET) as peer,
+    ):
         own = server.transport.get_extra_info("socket")
         own_port = port(server)
         # The server's own socket sends to its own port: the datagram arrives from the
@@ -321,7 +307,7 @@ def test_a_service_port_the_server_wrote_to_first_is_answered(
     # guard refuses a service port that speaks first, not replies to what we sent; even
     # when a datagram forged to come from there arrived before we wrote to it.
     with (
-        udp_server(host) as server,
+        udp_server(host=host) as server,
         client(socket.AF_INET6 if ":" in host else socket.AF_INET) as peer,
         bind_service_port([11211, 1900, 5353, 7], host) as service,
     ):
