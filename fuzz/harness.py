@@ -9,7 +9,7 @@ Run with atheris where it installs (coverage-guided, unbounded by default):
     python fuzz/harness.py packets -max_total_time=60 fuzz/corpus/packets
 
 Without atheris, or in CI, ``mutate_and_check`` replays the seed corpus and a
-bounded number of seeded mutations of it (tests/test_fuzz.py).
+bounded number of seeded mutations of it (tests/codecs/test_fuzz.py).
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ _CONTROLS = {
 }
 #: Controls, and the format characters that reorder or hide text (Unicode
 #: category Cf, as of Unicode 15, but the joiners U+200C and U+200D), and the
-#: line and paragraph separators (Zl, Zp). tests/test_chat.py checks this
+#: line and paragraph separators (Zl, Zp). tests/apps/test_chat.py checks this
 #: class against the unicodedata of the Python it runs on.
 _INVISIBLE = re.compile(
     "[\x00-\x08\x0a-\x1f\x7f-\x9f"

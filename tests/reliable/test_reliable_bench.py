@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ROOT
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "reliable_bench.py"
+BENCH = ROOT / "bench" / "reliable_bench.py"
 #: Under pytest-timeout's 60 s (pyproject.toml); a quick KCP run takes well under a second.
 RUN_TIMEOUT_S = 50.0
 
@@ -80,7 +81,7 @@ LISTENER_BENCH = BENCH.parent / "reliable_listener_bench.py"
 def test_the_listener_bench_runs_both_versions_of_the_code(tmp_path: Path) -> None:
     """bench/reliable_listener_bench.py, tiny: the idle connections are made, every
     scenario yields a number for the new code and for HEAD's (read with git show)."""
-    if not (BENCH.parent.parent / ".git").exists():
+    if not (ROOT / ".git").exists():
         pytest.skip("the old code is read from git, and this is no git checkout")
     json_path = tmp_path / "listener.json"
     options = ["--sizes", "20,200", "--runs", "1", "--events", "20", "--budget", "0.2"]
