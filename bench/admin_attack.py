@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import selectors
-import shutil
 import socket
 import statistics
 import subprocess
@@ -41,6 +39,17 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from harness import (
+    LOAD_CPU,
+    RunningServer,
+    echo_round_trip,
+    latency_ms,
+    note,
+    pinned,
+    serve_echo_argv,
+    source_env,
+)
 
 SCENARIOS = ("quiet", "stats", "connections", "flood")
 PING_BYTES = 64
@@ -54,20 +63,12 @@ FLOOD_QUIET_S = 0.2
 #: Bytes that start every answer; counted to keep ``--depth`` requests outstanding.
 ANSWER_MARK = b"HTTP/1.1 "
 ADMIN_ARGS = ("--admin", "127.0.0.1:0")
+#: The server closes ``--conns`` connections gracefully when stopped: time for that.
+STOP_GRACE_S = 30.0
 
 
 def request(path: str) -> bytes:
     return f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
-
-
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 # -- the attacker (a process of its own) ----------------------------------------
@@ -194,31 +195,14 @@ def data_client(port: int, conns: int) -> None:
         rtts: list[float] = []
         end = time.perf_counter() + seconds
         while not rtts or time.perf_counter() < end:
-            started = time.perf_counter()
-            sock.sendall(payload)
-            got = 0
             try:
-                while got < PING_BYTES:
-                    chunk = sock.recv(PING_BYTES - got)
-                    if not chunk:
-                        raise SystemExit("the server closed the data client")
-                    got += len(chunk)
+                rtts.append(echo_round_trip(sock, payload))
             except TimeoutError:
                 rtts.append(PING_TIMEOUT_S)
                 break
-            rtts.append(time.perf_counter() - started)
-        rtts.sort()
-        print(
-            json.dumps(
-                {
-                    "pings": len(rtts),
-                    "p50_ms": percentile(rtts, 0.5) * 1e3,
-                    "p99_ms": percentile(rtts, 0.99) * 1e3,
-                    "max_ms": rtts[-1] * 1e3,
-                }
-            ),
-            flush=True,
-        )
+            except ConnectionError:
+                raise SystemExit("the server closed the data client") from None
+        print(json.dumps({"pings": len(rtts), **latency_ms(rtts)}), flush=True)
     for each in idle:
         each.close()
 
@@ -227,26 +211,19 @@ def data_client(port: int, conns: int) -> None:
 
 
 def one_run(args: argparse.Namespace, scenarios: list[str]) -> dict[str, dict[str, Any]]:
-    env = dict(os.environ)
-    if args.src:
-        env["PYTHONPATH"] = args.src
-    server = subprocess.Popen(
-        pinned(
-            0,
-            [sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0", *ADMIN_ARGS],
-        ),
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
     me = [sys.executable, str(Path(__file__).resolve())]
+    server = RunningServer(
+        serve_echo_argv(*ADMIN_ARGS),
+        env=source_env(args.src),
+        admin=True,
+        stop_grace_s=STOP_GRACE_S,
+    )
     client: subprocess.Popen[str] | None = None
     try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline().split()[2].rsplit(":", 1)[1])
-        admin_port = int(server.stdout.readline().strip().rsplit(":", 1)[1])
+        port, admin_port = server.port, server.admin_port
+        argv = [*me, "--role", "client", "--port", str(port), "--conns", str(args.conns)]
         client = subprocess.Popen(
-            pinned(1, [*me, "--role", "client", "--port", str(port), "--conns", str(args.conns)]),
+            pinned(LOAD_CPU, argv),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -263,7 +240,9 @@ def one_run(args: argparse.Namespace, scenarios: list[str]) -> dict[str, dict[st
                 argv += ["--attackers", str(args.attackers), "--depth", str(args.depth)]
                 if scenario == "flood":
                     argv.append("--flood")
-                attacker = subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE, text=True)
+                attacker = subprocess.Popen(
+                    pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, text=True
+                )
                 time.sleep(0.2)  # under way
             client.stdin.write(f"measure {args.duration}\n")
             client.stdin.flush()
@@ -273,19 +252,14 @@ def one_run(args: argparse.Namespace, scenarios: list[str]) -> dict[str, dict[st
                 out, _ = attacker.communicate(timeout=30)
                 result.update(json.loads(out) if out.strip() else {})
             results[scenario] = result
-            print(f"  {scenario}: {json.dumps(result)}", file=sys.stderr, flush=True)
+            note(f"  {scenario}: {json.dumps(result)}")
             time.sleep(SETTLE_S)
         return results
     finally:
         if client is not None:
             client.kill()
             client.wait(timeout=10)
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
 
 
 def main() -> None:
@@ -312,7 +286,7 @@ def main() -> None:
     scenarios = [s for s in SCENARIOS if s not in args.skip]
     runs = []
     for n in range(args.runs):
-        print(f"run {n + 1}/{args.runs}", file=sys.stderr, flush=True)
+        note(f"run {n + 1}/{args.runs}")
         runs.append(one_run(args, scenarios))
     medians = {
         scenario: {

@@ -12,30 +12,23 @@ usage: python bench/admin_cost.py [--rounds 7] [--duration 5] [--conns 50] [--wr
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
 import statistics
-import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
 
-MARK_BEGIN = "<!-- admin_cost:begin -->"
-MARK_END = "<!-- admin_cost:end -->"
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
+from harness import (
+    LOAD_SLACK_S,
+    RunningServer,
+    bench_argv,
+    run_load,
+    serve_echo_argv,
+    write_marked_block,
+)
 
-
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+SECTION_HEADING = "## Observing costs: the admin endpoint on and off (issue 5)"
+#: Time for the server to exit after SIGTERM.
+STOP_GRACE_S = 10.0
 
 
 def poll_admin(port: int, stop: threading.Event) -> int:
@@ -50,33 +43,21 @@ def poll_admin(port: int, stop: threading.Event) -> int:
 
 def one_run(admin: bool, args: argparse.Namespace) -> float:
     """Server CPU microseconds per round trip for one run."""
-    argv = [sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"]
-    if admin:
-        argv += ["--admin", "127.0.0.1:0"]
-    server = subprocess.Popen(pinned(0, argv), stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None
-        port = int(server.stdout.readline().split()[2].rsplit(":", 1)[1])
-        admin_port = int(server.stdout.readline().rsplit(":", 1)[1]) if admin else 0
+    argv = serve_echo_argv(*(["--admin", "127.0.0.1:0"] if admin else []))
+    with RunningServer(argv, admin=admin, stop_grace_s=STOP_GRACE_S) as server:
         stop = threading.Event()
-        poller = threading.Thread(target=poll_admin, args=(admin_port, stop), daemon=True)
+        poller = threading.Thread(target=poll_admin, args=(server.admin_port, stop), daemon=True)
         if admin:
             poller.start()
-        before = cpu_seconds(server.pid)
-        load = subprocess.run(
-            pinned(1, [sys.executable, "-m", "fivetuple", "bench", "echo",
-                       f"tcp://127.0.0.1:{port}", "--conns", str(args.conns),
-                       "--duration", f"{args.duration:g}", "--json"]),
-            capture_output=True, text=True, timeout=args.duration + 60,
-        )  # fmt: skip
-        after = cpu_seconds(server.pid)
+        before = server.cpu_times()
+        options = ("--conns", str(args.conns), "--duration", f"{args.duration:g}")
+        report, _ = run_load(
+            bench_argv("echo", server.port, *options), args.duration + LOAD_SLACK_S
+        )
+        used = server.cpu_times().since(before)
         stop.set()
-        report = json.loads(load.stdout)
         assert report["error_count"] == 0, report["errors"]
-        return (after - before) * 1e6 / report["round_trips"]
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        return used.total_s * 1e6 / report["round_trips"]
 
 
 def main() -> None:
@@ -112,16 +93,7 @@ def main() -> None:
     )
     print(text)
     if args.write:
-        doc = args.write.read_text()
-        block = f"{MARK_BEGIN}\n{text}\n{MARK_END}"
-        if MARK_BEGIN in doc:
-            head, rest = doc.split(MARK_BEGIN, 1)
-            doc = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            doc += (
-                "\n## Observing costs: the admin endpoint on and off (issue 5)\n\n" + block + "\n"
-            )
-        args.write.write_text(doc)
+        write_marked_block(args.write, "admin_cost", text, SECTION_HEADING)
 
 
 if __name__ == "__main__":

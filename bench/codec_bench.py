@@ -25,9 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fivetuple.codecs import NEED_DATA, LengthPrefixed, Packets
+from harness import write_marked_block
 
-MARK_BEGIN = "<!-- codec_bench:begin -->"
-MARK_END = "<!-- codec_bench:end -->"
 SIZES = [64, 1024, 65536]
 CHUNKS = [65536, 1500]
 
@@ -122,6 +121,22 @@ def timed(fn: Callable[[], int]) -> tuple[float, int]:
     return time.perf_counter() - start, count
 
 
+def interleaved_medians(
+    runners: dict[str, Callable[[], int]], repeats: int, count: int | None = None
+) -> dict[str, float]:
+    """Median seconds of each runner over ``repeats`` rounds, all runners in each round.
+
+    With ``count``, every runner but ``crc`` must report that many messages.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            seconds, got = timed(run)
+            assert count is None or got == count or name == "crc", (name, got, count)
+            times[name].append(seconds)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7)
@@ -157,14 +172,8 @@ def main() -> None:
             if have_twisted:
                 runners["twisted"] = lambda c=length_chunks: decode_twisted(c)
             runners["crc"] = lambda p=packet_list: crc_only(p)
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            for _ in range(args.repeats):
-                for name, run in runners.items():
-                    seconds, got = timed(run)
-                    assert got == count or name == "crc", (name, got, count)
-                    times[name].append(seconds)
             rows.append(
-                ("decode", size, chunk, count, {n: statistics.median(t) for n, t in times.items()})
+                ("decode", size, chunk, count, interleaved_medians(runners, args.repeats, count))
             )
         enc: dict[str, Callable[[], int]] = {
             "length": lambda m=messages: encode_fivetuple(LengthPrefixed, m),
@@ -175,25 +184,12 @@ def main() -> None:
         }
         if have_twisted:
             enc["twisted"] = lambda m=messages: encode_twisted(m)
-        etimes: dict[str, list[float]] = {name: [] for name in enc}
-        for _ in range(args.repeats):
-            for name, run in enc.items():
-                etimes[name].append(timed(run)[0])
-        rows.append(
-            ("encode", size, 0, count, {n: statistics.median(t) for n, t in etimes.items()})
-        )
+        rows.append(("encode", size, 0, count, interleaved_medians(enc, args.repeats)))
 
     table = render(args, rows, have_twisted)
     print(table)
     if args.write:
-        text = args.write.read_text() if args.write.exists() else ""
-        block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-        if MARK_BEGIN in text:
-            head, rest = text.split(MARK_BEGIN, 1)
-            text = head + block + rest.split(MARK_END, 1)[1]
-        else:
-            text += "\n" + block + "\n"
-        args.write.write_text(text)
+        write_marked_block(args.write, "codec_bench", table)
 
 
 def render(args: argparse.Namespace, rows: list, have_twisted: bool) -> str:

@@ -41,32 +41,43 @@ import argparse
 import json
 import os
 import platform
-import resource
-import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from statistics import median
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-BUILD = HERE / ".build"
-LOAD_SRC = HERE / "echo_load.c"
+from harness import (
+    BENCH_DIR,
+    LOAD_CPU,
+    LOAD_SLACK_S,
+    BenchFailure,
+    CpuTimes,
+    Load,
+    RunningServer,
+    bench_argv,
+    pinned,
+    raise_fd_limit,
+    serve_echo_argv,
+    source_env,
+    spread,
+    write_json,
+    write_marked_block,
+)
+
+BUILD = BENCH_DIR / ".build"
+LOAD_SRC = BENCH_DIR / "echo_load.c"
 LOAD_BIN = BUILD / "echo_load"
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-MARK_BEGIN = "<!-- echo_compare:begin -->"
-MARK_END = "<!-- echo_compare:end -->"
 
-ASYNCIO_ECHO = str(HERE / "servers" / "asyncio_echo.py")
+ASYNCIO_ECHO = str(BENCH_DIR / "servers" / "asyncio_echo.py")
 #: glibc's initial mmap threshold; set explicitly, it stays fixed (mallopt(3), M_MMAP_THRESHOLD).
 GLIBC_MMAP_THRESHOLD_BYTES = 128 * 1024
 #: name: (argv, extra environment)
 SERVERS: dict[str, tuple[list[str], dict[str, str]]] = {
-    "fivetuple": ([sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"], {}),
+    "fivetuple": (serve_echo_argv(), {}),
     "uvloop": ([sys.executable, ASYNCIO_ECHO, "--uvloop"], {}),
     "asyncio": ([sys.executable, ASYNCIO_ECHO], {}),
     # Variants for the asyncio question; not measured unless named in --servers.
@@ -81,21 +92,11 @@ DEFAULT_SERVERS = ["fivetuple", "uvloop", "asyncio"]
 #: fivetuple bench checks its target; bench: fivetuple bench echo (bench/matrix.py's load).
 LOADS = ("c", "c-probe", "bench")
 DEFAULT_LOAD = "c"
-DRAIN_WAIT_S = 2.0
 PROBE_SETTLE_S = 0.2
-LOAD_SLACK_S = 60.0
+#: How long the idle-memory test waits for the server to accept every connection.
+IDLE_WAIT_S = 30.0
 #: --src: where fivetuple (its server and ``fivetuple bench``) is imported from; None: installed.
 FIVETUPLE_SRC: Path | None = None
-
-
-def fivetuple_env() -> dict[str, str]:
-    """Environment for a fivetuple process: --src first on the path, when given."""
-    env = dict(os.environ)
-    if FIVETUPLE_SRC is not None:
-        env["PYTHONPATH"] = os.pathsep.join(
-            filter(None, (str(FIVETUPLE_SRC), os.environ.get("PYTHONPATH")))
-        )
-    return env
 
 
 def build_load() -> Path:
@@ -105,72 +106,32 @@ def build_load() -> Path:
     return LOAD_BIN
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
+def start_server(name: str) -> RunningServer:
+    """One of ``SERVERS``, started on CPU 0 for one measurement; stop it afterwards."""
+    argv, extra = SERVERS[name]
+    src = FIVETUPLE_SRC if name == "fivetuple" else None
+    return RunningServer(argv, name=name, env=source_env(src, extra), keep_stderr=False)
 
 
-class RunningServer:
-    """A server process started for one measurement, stopped afterwards."""
+def probe_once(server: RunningServer) -> None:
+    """Open one connection and close it without sending, as ``fivetuple bench`` does first.
 
-    def __init__(self, name: str) -> None:
-        self.name = name
-        argv, env = SERVERS[name]
-        self.proc = subprocess.Popen(
-            pinned(0, argv),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env={**(fivetuple_env() if name == "fivetuple" else os.environ), **env},
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.stop()
-            raise RuntimeError(f"{name} did not start: {line!r}")
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
+    The server reads the EOF: for asyncio that read frees its whole 256 KiB
+    receive buffer, which raises glibc's mmap threshold for good.
+    """
+    socket.create_connection(("127.0.0.1", server.port)).close()
+    time.sleep(PROBE_SETTLE_S)
 
-    def cpu_seconds(self) -> tuple[float, float]:
-        return self.counters()[:2]
 
-    def counters(self) -> tuple[float, float, int]:
-        """(user s, system s, minor page faults) of the server process."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the ")" field 3 (state) is index 0: minflt (10) is 7, utime (14) 11, stime 12.
-        return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S, int(fields[7])
-
-    def probe(self) -> None:
-        """Open one connection and close it without sending, as ``fivetuple bench`` does first.
-
-        The server reads the EOF: for asyncio that read frees its whole 256 KiB
-        receive buffer, which raises glibc's mmap threshold for good.
-        """
-        socket.create_connection(("127.0.0.1", self.port)).close()
-        time.sleep(PROBE_SETTLE_S)
-
-    def wait_closed(self, base_fds: int) -> None:
-        """Wait (briefly) until the server has closed the load's sockets, teardown counted in."""
-        deadline = time.monotonic() + DRAIN_WAIT_S
-        while self.fd_count() > base_fds and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError("no VmRSS")
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(3)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+def per_round_trip(rps: float, used: CpuTimes, roundtrips: int) -> dict[str, float]:
+    """One measurement's row: round trips/s, and the server's CPU and faults per round trip."""
+    return {
+        "rps": rps,
+        "user_us": used.user_s * 1e6 / roundtrips,
+        "sys_us": used.system_s * 1e6 / roundtrips,
+        "cpu_us": used.total_s * 1e6 / roundtrips,
+        "minflt": used.minor_faults / roundtrips,
+    }
 
 
 def measure_echo(
@@ -194,41 +155,17 @@ def c_load_argv(port: int, conns: int, size: int, duration: float, warmup: float
     ]
 
 
-def bench_load_argv(port: int, conns: int, size: int, duration: float) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fivetuple",
-        "bench",
-        "echo",
-        f"tcp://127.0.0.1:{port}",
-        *("--conns", str(conns), "--size", str(size), "--duration", f"{duration:g}", "--json"),
-    ]
-
-
 def run_bench_load(port: int, conns: int, size: int, duration: float) -> dict[str, float]:
     """One ``fivetuple bench echo`` run to completion: its JSON report; raises on any error."""
-    load = subprocess.Popen(
-        pinned(1, bench_load_argv(port, conns, size, duration)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=fivetuple_env(),
-        start_new_session=True,  # so that a stuck load and any worker it forked can be killed
-    )
+    options = ("--conns", str(conns), "--size", str(size), "--duration", f"{duration:g}")
+    load = Load(bench_argv("echo", port, *options), env=source_env(FIVETUPLE_SRC))
     try:
-        stdout, stderr = load.communicate(timeout=duration + LOAD_SLACK_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(load.pid, signal.SIGKILL)
-        load.communicate()
-        raise RuntimeError(
-            f"fivetuple bench did not finish in {duration + LOAD_SLACK_S:g} s"
-        ) from None
-    lines = stdout.strip().splitlines()
-    report = json.loads(lines[-1]) if lines else {}
-    if load.returncode != 0 or report.get("error_count") or not report.get("round_trips"):
-        raise RuntimeError(f"fivetuple bench failed ({load.returncode}): {stderr[-300:]}")
-    return report
+        report, returncode = load.finish(duration + LOAD_SLACK_S)
+        if returncode != 0 or report.get("error_count") or not report.get("round_trips"):
+            raise BenchFailure(f"fivetuple bench failed ({returncode}): {load.stderr()[-300:]}")
+        return report
+    finally:
+        load.close()
 
 
 def measure_bench(name: str, conns: int, size: int, duration: float) -> dict[str, float]:
@@ -239,23 +176,13 @@ def measure_bench(name: str, conns: int, size: int, duration: float) -> dict[str
     included, over the report's round trips. The load checks its target first
     with one connection that it closes at once.
     """
-    server = RunningServer(name)
-    try:
+    with start_server(name) as server:
         base_fds = server.fd_count()
-        u0, s0, f0 = server.counters()
+        before = server.cpu_times()
         report = run_bench_load(server.port, conns, size, duration)
         server.wait_closed(base_fds)
-        u1, s1, f1 = server.counters()
-    finally:
-        server.stop()
-    roundtrips = int(report["round_trips"])
-    return {
-        "rps": float(report["round_trips_per_s"]),
-        "user_us": (u1 - u0) * 1e6 / roundtrips,
-        "sys_us": (s1 - s0) * 1e6 / roundtrips,
-        "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
-        "minflt": (f1 - f0) / roundtrips,
-    }
+        used = server.cpu_times().since(before)
+    return per_round_trip(float(report["round_trips_per_s"]), used, int(report["round_trips"]))
 
 
 def measure_concurrent(
@@ -267,39 +194,38 @@ def measure_concurrent(
     sequential runs on a shared machine cannot give; the CPU each spends per
     round trip is compared within one window.
     """
-    servers = [RunningServer(name) for name in names]
+    servers: list[RunningServer] = []
     loads = []
     try:
+        for name in names:
+            servers.append(start_server(name))
         if probe:
             for server in servers:
-                server.probe()
+                probe_once(server)
         for server in servers:
             argv = c_load_argv(server.port, conns, size, duration, 1)
-            loads.append(subprocess.Popen(pinned(1, argv), stdout=subprocess.PIPE, text=True))
+            loads.append(
+                subprocess.Popen(pinned(LOAD_CPU, argv), stdout=subprocess.PIPE, text=True)
+            )
         for load in loads:
             assert load.stdout is not None
             if load.stdout.readline().strip() != "START":
                 raise RuntimeError("a load failed to start")
-        before = [server.counters() for server in servers]
+        before = [server.cpu_times() for server in servers]
         for load in loads:
             assert load.stdout is not None
             if load.stdout.readline().strip() != "END":
                 raise RuntimeError("a load failed")
-        after = [server.counters() for server in servers]
+        after = [server.cpu_times() for server in servers]
         results = {}
-        for name, load, (u0, s0, f0), (u1, s1, f1) in zip(names, loads, before, after, strict=True):
+        for name, load, start, end in zip(names, loads, before, after, strict=True):
             assert load.stdout is not None
             result = dict(kv.split("=") for kv in load.stdout.readline().split())
             if load.wait(10) != 0 or int(result["errors"]):
                 raise RuntimeError(f"load against {name} reported errors: {result}")
             roundtrips = int(result["roundtrips"])
-            results[name] = {
-                "rps": roundtrips / float(result["seconds"]),
-                "user_us": (u1 - u0) * 1e6 / roundtrips,
-                "sys_us": (s1 - s0) * 1e6 / roundtrips,
-                "cpu_us": ((u1 - u0) + (s1 - s0)) * 1e6 / roundtrips,
-                "minflt": (f1 - f0) / roundtrips,
-            }
+            rps = roundtrips / float(result["seconds"])
+            results[name] = per_round_trip(rps, end.since(start), roundtrips)
         return results
     finally:
         for load in loads:
@@ -317,15 +243,15 @@ def measure_syscalls(
     strace is attached before the load starts and detached after it ended; the C
     load runs without warm-up so that its round trips cover the whole window.
     """
-    server = RunningServer(name)
+    server = start_server(name)
     out = Path(tempfile.mkstemp(prefix="echo_compare-strace-")[1])
     tracer = None
     try:
         if load == "c-probe":
-            server.probe()
+            probe_once(server)
         base_fds = server.fd_count()
         tracer = subprocess.Popen(
-            ["strace", "-c", "-p", str(server.proc.pid), "-o", str(out)],
+            ["strace", "-c", "-p", str(server.pid), "-o", str(out)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -337,7 +263,7 @@ def measure_syscalls(
             roundtrips = int(run_bench_load(server.port, conns, size, duration)["round_trips"])
         else:
             done = subprocess.run(
-                pinned(1, c_load_argv(server.port, conns, size, duration, 0)),
+                pinned(LOAD_CPU, c_load_argv(server.port, conns, size, duration, 0)),
                 capture_output=True,
                 text=True,
                 timeout=duration + LOAD_SLACK_S,
@@ -367,7 +293,7 @@ def measure_syscalls(
 
 def measure_idle_memory(name: str, count: int) -> float:
     """RSS growth per idle connection, in bytes."""
-    server = RunningServer(name)
+    server = start_server(name)
     clients: list[socket.socket] = []
     try:
         time.sleep(0.3)
@@ -375,13 +301,11 @@ def measure_idle_memory(name: str, count: int) -> float:
         before = server.rss_bytes()
         for _ in range(count):
             clients.append(socket.create_connection(("127.0.0.1", server.port)))
-        deadline = time.monotonic() + 30
-        while server.fd_count() < base_fds + count and time.monotonic() < deadline:
-            time.sleep(0.05)
+        held = server.wait_fds(lambda n: n >= base_fds + count, IDLE_WAIT_S) - base_fds
         time.sleep(0.5)
         after = server.rss_bytes()
-        if server.fd_count() < base_fds + count:
-            raise RuntimeError(f"{name} accepted only {server.fd_count() - base_fds} of {count}")
+        if held < count:
+            raise RuntimeError(f"{name} accepted only {held} of {count}")
         return (after - before) / count
     finally:
         for client in clients:
@@ -411,10 +335,6 @@ def run_key(name: str, conns: int, load: str) -> str:
 def parse_run_key(key: str) -> tuple[str, int, str]:
     name, conns, *load = key.split("@")
     return name, int(conns), load[0] if load else DEFAULT_LOAD
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)
 
 
 def main() -> None:
@@ -467,13 +387,12 @@ def main() -> None:
         table = render(args, runs, memory, concurrent, syscalls)
         print(table)
         if args.write:
-            update_markdown(args.write, table)
+            write_marked_block(args.write, "echo_compare", table)
         return
 
     global FIVETUPLE_SRC
     FIVETUPLE_SRC = args.src.resolve() if args.src else None
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     build_load()
     runs: dict[tuple[str, int, str], list[dict[str, float]]] = {}
     for rnd in range(args.rounds):
@@ -529,25 +448,22 @@ def main() -> None:
     table = render(args, runs, memory, concurrent, syscalls)
     print()
     print(table)
-    out = BUILD / "echo_compare.json"
-    out.write_text(
-        json.dumps(
-            {run_key(*k): v for k, v in runs.items()}
-            | ({"syscalls": {run_key(*k): v for k, v in syscalls.items()}} if syscalls else {})
-            | {
-                "memory": memory,
-                "concurrent": concurrent,
-                "args": {
-                    k: str(v) if isinstance(v, Path) else v
-                    for k, v in vars(args).items()
-                    if k in _SAVED_ARGS
-                },
+    write_json(
+        BUILD / "echo_compare.json",
+        {run_key(*k): v for k, v in runs.items()}
+        | ({"syscalls": {run_key(*k): v for k, v in syscalls.items()}} if syscalls else {})
+        | {
+            "memory": memory,
+            "concurrent": concurrent,
+            "args": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in vars(args).items()
+                if k in _SAVED_ARGS
             },
-            indent=1,
-        )
+        },
     )
     if args.write:
-        update_markdown(args.write, table)
+        write_marked_block(args.write, "echo_compare", table)
 
 
 def command_text(args: argparse.Namespace) -> str:
@@ -698,19 +614,9 @@ def render(
 
 def ratio_summary(ratios: list[float]) -> str:
     """Median of per-round ratios, with their range."""
-    return f"{median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}]"
-
-
-def update_markdown(path: Path, table: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = f"{MARK_BEGIN}\n{table}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        tail = rest.split(MARK_END, 1)[1]
-        text = head + block + tail
-    else:
-        text = text + ("\n" if text else "") + block + "\n"
-    path.write_text(text)
+    found = spread(ratios)
+    assert found is not None, "no ratios"
+    return f"{found.median:.2f}x [{found.low:.2f}-{found.high:.2f}]"
 
 
 if __name__ == "__main__":

@@ -52,15 +52,10 @@ import importlib.util
 import json
 import os
 import platform
-import re
-import resource
-import shlex
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -68,26 +63,37 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-SERVERS_DIR = HERE / "servers"
-DEFAULT_JSON_OUT = HERE / "results" / "matrix.json"
-MARK_BEGIN = "<!-- matrix:begin -->"
-MARK_END = "<!-- matrix:end -->"
+from harness import (
+    BENCH_DIR,
+    LOAD_CPU,
+    LOAD_SLACK_S,
+    ROOT,
+    SERVER_CPU,
+    BenchFailure,
+    CpuTimes,
+    Load,
+    RunningServer,
+    bench_argv,
+    command_line,
+    fivetuple_argv,
+    note,
+    pinning_available,
+    raise_fd_limit,
+    run_load,
+    serve_echo_argv,
+    source_env,
+    write_json,
+    write_marked_block,
+)
+
+SERVERS_DIR = BENCH_DIR / "servers"
+DEFAULT_JSON_OUT = BENCH_DIR / "results" / "matrix.json"
 SECTION_HEADING = "## Echo matrix: fivetuple against its peers (issue 4)"
-TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-SERVER_CPU = 0
-LOAD_CPU = 1
-BANNER_TIMEOUT_S = 10.0
-STOP_GRACE_S = 3.0
-LOAD_SLACK_S = 60.0
 FD_WAIT_S = 30.0
 SETTLE_S = 0.3
-DRAIN_WAIT_S = 2.0
 USAGE_EXIT = 2
 RESULTS_VERSION = 1
 REFERENCE = "fivetuple"
-BANNER_RE = re.compile(r"listening on tcp://(\S+):(\d+)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,7 +116,7 @@ PEERS: dict[str, Peer] = {
     for peer in (
         Peer(
             "fivetuple",
-            (sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0"),
+            tuple(serve_echo_argv()),
             "fivetuple serve echo (epoll)",
             ("fivetuple",),
             ("fivetuple",),
@@ -188,221 +194,34 @@ QUICK_HOLD_S = 5.0
 LOAD_BOUND_SHARE = 0.9
 
 
-class Failure(Exception):
-    """A server or a load run that did not work; reported and skipped, never fatal."""
-
-
 # -- processes -----------------------------------------------------------------
-
-
-def pinning_available() -> bool:
-    return shutil.which("taskset") is not None and (os.cpu_count() or 1) > 1
-
-
-def pinned(cpu: int, argv: Iterable[str], pin: bool) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if pin else list(argv)
 
 
 def child_env() -> dict[str, str]:
     """The working tree's fivetuple first, whatever is installed."""
-    env = dict(os.environ)
-    src = str(ROOT / "src")
-    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    return env
+    return source_env(ROOT / "src")
 
 
-def _tail(path: Path, limit: int = 300) -> str:
-    try:
-        text = path.read_text(errors="replace").strip()
-    except OSError:
-        return ""
-    return " ".join(text[-limit:].split())
+def start(peer: Peer, pin: bool) -> RunningServer:
+    """``peer`` started for one measurement (on ``SERVER_CPU`` if ``pin``); a context manager."""
+    return RunningServer(peer.argv, name=peer.name, pin=pin, env=child_env())
 
 
-class RunningServer:
-    """A server process started for one measurement; use as a context manager.
+def measured_load(
+    peer: Peer, load_argv: Callable[[int], list[str]], timeout: float, pin: bool
+) -> tuple[dict[str, Any], int, CpuTimes]:
+    """One load against a fresh server: its report, exit status, and the server's CPU.
 
-    Its stdout and stderr go to temporary files (never a pipe that could fill
-    and block it); the banner is polled from the stdout file.
+    The CPU is counted from just before the load starts until the server has
+    closed the load's connections (or ``harness.DRAIN_WAIT_S`` passed): teardown included.
     """
-
-    def __init__(self, peer: Peer, pin: bool) -> None:
-        self.peer = peer
-        self._dir = tempfile.TemporaryDirectory(prefix="matrix-")
-        self._out = Path(self._dir.name) / "stdout"
-        self._err = Path(self._dir.name) / "stderr"
-        with self._out.open("wb") as out, self._err.open("wb") as err:
-            self.proc = subprocess.Popen(
-                pinned(SERVER_CPU, peer.argv, pin),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=child_env(),
-                cwd=ROOT,
-                start_new_session=True,
-            )
-        self.pid = self.proc.pid
-        try:
-            self.port = self._wait_banner()
-            self._check_pid()
-        except BaseException:
-            self.stop()
-            raise
-
-    def __enter__(self) -> RunningServer:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def _wait_banner(self) -> int:
-        deadline = time.monotonic() + BANNER_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = self._out.read_text(errors="replace")
-            if match := BANNER_RE.search(text):
-                return int(match.group(2))
-            if self.proc.poll() is not None:
-                raise Failure(
-                    f"{self.peer.name} exited with status {self.proc.returncode} before "
-                    f"listening: {_tail(self._err) or _tail(self._out)}"
-                )
-            time.sleep(0.02)
-        raise Failure(
-            f"{self.peer.name} printed no 'listening on' line in {BANNER_TIMEOUT_S:g} s: "
-            f"{_tail(self._err) or _tail(self._out)}"
-        )
-
-    def _check_pid(self) -> None:
-        # taskset execs the server, so the PID must now be the server itself.
-        comm = Path(f"/proc/{self.pid}/comm").read_text().strip()
-        if comm == "taskset":
-            raise Failure(f"{self.peer.name}: PID {self.pid} is still taskset, not the server")
-
-    def cpu_seconds(self) -> tuple[float, float]:
-        """(user, system) seconds of the whole process, all threads."""
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        # After the ")" field 3 (state) is index 0, so utime (14) and stime (15) are 11, 12.
-        return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S
-
-    def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise Failure(f"{self.peer.name}: no VmRSS in /proc/{self.pid}/status")
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    def wait_fds(self, done: Callable[[int], bool], timeout: float) -> int:
-        """Poll the descriptor count until done(count) or the timeout; returns the last count."""
-        deadline = time.monotonic() + timeout
-        count = self.fd_count()
-        while not done(count) and time.monotonic() < deadline:
-            self.alive()
-            time.sleep(0.05)
-            count = self.fd_count()
-        return count
-
-    def alive(self) -> None:
-        if self.proc.poll() is not None:
-            raise Failure(
-                f"{self.peer.name} died with status {self.proc.returncode}: {_tail(self._err)}"
-            )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(STOP_GRACE_S)
-            except subprocess.TimeoutExpired:
-                pass
-        _kill_group(self.proc)
-        self._dir.cleanup()
-
-
-def bench_argv(mode: str, port: int, *options: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "fivetuple",
-        "bench",
-        mode,
-        f"tcp://127.0.0.1:{port}",
-        *options,
-        "--json",
-    ]
-
-
-def _parse_report(stdout: str, returncode: int, stderr: str) -> dict[str, Any]:
-    text = stdout.strip()
-    for candidate in (text, text.splitlines()[-1] if text else ""):
-        try:
-            report = json.loads(candidate)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(report, dict):
-            return report
-    raise Failure(
-        f"load exited with status {returncode} and no JSON report: "
-        f"{' '.join(stderr.strip()[-300:].split()) or text[-300:]}"
-    )
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL a child started in its own session, and whatever it forked; then reap it.
-
-    Only while the child is not yet reaped: until then its group id cannot be reused.
-    """
-    if proc.returncode is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-
-
-class Load:
-    """One ``fivetuple bench`` run in its own session (its workers die with it).
-
-    Output goes to temporary files, so a caller may watch the server meanwhile.
-    """
-
-    def __init__(self, argv: list[str], pin: bool) -> None:
-        self._dir = tempfile.TemporaryDirectory(prefix="matrix-load-")
-        self._out = Path(self._dir.name) / "stdout"
-        self._err = Path(self._dir.name) / "stderr"
-        with self._out.open("wb") as out, self._err.open("wb") as err:
-            self.proc = subprocess.Popen(
-                pinned(LOAD_CPU, argv, pin),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                env=child_env(),
-                cwd=ROOT,
-                start_new_session=True,
-            )
-
-    def finish(self, timeout: float) -> tuple[dict[str, Any], int]:
-        """Wait for the report; raises Failure if there is none in time."""
-        try:
-            returncode = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise Failure(f"load did not finish within {timeout:g} s") from None
-        stdout = self._out.read_text(errors="replace")
-        return _parse_report(stdout, returncode, self._err.read_text(errors="replace")), returncode
-
-    def close(self) -> None:
-        _kill_group(self.proc)
-        self._dir.cleanup()
-
-
-def run_load(argv: list[str], timeout: float, pin: bool) -> tuple[dict[str, Any], int]:
-    """Run one ``fivetuple bench`` to completion; returns its report and exit status."""
-    load = Load(argv, pin)
-    try:
-        return load.finish(timeout)
-    finally:
-        load.close()
+    with start(peer, pin) as server:
+        base_fds = server.fd_count()
+        before = server.cpu_times()
+        report, returncode = run_load(load_argv(server.port), timeout, pin=pin, env=child_env())
+        server.wait_closed(base_fds)
+        server.alive()
+        return report, returncode, server.cpu_times().since(before)
 
 
 # -- flags: anything that must not be averaged in silently ----------------------
@@ -439,23 +258,13 @@ def _counts(counts: dict[str, int] | None) -> str:
 
 def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str, Any]:
     """Round trips/s, latency and server CPU per round trip for one cell."""
-    with RunningServer(peer, pin) as server:
-        base_fds = server.fd_count()
-        user0, sys0 = server.cpu_seconds()
-        report, returncode = run_load(
-            bench_argv(
-                "echo",
-                server.port,
-                *("--conns", str(cell.conns), "--size", str(cell.size)),
-                *("--pipeline", str(cell.pipeline), "--duration", f"{duration:g}"),
-            ),
-            duration + LOAD_SLACK_S,
-            pin,
-        )
-        # Count the teardown in: wait (briefly) until the server closed the load's sockets.
-        server.wait_fds(lambda n: n <= base_fds, DRAIN_WAIT_S)
-        server.alive()
-        user1, sys1 = server.cpu_seconds()
+    options = [
+        *("--conns", str(cell.conns), "--size", str(cell.size)),
+        *("--pipeline", str(cell.pipeline), "--duration", f"{duration:g}"),
+    ]
+    report, returncode, used = measured_load(
+        peer, lambda port: bench_argv("echo", port, *options), duration + LOAD_SLACK_S, pin
+    )
     round_trips = int(report.get("round_trips") or 0)
     flags = report_flags(report, returncode, cell.conns)
     if round_trips == 0:
@@ -466,9 +275,9 @@ def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str
         "rps": report.get("round_trips_per_s"),
         "round_trips": round_trips,
         "load_cpu_share": load_cpu_share(report),
-        "cpu_user_us": (user1 - user0) * per_rt if per_rt else None,
-        "cpu_sys_us": (sys1 - sys0) * per_rt if per_rt else None,
-        "cpu_us": (user1 - user0 + sys1 - sys0) * per_rt if per_rt else None,
+        "cpu_user_us": used.user_s * per_rt if per_rt else None,
+        "cpu_sys_us": used.system_s * per_rt if per_rt else None,
+        "cpu_us": used.total_s * per_rt if per_rt else None,
         "p50_us": latency.get("p50"),
         "p99_us": latency.get("p99"),
         "load_cpu_us": (report.get("cpu") or {}).get("us_per_round_trip"),
@@ -479,7 +288,7 @@ def measure_echo(peer: Peer, cell: Cell, duration: float, pin: bool) -> dict[str
 
 def measure_idle(peer: Peer, count: int, hold_duration: float, pin: bool) -> dict[str, Any]:
     """RSS growth of the server per idle connection while ``count`` are held open."""
-    with RunningServer(peer, pin) as server:
+    with start(peer, pin) as server:
         time.sleep(SETTLE_S)
         base_fds = server.fd_count()
         rss0 = server.rss_bytes()
@@ -487,7 +296,8 @@ def measure_idle(peer: Peer, count: int, hold_duration: float, pin: bool) -> dic
             bench_argv(
                 "hold", server.port, "--conns", str(count), "--duration", f"{hold_duration:g}"
             ),
-            pin,
+            pin=pin,
+            env=child_env(),
         )
         try:
             reached = server.wait_fds(lambda n: n >= base_fds + count, FD_WAIT_S) - base_fds
@@ -516,19 +326,10 @@ def measure_idle(peer: Peer, count: int, hold_duration: float, pin: bool) -> dic
 
 def measure_accept(peer: Peer, conns: int, duration: float, pin: bool) -> dict[str, Any]:
     """Connections accepted per second under open/close churn, and server CPU per accept."""
-    with RunningServer(peer, pin) as server:
-        base_fds = server.fd_count()
-        user0, sys0 = server.cpu_seconds()
-        report, returncode = run_load(
-            bench_argv(
-                "connect", server.port, "--conns", str(conns), "--duration", f"{duration:g}"
-            ),
-            duration + LOAD_SLACK_S,
-            pin,
-        )
-        server.wait_fds(lambda n: n <= base_fds, DRAIN_WAIT_S)
-        server.alive()
-        user1, sys1 = server.cpu_seconds()
+    options = ("--conns", str(conns), "--duration", f"{duration:g}")
+    report, returncode, used = measured_load(
+        peer, lambda port: bench_argv("connect", port, *options), duration + LOAD_SLACK_S, pin
+    )
     flags = report_flags(report, returncode, None)
     rate = report.get("connects_per_s")
     connects = int((report.get("connections") or {}).get("established") or 0)
@@ -536,7 +337,7 @@ def measure_accept(peer: Peer, conns: int, duration: float, pin: bool) -> dict[s
         flags.append("no connections completed")
     return {
         "connects_per_s": rate,
-        "cpu_us_per_connect": (user1 - user0 + sys1 - sys0) * 1e6 / connects if connects else None,
+        "cpu_us_per_connect": used.total_s * 1e6 / connects if connects else None,
         "flags": flags,
         "load": report,
     }
@@ -606,7 +407,7 @@ def missing_modules(peer: Peer) -> list[str]:
 def check_bench_command() -> None:
     """Fail early, with one line, when ``fivetuple bench`` is not there."""
     done = subprocess.run(
-        [sys.executable, "-m", "fivetuple", "bench", "--help"],
+        fivetuple_argv("bench", "--help"),
         capture_output=True,
         text=True,
         timeout=30,
@@ -634,8 +435,7 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if pin:
         # This script polls /proc while loads run: keep it off the server's CPU too.
         os.sched_setaffinity(0, {LOAD_CPU})
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    raise_fd_limit()
     cells: tuple[Cell, ...] = QUICK_CELLS if args.quick else FULL_CELLS
     idle = (
         args.idle if args.idle is not None else QUICK_IDLE_CONNS if args.quick else FULL_IDLE_CONNS
@@ -685,9 +485,9 @@ def run_matrix(args: argparse.Namespace, command: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"round": rnd, "server": peer.name, **extra}
         try:
             entry |= run() | {"ok": True}
-        except (Failure, OSError, subprocess.SubprocessError) as exc:
+        except (BenchFailure, OSError, subprocess.SubprocessError) as exc:
             # OSError: mostly /proc/PID of a server that died between two reads.
-            error = str(exc) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
+            error = str(exc) if isinstance(exc, BenchFailure) else f"{type(exc).__name__}: {exc}"
             entry |= {"ok": False, "error": error, "flags": [error]}
         results[kind].append(entry)
         done += 1
@@ -751,12 +551,8 @@ def describe(entry: dict[str, Any]) -> str:
 
 
 def save(path: Path | None, results: dict[str, Any]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1))
-    tmp.replace(path)
+    if path is not None:
+        write_json(path, results)
 
 
 # -- summaries ---------------------------------------------------------------------
@@ -992,18 +788,6 @@ def render_markdown(results: dict[str, Any], chart_names: list[str]) -> str:
     return "\n".join(lines)
 
 
-def update_markdown(path: Path, block_text: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = f"{MARK_BEGIN}\n{block_text}\n{MARK_END}"
-    if MARK_BEGIN in text and MARK_END in text:
-        head, rest = text.split(MARK_BEGIN, 1)
-        text = head + block + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + SECTION_HEADING + "\n\n"
-        text += block + "\n"
-    path.write_text(text)
-
-
 # -- charts -----------------------------------------------------------------------
 
 
@@ -1104,10 +888,6 @@ def write_charts(results: dict[str, Any], directory: Path) -> list[str]:
 
 
 # -- command line -------------------------------------------------------------------
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def fail(message: str) -> NoReturn:
@@ -1229,7 +1009,7 @@ def main(argv: list[str] | None = None) -> None:
         # SIGTERM unwinds like Ctrl-C, so every server and load is stopped on the way out.
         signal.signal(signal.SIGTERM, _interrupt)
         try:
-            results = run_matrix(args, shlex.join(["python", "bench/matrix.py", *argv]))
+            results = run_matrix(args, command_line(__file__, argv))
         except KeyboardInterrupt:
             note(f"interrupted; the measurements so far are in {args.json_out}")
             sys.exit(130)
@@ -1237,7 +1017,7 @@ def main(argv: list[str] | None = None) -> None:
     text = render_markdown(results, charts)
     print(text)
     if args.write:
-        update_markdown(args.write, text)
+        write_marked_block(args.write, "matrix", text, SECTION_HEADING)
         note(f"wrote {args.write}" + "".join(f", {args.write.parent / c}" for c in charts))
 
 

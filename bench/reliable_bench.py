@@ -87,10 +87,7 @@ usage: python bench/reliable_bench.py [--seeds 5] [--only kcp|fivetuple] [--quic
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
-import statistics
 import struct
 import sys
 import time
@@ -100,6 +97,7 @@ from pathlib import Path as FilePath
 from typing import Any, Protocol
 
 from fivetuple.netsim import Address, LinkConfig, Network, Path, pick_seed
+from harness import command_line, note, percentile, spread, write_json
 
 CLIENT_ADDR = ("10.0.0.1", 1000)
 SERVER_ADDR = ("10.0.0.2", 2000)
@@ -464,11 +462,6 @@ def run_stream(impl: str, args: argparse.Namespace, seed: int) -> dict[str, Any]
     }
 
 
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of a sorted, non-empty list (no interpolation, so inf-safe)."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
 # ---------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------
@@ -499,16 +492,15 @@ STREAM_ROWS = (
 
 def summarize(values: list[Any], fmt: str) -> tuple[float | None, str]:
     """The median and a cell: "median (min-max)" over seeds, "-" without data."""
-    numbers = [v for v in values if v is not None]
-    if not numbers:
+    found = spread(values)
+    if found is None:
         return None, "-"
-    median = statistics.median(numbers)
-    cell = fmt.format(median)
-    if len(numbers) > 1 and min(numbers) != max(numbers):
-        cell += f" ({fmt.format(min(numbers))}-{fmt.format(max(numbers))})"
-    if len(numbers) < len(values):
-        cell += f" [{len(values) - len(numbers)} runs without data]"
-    return median, cell
+    cell = fmt.format(found.median)
+    if found.low != found.high:
+        cell += f" ({fmt.format(found.low)}-{fmt.format(found.high)})"
+    if found.count < len(values):
+        cell += f" [{len(values) - found.count} runs without data]"
+    return found.median, cell
 
 
 def bulk_target(key: str, loss_pct: float) -> tuple[str, Callable[[float], bool] | None]:
@@ -674,7 +666,7 @@ def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
     impls = [args.only] if args.only else list(PAIRS)
     skipped = {i: why for i in impls if (why := PAIRS[i][1]()) is not None}
     for name, why in skipped.items():
-        print(f"skipping {name}: {why}", file=sys.stderr)
+        note(f"skipping {name}: {why}")
     runs: list[dict[str, Any]] = []
     wall: dict[str, float] = {i: 0.0 for i in impls}
     started = time.perf_counter()
@@ -692,10 +684,7 @@ def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
                 result = job(impl, seed)
                 spent = time.perf_counter() - t0
                 wall[impl] += spent
-                print(
-                    f"{scenario} p={pct:g}% seed={seed} {impl}: {spent:.1f} s wall",
-                    file=sys.stderr,
-                )
+                note(f"{scenario} p={pct:g}% seed={seed} {impl}: {spent:.1f} s wall")
                 runs.append({"impl": impl, "scenario": scenario, "loss_pct": pct, "seed": seed,
                              "wall_s": spent, **result})  # fmt: skip
     wall["total"] = time.perf_counter() - started
@@ -713,13 +702,13 @@ def run_all(args: argparse.Namespace, command: str) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    command = shlex.join(["python", "bench/reliable_bench.py", *argv])
+    command = command_line(__file__, argv)
     results = run_all(args, command)
     text = render(results, args)
     results["markdown"] = text
     print(text)
     if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results, indent=2)
 
 
 if __name__ == "__main__":

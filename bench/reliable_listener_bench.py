@@ -54,7 +54,6 @@ import importlib
 import json
 import random
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -68,7 +67,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, command_line, rss_bytes, write_json
+
 RELIABLE = "src/fivetuple/reliable"
 BATCH = 1000
 IDLE_TIMEOUT_S = 3600.0
@@ -134,11 +134,6 @@ def load_before(ref: str) -> Impl:
         importlib.import_module("fivetuple_before.reliable._connection"),
         importlib.import_module("fivetuple_before.reliable._packet"),
     )
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * 4096
 
 
 # -- setting up: N idle connections and one active one -------------------------------
@@ -478,10 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     print()
-    print(f"$ python bench/reliable_listener_bench.py {shlex.join(argv or sys.argv[1:])}")
+    print(f"$ {command_line(__file__, argv or sys.argv[1:])}")
     print(render(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        write_json(args.json, rows)
     return 0
 
 

@@ -34,12 +34,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import statistics
 import struct
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -47,49 +45,22 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from harness import ROOT, RunningServer, echo_round_trip, latency_ms, serve_echo_argv, source_env
+
 MiB = 1 << 20
 RTT_EVERY_S = 0.01
 #: Every attack stops by itself after this long.
 ATTACK_LIMIT_S = 60.0
+#: Time for the server to close what the attack left and exit after SIGTERM.
+STOP_GRACE_S = 15.0
 
 
-def pinned(cpu: int, argv: list[str]) -> list[str]:
-    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
-        return ["taskset", "-c", str(cpu), *argv]
-    return argv
+def start_server(src: Path, *args: str) -> RunningServer:
+    """``fivetuple serve echo ARGS`` from a source tree, as a process on CPU 0.
 
-
-class Server:
-    """``fivetuple serve echo ARGS`` from a source tree, as a process on CPU 0."""
-
-    def __init__(self, src: Path, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(src)}
-        argv = [sys.executable, "-m", "fivetuple", "serve", "echo", "--port", "0", *args]
-        self.proc = subprocess.Popen(
-            pinned(0, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-        )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "listening on" not in line:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r} {self.proc.stderr.read()!r}")
-        self.port = int(line.split()[2].rsplit(":", 1)[1])
-
-    def status(self, field: str) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-        raise RuntimeError(f"no {field}")
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err
+    ``stop()`` returns its stderr, whose warnings the run prints.
+    """
+    return RunningServer(serve_echo_argv(*args), env=source_env(src), stop_grace_s=STOP_GRACE_S)
 
 
 def framed(codec: str, message: bytes) -> bytes:
@@ -118,15 +89,7 @@ class WellBehaved(threading.Thread):
     def run(self) -> None:
         try:
             while not self.stopping.wait(RTT_EVERY_S):
-                began = time.perf_counter()
-                self.sock.sendall(self.message)
-                got = 0
-                while got < len(self.message):
-                    chunk = self.sock.recv(65536)
-                    if not chunk:
-                        raise ConnectionError("the server closed the well-behaved client")
-                    got += len(chunk)
-                self.rtts.append(time.perf_counter() - began)
+                self.rtts.append(echo_round_trip(self.sock, self.message))
         except OSError as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
 
@@ -134,14 +97,8 @@ class WellBehaved(threading.Thread):
         self.stopping.set()
         self.join(35)
         self.sock.close()
-        rtts = sorted(self.rtts) or [float("nan")]
-        return {
-            "rtt_p50_ms": statistics.median(rtts) * 1e3,
-            "rtt_p99_ms": rtts[int(len(rtts) * 0.99) - 1 if len(rtts) > 1 else 0] * 1e3,
-            "rtt_max_ms": rtts[-1] * 1e3,
-            "round_trips": len(self.rtts),
-            "failure": self.failure,
-        }
+        rtt = {f"rtt_{key}": value for key, value in latency_ms(self.rtts).items()}
+        return {**rtt, "round_trips": len(self.rtts), "failure": self.failure}
 
 
 def blast(port: int, streams: list[bytes], deadline: float) -> Counter[str]:
@@ -240,8 +197,8 @@ def slow_readers(src: Path, clients: int, *extra: str) -> dict[str, Any]:
     """``clients`` clients send without reading; a 20 MB echo before, during, after."""
     send_timeout = 5.0
     old = not (src / "fivetuple" / "_ledger.py").exists()  # before issue 11: no such option
-    server = Server(src, *([] if old else ["--send-timeout", f"{send_timeout:g}", *extra]))
-    try:
+    options = [] if old else ["--send-timeout", f"{send_timeout:g}", *extra]
+    with start_server(src, *options) as server:
         base = statistics.median(echo_20mb(server.port) for _ in range(3))
         hostile = []
         for _ in range(clients):
@@ -276,9 +233,6 @@ def slow_readers(src: Path, clients: int, *extra: str) -> dict[str, Any]:
             "server_sockets_mib": server_side >> 20,
             "stderr": server.stop(),
         }
-    except BaseException:
-        server.stop()
-        raise
 
 
 def server_socket_bytes(port: int) -> int:
@@ -328,12 +282,11 @@ def echo_20mb(port: int) -> float:
 def attack(
     src: Path, args: list[str], codec: str, hostile: Any, rss_hook: list[Any] | None = None
 ) -> dict[str, Any]:
-    server = Server(src, *args)
-    try:
+    with start_server(src, *args) as server:
         if rss_hook is not None:
-            rss_hook[0] = lambda: server.status("VmRSS")
+            rss_hook[0] = server.rss_bytes
         time.sleep(0.5)
-        idle_rss = server.status("VmRSS")
+        idle_rss = server.rss_bytes()
         client = WellBehaved(server.port, codec)
         client.start()
         time.sleep(0.5)
@@ -341,7 +294,7 @@ def attack(
         endings = hostile(server.port)
         took = time.monotonic() - began
         rtt = client.finish()
-        peak = server.status("VmHWM")
+        peak = server.peak_rss_bytes()
         return {
             "idle_rss": idle_rss,
             "peak_rss": peak,
@@ -351,9 +304,6 @@ def attack(
             **rtt,
             "stderr": server.stop(),
         }
-    except BaseException:
-        server.stop()
-        raise
 
 
 SCENARIOS = {
