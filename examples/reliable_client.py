@@ -21,13 +21,12 @@ import sys
 import threading
 from collections.abc import Callable
 
-from fivetuple import Loop, SetupError
+from fivetuple import Loop, SetupError, connect_reliable
 from fivetuple.reliable import (
     ConnectionConfig,
     ConnectionTerminated,
     Event,
     MessageReceived,
-    connect,
 )
 
 
@@ -92,7 +91,7 @@ def main() -> int:
 
     config = ConnectionConfig(handshake_timeout_s=args.handshake_timeout)
     try:
-        client = connect(loop, args.host, args.port, on_event=on_event, config=config)
+        client = connect_reliable(loop, args.host, args.port, on_event=on_event, config=config)
     except SetupError as exc:
         print(f"reliable_client: {exc}", file=sys.stderr)
         loop.close()

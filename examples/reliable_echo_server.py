@@ -16,8 +16,8 @@ import argparse
 import signal
 import sys
 
-from fivetuple import Loop, SetupError
-from fivetuple.reliable import Connected, ConnectionTerminated, Event, MessageReceived, serve
+from fivetuple import Loop, SetupError, serve_reliable
+from fivetuple.reliable import Connected, ConnectionTerminated, Event, MessageReceived
 
 
 def main() -> int:
@@ -38,7 +38,7 @@ def main() -> int:
             print(f"{event.cid:016x} ended: {event.reason}", flush=True)
 
     try:
-        server = serve(loop, args.host, args.port, on_event=on_event)
+        server = serve_reliable(loop, args.host, args.port, on_event=on_event)
     except SetupError as exc:  # address in use, permission denied, unknown host
         print(f"reliable_echo_server: {exc}", file=sys.stderr)
         loop.close()

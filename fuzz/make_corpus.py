@@ -5,10 +5,9 @@ from __future__ import annotations
 import struct
 import zlib
 
-from harness import CORPUS
-
 from fivetuple.codecs import LengthPrefixed, Lines, Packets
 from fivetuple.codecs._packets import HEADER, TRAILER
+from harness import CORPUS
 
 
 def packet(payload: bytes, **fields: int) -> bytes:

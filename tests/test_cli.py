@@ -22,6 +22,7 @@ from helpers import (
     CLIENT_TIMEOUT_S,
     CliServer,
     connect,
+    echoes,
     needs_ipv6,
     recv_exactly,
     run_cli,
@@ -56,11 +57,6 @@ def connect_unix(path: Path) -> socket.socket:
     sock.settimeout(CLIENT_TIMEOUT_S)
     sock.connect(str(path))
     return sock
-
-
-def echoes(sock: socket.socket, data: bytes = b"are you there?") -> bool:
-    sock.sendall(data)
-    return recv_exactly(sock, len(data)) == data
 
 
 def sock_path(tmp_path: Path) -> Path:

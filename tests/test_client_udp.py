@@ -4,7 +4,6 @@ sockets."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +11,17 @@ from typing import Any
 
 import pytest
 
-from fivetuple._datagram import DatagramProtocol, DatagramTransport
+from fivetuple import DatagramProtocol, DatagramTransport
 from fivetuple.apps import DatagramEcho
-from helpers import CliServer, needs_ipv6, run_cli, run_client, running_udp_server, wait_for
+from helpers import (
+    CliServer,
+    closed_udp_port,
+    needs_ipv6,
+    run_cli,
+    run_client,
+    running_udp_server,
+    wait_for,
+)
 
 udp_server = running_udp_server
 
@@ -38,12 +45,6 @@ class Recorder(DatagramProtocol):
 
 class Silent(DatagramProtocol):
     """Take every datagram, answer none."""
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_each_line_is_one_datagram_and_each_reply_is_printed() -> None:

@@ -2,18 +2,37 @@
 
 A server that listens on one port and serves thousands of clients from one
 thread by readiness multiplexing (epoll, poll, select), with every connection
-visible. The public names live here; the implementation is in the
-underscored modules.
+visible. The public names live here (docs/api.md lists them); the
+implementation is in the underscored modules. Subpackages with their own
+public names: ``fivetuple.codecs`` (framing), ``fivetuple.reliable`` (the
+sans-IO reliable-UDP core), ``fivetuple.netsim`` and ``fivetuple.testing``
+(a simulated network and a fake clock), ``fivetuple.apps``,
+``fivetuple.admin`` and ``fivetuple.loadgen``.
 """
 
 from __future__ import annotations
 
-from ._loop import Loop, LoopStats
+from ._backends import available_backends
+from ._connector import open_connection
+from ._datagram import DatagramTransport, PeerStats
+from ._loop import Clock, Loop, LoopStats
 from ._messages import MessageProtocol
-from ._poller import available_backends
-from ._protocol import Protocol
-from ._server import Server
-from ._stats import CLOSE_REASONS, ConnectionStats, ServerStats
+from ._protocol import DatagramProtocol, Protocol
+from ._reliable_shell import (
+    ReliableClient,
+    ReliableProtocol,
+    ReliableServer,
+    connect_reliable,
+    serve_reliable,
+)
+from ._server import DatagramServer, Server
+from ._stats import (
+    CLOSE_REASONS,
+    ConnectionStats,
+    DatagramStats,
+    ListenerStats,
+    ServerStats,
+)
 from ._timers import Timer
 from ._transport import Transport
 from .errors import (
@@ -30,14 +49,24 @@ __version__ = "0.1.0"
 __all__ = [
     "CLOSE_REASONS",
     "BrokenResourceError",
+    "Clock",
     "ClosedResourceError",
     "ConnectionStats",
+    "DatagramProtocol",
+    "DatagramServer",
+    "DatagramStats",
+    "DatagramTransport",
     "FivetupleError",
+    "ListenerStats",
     "LocalProtocolError",
     "Loop",
     "LoopStats",
     "MessageProtocol",
+    "PeerStats",
     "Protocol",
+    "ReliableClient",
+    "ReliableProtocol",
+    "ReliableServer",
     "RemoteProtocolError",
     "Server",
     "ServerStats",
@@ -45,4 +74,7 @@ __all__ = [
     "Timer",
     "Transport",
     "available_backends",
+    "connect_reliable",
+    "open_connection",
+    "serve_reliable",
 ]

@@ -76,20 +76,20 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import signal
 import socket
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from logging import INFO
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._listener import bind_error, format_address, resolve_address
-from ._log import event
-from ._loop import Loop
+from ._address import format_address, format_peer
 from ._poller import ERROR, READ, WRITE
-from ._timers import Timer
-from .errors import SetupError
+from ._protocol import DatagramProtocol
+from ._stats import DatagramStats
+
+if TYPE_CHECKING:
+    from ._loop import Loop
+    from ._timers import Timer
 
 logger = logging.getLogger("fivetuple")
 
@@ -100,11 +100,6 @@ RECV_BATCH = 64
 MAX_QUEUED_BYTES = 4 * 1024 * 1024
 MAX_PEERS = 65_536
 PEER_IDLE_S = 60.0
-# Linux values; the socket module does not name them. With them set, ICMP
-# errors about unconnected peers are reported (and queued, naming the peer)
-# instead of silently dropped.
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 MAX_ERRORS_PER_DRAIN = 256
 
 #: Each peer's token bucket: datagrams a second, and the most it may send at once.
@@ -147,49 +142,11 @@ class PeerStats:
     refused: int = 0
     #: Datagrams refused by the rate limit.
     throttled: int = 0
+    #: Datagrams from this peer whose ``datagram_received`` raised.
+    app_errors: int = 0
     #: The token bucket: datagrams the peer may send now. Refilled from
     #: ``last_seen``; +inf without a limit, -inf while blocked.
     tokens: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class DatagramStats:
-    """A datagram socket's counters, for the admin endpoint and the live table."""
-
-    #: udp://host:port
-    local_addr: str
-    peers: int
-    max_peers: int
-    #: Rows evicted, by reason ("table-full", "idle").
-    evicted: dict[str, int]
-    #: Inbound datagrams not delivered, by reason (every one of ``REFUSE_REASONS``).
-    refused: dict[str, int]
-    #: Outbound datagrams dropped because the send queue was full.
-    send_dropped: int
-    queued_bytes: int
-    #: Socket errors about peers, by errno name (ECONNREFUSED, ...).
-    errors: dict[str, int]
-    #: The rate limit on each peer (None: none), datagrams a second and burst.
-    peer_rate: float | None
-    peer_burst: int
-
-
-class DatagramProtocol:
-    """What an application implements to serve datagrams."""
-
-    __slots__ = ()
-
-    def connection_made(self, transport: DatagramTransport) -> None:
-        """The socket is ready; keep ``transport`` to send with."""
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        """One datagram from ``addr``."""
-
-    def error_received(self, exc: OSError) -> None:
-        """An error about one peer (ECONNREFUSED from ICMP port unreachable, ...)."""
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        """The socket is closed."""
 
 
 class DatagramTransport:
@@ -247,6 +204,8 @@ class DatagramTransport:
         #: Inbound datagrams not delivered, by reason (``REFUSE_REASONS``).
         self.refused = Counter[str]()
         self.closed = False
+        #: Exceptions the protocol's callbacks raised.
+        self.app_errors = 0
         self.peer_rate = peer_rate
         self.peer_burst = peer_burst
         # Without a limit the bucket is +inf and never refilled: the same two
@@ -260,14 +219,30 @@ class DatagramTransport:
         self._sockname: Any = sock.getsockname()
 
     def start(self) -> None:
+        """Watch the socket and call ``connection_made``.
+
+        If ``connection_made`` raises, the exception is logged and counted
+        and the transport closes (``connection_lost`` gets it): check
+        ``closed`` after this returns.
+        """
         self._loop.add_io(self._fd, self, READ)
         self._watching = READ
         self._sweeper = self._loop.call_later(self.peer_idle_s / 2, self._sweep)
-        self._protocol.connection_made(self)
+        try:
+            self._protocol.connection_made(self)
+        except Exception as exc:
+            self.app_errors += 1
+            logger.exception(
+                "datagram protocol %r failed in connection_made on %s; closing the socket",
+                self._protocol, self._where(),
+                extra={"event": "app-error", "fields": {"local": self._where()}},
+            )  # fmt: skip
+            self._close(exc)
 
     # -- receiving ----------------------------------------------------------
 
     def handle_io(self, events: int) -> None:
+        """Called by the loop when the socket is ready (``events``: READ, WRITE, ERROR bits)."""
         if events & ERROR:
             # A pending ICMP error wakes us with POLLERR alone. Reading it here
             # (SO_ERROR clears it) is the only way to see it: draining the error
@@ -322,9 +297,25 @@ class DatagramTransport:
                 self._refuse(peer)
                 continue
             peer.tokens = tokens - 1.0
-            protocol.datagram_received(data, addr)
+            try:
+                protocol.datagram_received(data, addr)
+            except Exception:
+                self._app_error(peer)
             if self.closed:
                 return
+
+    def _app_error(self, peer: PeerStats) -> None:
+        """``datagram_received`` raised: count it, and log it once per peer row
+        (a peer that can make the app raise cannot also flood the log)."""
+        self.app_errors += 1
+        peer.app_errors += 1
+        if peer.app_errors == 1:
+            remote = format_peer(peer.addr)
+            logger.exception(
+                "datagram_received raised for a datagram from %s (logged once per peer)",
+                remote,
+                extra={"event": "app-error", "fields": {"remote": remote}},
+            )
 
     def _new_peer(self, addr: Any, now: float, *, asked: bool) -> PeerStats:
         """A row for ``addr``, the least recently seen one evicted to make room.
@@ -396,7 +387,11 @@ class DatagramTransport:
         try:
             self._protocol.error_received(exc)
         except Exception:
-            logger.exception("error_received raised")
+            self.app_errors += 1
+            logger.exception(
+                "error_received raised on %s", self._where(),
+                extra={"event": "app-error", "fields": {"local": self._where()}},
+            )  # fmt: skip
 
     # -- sending ------------------------------------------------------------
 
@@ -480,6 +475,7 @@ class DatagramTransport:
     # -- the rest -----------------------------------------------------------
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``sockname`` or ``socket`` (asyncio's names); ``default`` for any other."""
         if name == "sockname":
             return self._sock.getsockname()
         if name == "socket":
@@ -488,14 +484,13 @@ class DatagramTransport:
 
     @property
     def queued_bytes(self) -> int:
+        """Bytes of datagrams waiting for the kernel's send buffer."""
         return self._queued_bytes
 
     def statistics(self) -> DatagramStats:
         """The socket's counters now, as an immutable record."""
-        if not self.closed:
-            self._sockname = self._sock.getsockname()
         return DatagramStats(
-            local_addr=format_address(self._family, self._sockname, "udp"),
+            local_addr=self._where(),
             peers=len(self.peers),
             max_peers=self.max_peers,
             evicted=dict(self.evicted),
@@ -503,22 +498,40 @@ class DatagramTransport:
             send_dropped=self.dropped,
             queued_bytes=self._queued_bytes,
             errors=dict(self.errors),
+            app_errors=self.app_errors,
             peer_rate=self.peer_rate,
             peer_burst=self.peer_burst,
         )
 
     def close(self) -> None:
         """Stop watching and close the socket; queued datagrams are dropped."""
+        self._close(None)
+
+    def _close(self, exc: BaseException | None) -> None:
         if self.closed:
             return
         self.closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
         self._loop.remove_io(self._fd)
+        self._sockname = self._sock.getsockname()
         self._sock.close()
         self._queue.clear()
         self._queued_bytes = 0
-        self._protocol.connection_lost(None)
+        try:
+            self._protocol.connection_lost(exc)
+        except Exception:
+            self.app_errors += 1
+            logger.exception(
+                "connection_lost raised on %s", self._where(),
+                extra={"event": "app-error", "fields": {"local": self._where()}},
+            )  # fmt: skip
+
+    def _where(self) -> str:
+        """udp://host:port of this socket (as last known once closed)."""
+        if not self.closed:
+            self._sockname = self._sock.getsockname()
+        return format_address(self._family, self._sockname, "udp")
 
 
 def _is_own_host(family: int, own_host: str, addr: Any) -> bool:
@@ -541,111 +554,3 @@ def _is_own_host(family: int, own_host: str, addr: Any) -> bool:
     finally:
         probe.close()
     return True
-
-
-def bind_udp(host: str, port: int) -> socket.socket:
-    """A UDP socket bound to ``host``:``port`` (``::`` is dual-stack).
-
-    Raises:
-        SetupError: unknown host, address in use, permission denied, ...
-    """
-    family, sockaddr = resolve_address(host, port, socket.SOCK_DGRAM)
-    where = format_address(family, sockaddr, "udp")
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if host == "::" else 1)
-            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
-        if family == socket.AF_INET or host == "::":
-            sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
-        sock.bind(sockaddr)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise bind_error(exc, where, port, "-lunp") from None
-    return sock
-
-
-class DatagramServer:
-    """A UDP server: one bound socket, one protocol for every peer, signals, a banner.
-
-    The keyword arguments are ``DatagramTransport``'s.
-
-    Raises:
-        SetupError: a bad limit, or the address cannot be bound.
-    """
-
-    def __init__(
-        self,
-        protocol: DatagramProtocol,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        *,
-        backend: str | None = None,
-        loop: Loop | None = None,
-        max_peers: int = MAX_PEERS,
-        peer_idle_s: float = PEER_IDLE_S,
-        peer_rate: float | None = PEER_RATE_PER_S,
-        peer_burst: int = PEER_BURST,
-        refuse_ports: Iterable[int] = SERVICE_PORTS,
-        refuse_own_address: bool = True,
-    ) -> None:
-        if peer_rate is not None and not peer_rate > 0:
-            raise SetupError(
-                f"--udp-rate must be more than 0 datagrams/s ('off' for no limit), not {peer_rate}"
-            )
-        if peer_burst < 1:
-            raise SetupError(f"--udp-burst must be at least 1 datagram, not {peer_burst}")
-        self.loop = loop if loop is not None else Loop(backend)
-        self._own_loop = loop is None
-        self.transport = DatagramTransport(
-            self.loop,
-            bind_udp(host, port),
-            protocol,
-            max_peers=max_peers,
-            peer_idle_s=peer_idle_s,
-            peer_rate=peer_rate,
-            peer_burst=peer_burst,
-            refuse_ports=refuse_ports,
-            refuse_own_address=refuse_own_address,
-        )
-        self.transport.start()
-
-    @property
-    def address(self) -> str:
-        sock = self.transport.get_extra_info("socket")
-        return format_address(sock.family, sock.getsockname(), "udp")
-
-    def banner(self, app: str) -> str:
-        return (
-            f"listening on {self.address} app={app} backend={self.loop.backend} pid={os.getpid()}"
-        )
-
-    def _on_signal(self, sig: int) -> None:
-        name = signal.Signals(sig).name
-        peers = len(self.transport.peers)
-        event(
-            logger, INFO, "shutdown", f"{name}: shutting down, {peers} peers seen lately",
-            signal=name, peers=peers,
-        )  # fmt: skip
-        self.loop.stop()
-
-    def serve_forever(
-        self, *, handle_signals: bool = True, ready: Callable[[], None] | None = None
-    ) -> int:
-        """Run until SIGINT or SIGTERM (UDP has nothing to flush); returns 0.
-
-        ``ready`` is called once the signal handlers are in place (``Server.serve_forever``).
-        """
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self._on_signal, sig)
-        try:
-            if ready is not None:
-                ready()
-            self.loop.run()
-        finally:
-            self.transport.close()
-            if self._own_loop:
-                self.loop.close()
-        return 0

@@ -40,6 +40,7 @@ from collections.abc import Callable
 from logging import WARNING
 from typing import TYPE_CHECKING
 
+from ._address import format_peer
 from ._log import event
 
 if TYPE_CHECKING:
@@ -120,7 +121,6 @@ class Ledger:
             self._loop.call_soon(self._enforce)
 
     def _enforce(self) -> None:
-        from ._transport import format_peer  # the transport module imports this one
 
         self._enforce_pending = False
         limit = self.limit_bytes

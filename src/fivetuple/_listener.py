@@ -1,9 +1,8 @@
 """The door: one listening socket, and accept() in bounded batches.
 
-Theory of operation. ``bind_tcp`` and ``bind_unix`` perform the ritual:
-socket, SO_REUSEADDR, bind, listen(backlog), non-blocking. The kernel then
-completes handshakes by itself and queues finished connections (up to the
-backlog) until we accept them. When the listening socket is readable,
+Theory of operation. The socket arrives bound and listening (``_bind.py``):
+the kernel completes handshakes by itself and queues finished connections
+(up to the backlog) until we accept them. When the listening socket is readable,
 ``Listener.handle_io`` accepts at most ``ACCEPT_BATCH`` connections, so that
 a connection storm cannot starve the clients already being served; the
 poller is level-triggered and reports the rest next iteration.
@@ -31,16 +30,17 @@ import errno
 import logging
 import os
 import socket
-import stat
 from collections import Counter
 from collections.abc import Callable
 from logging import ERROR, INFO, WARNING
 from typing import TYPE_CHECKING, Any
 
+from ._address import format_address
+from ._kernel import listen_queue
 from ._limits import fd_limits
 from ._log import EVENTS, event
 from ._poller import READ
-from .errors import SetupError
+from ._stats import ListenerStats
 
 if TYPE_CHECKING:
     from ._loop import Loop
@@ -58,222 +58,6 @@ BURST_QUIET_S = 1.0
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: Errors about one connection that died before we took it: skip and go on.
 _TRANSIENT = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ECONNRESET, errno.EINTR}
-
-
-#: Binding every address of a name on one port chosen by the kernel: attempts
-#: before giving up when the port it chose for the first is taken for another.
-_SAME_PORT_ATTEMPTS = 8
-
-
-def bind_tcp_all(host: str, port: int, backlog: int) -> list[socket.socket]:
-    """Listening TCP sockets on every address ``host`` names, all on one port.
-
-    ``localhost`` is the loopback of both families (127.0.0.1 and ::1, RFC
-    6761), whatever /etc/hosts says, so that a client that tries ``::1``
-    first (curl, browsers) finds the server; ``::`` is one dual-stack socket.
-    Port 0: the kernel picks a port for the first, and the others take it too.
-
-    Raises:
-        SetupError: unknown host, address in use, permission denied, ...
-    """
-    if host == "localhost":
-        hosts = ["127.0.0.1", "::1"] if ipv6_available() else ["127.0.0.1"]
-    else:
-        hosts = [sockaddr[0] for _, sockaddr in passive_addresses(host, port)]
-    if len(hosts) == 1:
-        return [bind_tcp(host, port, backlog)]
-    for _ in range(_SAME_PORT_ATTEMPTS):  # each family its own socket: no dual-stack
-        socks = [bind_tcp(hosts[0], port, backlog, dual_stack=False)]
-        chosen = socks[0].getsockname()[1]
-        try:
-            socks += [bind_tcp(other, chosen, backlog, dual_stack=False) for other in hosts[1:]]
-        except SetupError:
-            for sock in socks:
-                sock.close()
-            if port:
-                raise
-            continue  # the port the kernel chose is taken for another address: again
-        return socks
-    raise SetupError(f"cannot find one free port on every address of {host}; name a --port")
-
-
-def passive_addresses(host: str, port: int) -> list[tuple[int, Any]]:
-    """Every distinct (family, sockaddr) ``host`` names for listening (IPv4, IPv6)."""
-    try:
-        infos = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (socket.gaierror, OverflowError):
-        return [resolve_address(host, port, socket.SOCK_STREAM)]  # raises the one-line error
-    seen: dict[tuple[int, Any], None] = {}
-    for family, _, _, _, sockaddr in infos:
-        if family in (socket.AF_INET, socket.AF_INET6):
-            seen[family, sockaddr] = None
-    return list(seen)
-
-
-def ipv6_available() -> bool:
-    """True if this machine can bind the IPv6 loopback address."""
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-def bind_tcp(
-    host: str, port: int, backlog: int, *, dual_stack: bool | None = None
-) -> socket.socket:
-    """Create a listening TCP socket on ``host``:``port`` (the first address it names).
-
-    ``host`` ``"::"`` listens dual-stack (IPv6 and IPv4-mapped) unless
-    ``dual_stack`` is False; any other IPv6 address is IPv6 only. Port 0 lets
-    the kernel pick a free port.
-
-    Raises:
-        SetupError: unknown host, address in use, permission denied, ...
-    """
-    family, sockaddr = resolve_address(host, port, socket.SOCK_STREAM)
-    where = format_address(family, sockaddr)
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        # A restarted server must be able to bind while the connections of its
-        # previous run linger in TIME_WAIT (2 x MSL, up to a minute); without
-        # SO_REUSEADDR bind() fails with "Address already in use" until then.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family == socket.AF_INET6:
-            both = host == "::" if dual_stack is None else dual_stack
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0 if both else 1)
-        # Accepted sockets inherit TCP_NODELAY from the listener on Linux; the
-        # server sets it again where they do not.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(sockaddr)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        raise bind_error(exc, where, port) from None
-    return sock
-
-
-def resolve_address(
-    host: str, port: int, socktype: int, *, passive: bool = True
-) -> tuple[int, Any]:
-    """(family, sockaddr) for ``host``:``port``, TCP or UDP: to bind, or (``passive=False``) to reach.
-
-    Raises:
-        SetupError: unknown host, or a port out of range.
-    """
-    try:
-        if passive:
-            infos = socket.getaddrinfo(host or None, port, type=socktype, flags=socket.AI_PASSIVE)
-        else:
-            infos = socket.getaddrinfo(host, port, type=socktype)
-    except socket.gaierror as exc:
-        raise SetupError(
-            f"cannot resolve host {host!r} ({exc.strerror}); "
-            "use an IP address such as 127.0.0.1 or ::1, or a name this machine knows"
-        ) from None
-    except OverflowError:
-        raise SetupError(f"port {port} is out of range; use 0-65535") from None
-    family, _, _, _, sockaddr = infos[0]
-    return family, sockaddr
-
-
-def bind_error(exc: OSError, where: str, port: int, ss_flags: str = "-ltnp") -> SetupError:
-    """The one line a person sees when bind() or listen() fails on ``where``.
-
-    ``ss_flags`` names the sockets that ``ss`` should list (``-lunp`` for UDP).
-    """
-    if exc.errno == errno.EADDRINUSE:
-        return SetupError(
-            f"address {where} is already in use; stop the program using it "
-            f"(ss {ss_flags} 'sport = :{port}' shows it) or choose another --port"
-        )
-    if exc.errno == errno.EACCES:
-        return SetupError(
-            f"permission denied to listen on {where}; ports below 1024 need root or "
-            "CAP_NET_BIND_SERVICE: choose --port 1024 or above"
-        )
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return SetupError(
-            f"address {where} is not an address of this machine; "
-            "use 127.0.0.1, ::1 or 0.0.0.0 (ip -br addr lists the others)"
-        )
-    return SetupError(f"cannot listen on {where}: {exc.strerror or exc}")
-
-
-def bind_unix(path: str, backlog: int, mode: int | None = None) -> socket.socket:
-    """Create a listening Unix domain stream socket at ``path``.
-
-    A stale socket file (left by a server that died) is removed; a socket that
-    a live server still answers on is not. ``mode`` sets the file's permission
-    bits (who may connect) before ``listen()``, so no client can connect while
-    the umask's bits are in force; None leaves the umask's.
-
-    Raises:
-        SetupError: the path is in use, is not a socket, or cannot be created.
-    """
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise SetupError(f"cannot use {path}: {exc.strerror}") from None
-    else:
-        if not stat.S_ISSOCK(mode):
-            raise SetupError(
-                f"{path} exists and is not a socket; remove it or choose another --unix path"
-            )
-        if _unix_socket_answers(path):
-            raise SetupError(
-                f"unix socket {path} is in use by a running server; stop it or choose another --unix path"
-            )
-        os.unlink(path)  # stale: nobody is listening behind it
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    bound = False
-    try:
-        sock.bind(path)
-        bound = True
-        if mode is not None:
-            os.chmod(path, mode)
-        sock.listen(backlog)
-        sock.setblocking(False)
-    except OSError as exc:
-        sock.close()
-        if bound:  # ours, and not listening: leave nothing behind
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
-        if exc.errno == errno.EACCES:
-            raise SetupError(
-                f"permission denied to create {path}; choose a writable directory"
-            ) from None
-        raise SetupError(f"cannot listen on unix://{path}: {exc.strerror or exc}") from None
-    return sock
-
-
-def _unix_socket_answers(path: str) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(path)
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def format_address(family: int, sockaddr: Any, scheme: str = "tcp") -> str:
-    """tcp://host:port (or ``scheme``://) with IPv6 hosts in brackets, or unix://path."""
-    if family == getattr(socket, "AF_UNIX", None):
-        return f"unix://{sockaddr}"
-    host, port = sockaddr[0], sockaddr[1]
-    return (
-        f"{scheme}://[{host}]:{port}" if family == socket.AF_INET6 else f"{scheme}://{host}:{port}"
-    )
 
 
 class Listener:
@@ -315,6 +99,19 @@ class Listener:
     def start(self) -> None:
         """Begin accepting."""
         self._watch(True)
+
+    def statistics(self) -> ListenerStats:
+        """The listener's counters now, with the kernel's accept queue (one system call)."""
+        queue = listen_queue(self.sock) if not self._closed else None
+        return ListenerStats(
+            address=self.address,
+            backlog=self.backlog,
+            accepted=self.accepted,
+            accept_queue=queue[0] if queue else None,
+            paused_by=tuple(sorted(self._pauses)),
+            pauses=dict(self.pause_counts),
+            errors=dict(self.errors),
+        )
 
     @property
     def paused(self) -> bool:

@@ -20,9 +20,9 @@ import logging
 from logging import INFO, WARNING
 from typing import TYPE_CHECKING
 
+from ._address import format_peer
 from ._log import EVENTS, event
 from ._protocol import Protocol
-from ._transport import format_peer
 from .codecs import LengthPrefixed, Lines, Packets
 from .codecs._base import CodecBase
 from .errors import RemoteProtocolError

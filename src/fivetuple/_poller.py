@@ -1,4 +1,4 @@
-"""Readiness pollers behind one small interface, chosen in one place.
+"""Readiness pollers: the event bits, and the one small interface of every backend.
 
 Theory of operation: the loop asks a poller to watch file descriptors for
 READ and/or WRITE interest and to wait, with a timeout, until some are ready.
@@ -10,15 +10,18 @@ whether or not it was asked for (as poll and epoll do), so every consumer must
 handle ERROR bits even while its READ interest is off.
 
 Like Redis's ae.c, a backend is a short module with five operations
-(register, modify, unregister, poll, close); ``make_poller`` picks one.
+(register, modify, unregister, poll, close), and one module, ``_backends``,
+knows them all and picks one (``make_poller``). This module is what every
+backend imports, so it imports none of them: ``_loop`` imports ``_backends``,
+which imports the ``_poller_*`` backends, which import nothing of the
+package but ``_poller``; no import goes back up (issue 13: choosing here made ``_poller`` and
+``_poller_select`` import each other).
 """
 
 from __future__ import annotations
 
 import select
 from typing import Protocol
-
-from .errors import SetupError
 
 READ = select.POLLIN
 WRITE = select.POLLOUT
@@ -28,48 +31,22 @@ ERROR = select.POLLERR | select.POLLHUP | select.POLLNVAL
 class Poller(Protocol):
     """What the loop needs from a readiness backend."""
 
-    name: str
-    #: Highest file descriptor number + 1 the backend can watch, or None.
-    fd_ceiling: int | None
+    # Read-only members (properties here, plain class attributes in the
+    # backends): the loop only reads them, and a read-only member lets a
+    # backend declare the narrower type it has (select's ``fd_ceiling`` is
+    # always an int, epoll's always None) and still match.
+    @property
+    def name(self) -> str:
+        """The backend's name, as ``available_backends`` lists it."""
+        ...
+
+    @property
+    def fd_ceiling(self) -> int | None:
+        """Highest file descriptor number + 1 the backend can watch, or None."""
+        ...
 
     def register(self, fd: int, events: int) -> None: ...
     def modify(self, fd: int, events: int) -> None: ...
     def unregister(self, fd: int) -> None: ...
     def poll(self, timeout: float | None) -> list[tuple[int, int]]: ...
     def close(self) -> None: ...
-
-
-def available_backends() -> list[str]:
-    """Return the backends this OS has, best first."""
-    names = []
-    if hasattr(select, "epoll"):
-        names.append("epoll")
-    if hasattr(select, "poll"):
-        names.append("poll")
-    names.append("select")
-    return names
-
-
-def make_poller(backend: str | None = None) -> Poller:
-    """Create a poller by name, or the best this OS has when ``backend`` is None.
-
-    Raises:
-        SetupError: the backend is unknown or this OS lacks it.
-    """
-    names = available_backends()
-    name = backend or names[0]
-    if name not in names:
-        raise SetupError(
-            f"backend {name!r} is not available on this system; choose one of: {', '.join(names)}"
-        )
-    if name == "epoll":
-        from ._poller_epoll import EpollPoller
-
-        return EpollPoller()
-    if name == "poll":
-        from ._poller_poll import PollPoller
-
-        return PollPoller()
-    from ._poller_select import SelectPoller
-
-    return SelectPoller()

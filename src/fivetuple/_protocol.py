@@ -7,13 +7,24 @@ For every connection the callbacks come in this order and no other::
 ``connection_lost`` is called exactly once, after which the transport is
 dead. ``pause_writing`` / ``resume_writing`` may come in between, always in
 pairs, each at most once in a row.
+
+A datagram socket has one protocol for every peer, and the same grammar with
+datagrams for data::
+
+    connection_made  (datagram_received | error_received)*  connection_lost
+
+Both follow one rule: an exception raised by a callback is the application's
+fault, so it is logged once with the peer's address and counted
+(``app-error``), and only what that callback was about ends: one TCP
+connection, or (UDP) nothing at all, the datagram having been handled.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ._datagram import DatagramTransport
     from ._transport import Transport
 
 
@@ -54,3 +65,28 @@ class Protocol:
 
     def resume_writing(self) -> None:
         """The queue drained to its low-water mark: writing may go on."""
+
+
+class DatagramProtocol:
+    """Base class for datagram (UDP) protocols; override the callbacks you need.
+
+    One protocol serves every peer of the socket. An exception raised by
+    ``datagram_received`` is logged (once per peer row) and counted on the
+    transport and on the sender's row (``app_errors``); the next datagram is
+    delivered as usual. One raised by ``connection_made`` closes the
+    transport, whose ``connection_lost`` gets the exception.
+    """
+
+    __slots__ = ()
+
+    def connection_made(self, transport: DatagramTransport) -> None:
+        """The socket is ready; keep ``transport`` to send with."""
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        """One datagram from ``addr``."""
+
+    def error_received(self, exc: OSError) -> None:
+        """An error about one peer (ECONNREFUSED from ICMP port unreachable, ...)."""
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """The socket is closed. ``exc`` is None after ``close()``, else what ended it."""

@@ -1,4 +1,10 @@
-"""The I/O shell: one sans-IO reliable-UDP endpoint driven by a UDP socket on the loop.
+"""Reliable UDP on the engine: the I/O shell that drives ``fivetuple.reliable``'s core.
+
+``fivetuple.reliable`` is sans-IO and imports nothing of the engine (a test
+checks); this module is its shell on the loop and a UDP socket, and the
+public names are re-exported from ``fivetuple``: ``serve_reliable``,
+``connect_reliable``, ``ReliableServer``, ``ReliableClient``,
+``ReliableProtocol``.
 
 Theory of operation. The core (a ``Listener`` or a client ``Connection``)
 never touches a socket or a clock; this shell is the whole of the glue, as
@@ -35,8 +41,8 @@ its deadlines in a heap (issue 11; ``_listener.py`` says how). So the shell
 stays "drain datagrams, re-arm one timer" with one loop timer for every
 connection, however many there are.
 
-The handles. ``serve`` returns a ``ReliableServer`` and ``connect`` a
-``ReliableClient``: each is the protocol itself (``pump()``, ``transport``,
+The handles. ``serve_reliable`` returns a ``ReliableServer`` and
+``connect_reliable`` a ``ReliableClient``: each is the protocol itself (``pump()``, ``transport``,
 ``errors``) plus what an application calls: ``send``, ``close``, the address.
 A client's socket serves one connection, so it is closed when that
 connection is over (TERMINATED: after its closing linger of three PTOs, in
@@ -66,20 +72,25 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .._datagram import DatagramProtocol, DatagramTransport, bind_udp
-from .._listener import resolve_address
-from .._loop import Loop
-from .._timers import Timer
-from ..errors import LocalProtocolError
-from ._connection import (
+from ._address import resolve_address
+from ._bind import bind_udp
+from ._datagram import DatagramTransport
+from ._loop import Loop
+from ._protocol import DatagramProtocol
+from ._timers import Timer
+from .errors import LocalProtocolError
+from .reliable import (
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_PER_ADDRESS,
     Address,
     Connection,
     ConnectionConfig,
     ConnectionStatistics,
     ConnectionTerminated,
     Event,
+    Listener,
+    ListenerStatistics,
 )
-from ._listener import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Listener, ListenerStatistics
 
 Endpoint = Listener | Connection
 EventCallback = Callable[[Event], None]
@@ -100,7 +111,7 @@ SERVER_CLOSING = "server closing"
 def reliable_transport(
     loop: Loop, sock: socket.socket, protocol: DatagramProtocol
 ) -> DatagramTransport:
-    """The datagram transport ``serve`` and ``connect`` use by default."""
+    """The datagram transport ``serve_reliable`` and ``connect_reliable`` use by default."""
     return DatagramTransport(loop, sock, protocol, peer_rate=PEER_RATE_PER_S, peer_burst=PEER_BURST)
 
 
@@ -432,7 +443,7 @@ def _resolve(host: str, port: int) -> tuple[int, Address]:
     return family, (sockaddr[0], sockaddr[1])
 
 
-def connect(
+def connect_reliable(
     loop: Loop,
     host: str,
     port: int,
@@ -473,7 +484,7 @@ def connect(
     return client
 
 
-def serve(
+def serve_reliable(
     loop: Loop,
     host: str,
     port: int,

@@ -32,19 +32,29 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from logging import INFO, WARNING
 from typing import Any
 
+from ._address import format_peer
+from ._bind import bind_tcp_all, bind_udp, bind_unix
+from ._datagram import (
+    MAX_PEERS,
+    PEER_BURST,
+    PEER_IDLE_S,
+    PEER_RATE_PER_S,
+    SERVICE_PORTS,
+    DatagramTransport,
+)
 from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES, Ledger, LiveBytes
 from ._limits import clamp_backlog, fd_limits, open_fd_count, raise_fd_limit, return_freed_memory
-from ._listener import Listener, bind_tcp_all, bind_unix
+from ._listener import Listener
 from ._log import EVENTS, event
 from ._loop import Loop
-from ._protocol import Protocol
-from ._stats import ServerStats
+from ._protocol import DatagramProtocol, Protocol
+from ._stats import DatagramStats, ServerStats
 from ._timers import Timer
-from ._transport import Transport, format_peer
+from ._transport import Transport
 from .errors import LocalProtocolError, SetupError
 
 logger = logging.getLogger("fivetuple")
@@ -57,6 +67,11 @@ DEFAULT_SEND_TIMEOUT_S = 30.0
 #: listener, the loop's wakeup pair and the standard streams.
 _SELECT_RESERVED_FDS = 16
 _LINUX = sys.platform.startswith("linux")
+
+
+def _bad(param: str, requirement: str) -> SetupError:
+    """The one line for a parameter out of range: ``{param} must be ..., not ...``."""
+    return SetupError("{" + param + "} " + requirement, params=(param,))
 
 
 class Server:
@@ -104,26 +119,22 @@ class Server:
         loop: Loop | None = None,
     ) -> None:
         if backlog < 0:
-            raise SetupError(f"--backlog must be 0 or more, not {backlog}")
+            raise _bad("backlog", f"must be 0 or more, not {backlog}")
         if max_conns is not None and max_conns < 1:
-            raise SetupError(f"--max-conns must be at least 1, not {max_conns}")
+            raise _bad("max_conns", f"must be at least 1, not {max_conns}")
         if idle_timeout is not None and idle_timeout <= 0:
-            raise SetupError(f"--idle-timeout must be more than 0 seconds, not {idle_timeout}")
+            raise _bad("idle_timeout", f"must be more than 0 seconds, not {idle_timeout}")
         if grace < 0:
-            raise SetupError(f"--grace must be 0 seconds or more, not {grace}")
+            raise _bad("grace", f"must be 0 seconds or more, not {grace}")
         if max_buffer_memory is not None and max_buffer_memory < 1:
-            raise SetupError(
-                f"--max-buffer-memory must be at least 1 byte, not {max_buffer_memory}"
-            )
+            raise _bad("max_buffer_memory", f"must be at least 1 byte, not {max_buffer_memory}")
         if send_timeout is not None and send_timeout <= 0:
-            raise SetupError(f"--send-timeout must be more than 0 seconds, not {send_timeout}")
-        for name, size in (("--sndbuf", sndbuf), ("--rcvbuf", rcvbuf)):
+            raise _bad("send_timeout", f"must be more than 0 seconds, not {send_timeout}")
+        for name, size in (("sndbuf", sndbuf), ("rcvbuf", rcvbuf)):
             if size is not None and size < 1:
-                raise SetupError(f"{name} must be at least 1 byte, not {size}")
+                raise _bad(name, f"must be at least 1 byte, not {size}")
         if unix_mode is not None and not 0 <= unix_mode <= 0o777:
-            raise SetupError(
-                f"--unix-mode must be octal permission bits such as 660, not {unix_mode:o}"
-            )
+            raise _bad("unix_mode", f"must be octal permission bits such as 660, not {unix_mode:o}")
         self._factory = protocol_factory
         self._host = host
         self._port = port
@@ -400,7 +411,7 @@ class Server:
             for listener in self.listeners:
                 listener.resume("max-conns")
 
-    def _log_accept(self, transport: Transport, sock: socket.socket, addr: Any) -> None:
+    def _log_accept(self, transport: Transport, sock: socket.SocketType, addr: Any) -> None:
         """The accept event, with the five-tuple; the peer is kept for the close event
         (after a reset the kernel no longer names it)."""
         remote = format_peer(addr)
@@ -427,27 +438,30 @@ class Server:
 
         Every number is kept as it changes (the ledger counts paused
         connections and buffered bytes), so asking costs the same at 10 or
-        20,000 connections. Bytes in and out of live connections are read from
+        20,000 connections (and one system call per listener, for its
+        accept queue). Bytes in and out of live connections are read from
         the kernel a bounded batch at a time once somebody asks
         (``LiveBytes``): they lag by at most one sweep.
         """
         ledger = self.ledger
         bytes_in, bytes_out = self._bytes.totals()
+        listeners = tuple(listener.statistics() for listener in self.listeners)
         accept_errors: Counter[str] = Counter()
         accept_pauses: Counter[str] = Counter()
-        for listener in self.listeners:
-            accept_errors.update(listener.errors)
-            accept_pauses.update(listener.pause_counts)
+        for each in listeners:
+            accept_errors.update(each.errors)
+            accept_pauses.update(each.pauses)
         return ServerStats(
             listening=tuple(self.addresses),
+            listeners=listeners,
             backend=self.loop.backend,
             backlog=self.backlog,
             connections=len(self._conns),
             peak_connections=self.peak_connections,
             max_connections=self.max_conns,
-            accepted=sum(listener.accepted for listener in self.listeners),
+            accepted=sum(each.accepted for each in listeners),
             accept_errors=dict(accept_errors),
-            accept_paused=any(listener.paused for listener in self.listeners),
+            accept_paused=any(each.paused for each in listeners),
             accept_pauses=dict(accept_pauses),
             closed=dict(self.closed_by_reason),
             bytes_in=bytes_in,
@@ -464,3 +478,180 @@ class Server:
             max_buffer_memory=ledger.limit_bytes,
             send_timeout=ledger.send_timeout_s,
         )
+
+
+class DatagramServer:
+    """A UDP server: one bound socket, one protocol for every peer, signals, a banner.
+
+    Args:
+        protocol: serves every peer (``DatagramProtocol``).
+        host: address to bind; ``"::"`` binds IPv6 and IPv4.
+        port: UDP port; 0 picks a free one (see ``port`` after start()).
+        backend: ``"epoll"``, ``"poll"`` or ``"select"``; None picks the best.
+        loop: run on this loop instead of creating one.
+        max_peers, peer_idle_s, peer_rate, peer_burst, refuse_ports,
+            refuse_own_address: the transport's (``DatagramTransport``).
+
+    Raises:
+        SetupError: a bad limit (``start()`` raises it for the address).
+    """
+
+    def __init__(
+        self,
+        protocol: DatagramProtocol,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        backend: str | None = None,
+        loop: Loop | None = None,
+        max_peers: int = MAX_PEERS,
+        peer_idle_s: float = PEER_IDLE_S,
+        peer_rate: float | None = PEER_RATE_PER_S,
+        peer_burst: int = PEER_BURST,
+        refuse_ports: Iterable[int] = SERVICE_PORTS,
+        refuse_own_address: bool = True,
+    ) -> None:
+        if peer_rate is not None and not peer_rate > 0:
+            raise _bad(
+                "peer_rate", f"must be more than 0 datagrams/s (or no limit), not {peer_rate}"
+            )
+        if peer_burst < 1:
+            raise _bad("peer_burst", f"must be at least 1 datagram, not {peer_burst}")
+        self._protocol = protocol
+        self._host = host
+        self._port = port
+        self._transport_options: dict[str, Any] = dict(
+            max_peers=max_peers,
+            peer_idle_s=peer_idle_s,
+            peer_rate=peer_rate,
+            peer_burst=peer_burst,
+            refuse_ports=refuse_ports,
+            refuse_own_address=refuse_own_address,
+        )
+        self.loop = loop if loop is not None else Loop(backend)
+        self._own_loop = loop is None
+        self._transport: DatagramTransport | None = None
+        #: Process exit status serve_forever() returns: 1 if the protocol failed to start.
+        self.exit_code = 0
+
+    def start(self) -> None:
+        """Bind the socket and start serving.
+
+        If the protocol's ``connection_made`` raises, the transport closes
+        (logged, counted) and ``serve_forever()`` returns 1.
+
+        Raises:
+            SetupError: the address cannot be used (in use, permission, ...).
+            LocalProtocolError: already started.
+        """
+        if self._transport is not None:
+            raise LocalProtocolError("server already started")
+        sock = bind_udp(self._host, self._port)
+        self._transport = DatagramTransport(
+            self.loop, sock, self._protocol, **self._transport_options
+        )
+        self._transport.start()
+        if self._transport.closed:
+            self.exit_code = 1
+
+    @property
+    def transport(self) -> DatagramTransport:
+        """The socket's transport.
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        if self._transport is None:
+            raise LocalProtocolError("the server has no socket before start()")
+        return self._transport
+
+    @property
+    def address(self) -> str:
+        """Where the server listens: ``udp://host:port``.
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        return self.transport.statistics().local_addr
+
+    @property
+    def sockname(self) -> Any:
+        """The socket's address, as getsockname() gives it.
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        return self.transport.get_extra_info("sockname")
+
+    @property
+    def port(self) -> int:
+        """The UDP port (the one the kernel chose for port 0).
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        return int(self.sockname[1])
+
+    def statistics(self) -> DatagramStats:
+        """The socket's counters now (``DatagramTransport.statistics``).
+
+        Raises:
+            LocalProtocolError: the server has not started.
+        """
+        return self.transport.statistics()
+
+    def banner(self, app: str) -> str:
+        """The one line a server prints when it is ready."""
+        return (
+            f"listening on {self.address} app={app} backend={self.loop.backend} pid={os.getpid()}"
+        )
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        peers = len(self.transport.peers)
+        event(
+            logger, INFO, "shutdown", f"{name}: shutting down, {peers} peers seen lately",
+            signal=name, peers=peers,
+        )  # fmt: skip
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop the loop (UDP has nothing to flush). Call from the loop's thread."""
+        self.loop.stop()
+
+    def shutdown_threadsafe(self) -> None:
+        """``shutdown()`` from another thread (tests, embedding)."""
+        self.loop.call_soon_threadsafe(self.shutdown)
+
+    def serve_forever(
+        self, *, handle_signals: bool = True, ready: Callable[[], None] | None = None
+    ) -> int:
+        """Run until SIGINT or SIGTERM (or ``shutdown()``); returns the exit status.
+
+        Starts the server first if ``start()`` was not called. ``ready`` is
+        called once the signal handlers are in place (``Server.serve_forever``).
+        """
+        if self._transport is None:
+            self.start()
+        if self.exit_code:
+            self._close()
+            return self.exit_code
+        installed = []
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.loop.add_signal_handler(sig, self._on_signal, sig)
+                installed.append(sig)
+        try:
+            if ready is not None:
+                ready()
+            self.loop.run()
+        finally:
+            for sig in installed:
+                self.loop.remove_signal_handler(sig)
+            self._close()
+        return self.exit_code
+
+    def _close(self) -> None:
+        self.transport.close()
+        if self._own_loop:
+            self.loop.close()

@@ -62,10 +62,37 @@ class ConnectionStats:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerStats:
+    """One listening socket: the door and the queue in front of it."""
+
+    #: tcp://host:port or unix://path
+    address: str
+    #: The backlog the socket listens with (after net.core.somaxconn's clamp).
+    backlog: int
+    accepted: int
+    #: Connections the kernel has completed and queued for accept() now (TCP
+    #: only: None for a Unix socket, or once closed).
+    accept_queue: int | None
+    #: Why accepting is paused now (empty: accepting).
+    paused_by: tuple[str, ...]
+    #: Times accepting paused, by reason (max-conns, fd-exhausted).
+    pauses: dict[str, int]
+    #: accept() failures by errno name (EMFILE, ECONNABORTED, ...).
+    errors: dict[str, int]
+
+    @property
+    def paused(self) -> bool:
+        """Whether accepting is paused now (for any reason)."""
+        return bool(self.paused_by)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerStats:
     """The server's counters."""
 
     listening: tuple[str, ...]
+    #: Each listening socket (the door), in the order of ``listening``.
+    listeners: tuple[ListenerStats, ...]
     backend: str
     backlog: int
     connections: int
@@ -94,3 +121,27 @@ class ServerStats:
     max_buffer_memory: int | None
     #: Seconds queued output may stand still before its connection is closed.
     send_timeout: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class DatagramStats:
+    """A datagram socket's counters, for the admin endpoint and the live table."""
+
+    #: udp://host:port
+    local_addr: str
+    peers: int
+    max_peers: int
+    #: Rows evicted, by reason ("table-full", "idle").
+    evicted: dict[str, int]
+    #: Inbound datagrams not delivered, by reason (every one of ``REFUSE_REASONS``).
+    refused: dict[str, int]
+    #: Outbound datagrams dropped because the send queue was full.
+    send_dropped: int
+    queued_bytes: int
+    #: Socket errors about peers, by errno name (ECONNREFUSED, ...).
+    errors: dict[str, int]
+    #: Exceptions the protocol's callbacks raised (each logged once per peer row).
+    app_errors: int
+    #: The rate limit on each peer (None: none), datagrams a second and burst.
+    peer_rate: float | None
+    peer_burst: int

@@ -27,7 +27,7 @@ def _cancelled(*args: Any) -> None:
 
 
 class Timer:
-    """A callback scheduled for a deadline on the loop's monotonic clock."""
+    """A callback scheduled for a deadline on the loop's clock (``Loop.clock``)."""
 
     __slots__ = ("_queue", "args", "callback", "cancelled", "when")
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from ._backends import available_backends
 from ._datagram import PEER_BURST, PEER_RATE_PER_S
 from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES
 from ._log import configure as configure_logging
 from ._log import event
-from ._poller import available_backends
 from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, DEFAULT_SEND_TIMEOUT_S, Server
 from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
@@ -319,7 +319,11 @@ def serve(
         observed = Observed(server, app, codec)
         if admin_addr is not None:  # checked and bound before the banner says "listening"
             host, port = _host_port(admin_addr, "--admin")
-            admin = start_admin(observed, host, port, public=admin_public)
+            try:
+                admin = start_admin(observed, host, port, public=admin_public)
+            except SetupError as exc:  # its host and port are --admin's, not the server's
+                names = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
+                raise SetupError(exc.naming(names)) from None
         if status_every is not None:
             _print_status_every(observed, status_every)
     server.start()
@@ -386,7 +390,7 @@ def _serve_udp(
     udp_rate: float | None,
     udp_burst: int,
 ) -> int:
-    from ._datagram import DatagramServer
+    from ._server import DatagramServer
     from .apps import DATAGRAM_APPS
 
     if app not in DATAGRAM_APPS:
@@ -411,7 +415,7 @@ def _serve_udp(
 
 def _host_port(text: str, option: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a one-line UsageError."""
-    from .client import parse_target
+    from ._address import parse_target
 
     try:
         _, (host, port) = parse_target(f"tcp://{text}")
@@ -677,13 +681,22 @@ def main(argv: list[str] | None = None) -> None:
         command = exc.ctx.command_path if exc.ctx else "fivetuple"
         _fail(f"{exc.format_message()} (see '{command} --help')")
     except SetupError as exc:
-        _fail(str(exc))
+        _fail(exc.naming({param: flag_for(param) for param in exc.params}))
     except click.Abort:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
+
+
+#: Library parameters whose flag is not ``--`` + the name with dashes.
+_FLAG_FOR_PARAM = {"peer_rate": "--udp-rate", "peer_burst": "--udp-burst"}
+
+
+def flag_for(param: str) -> str:
+    """The command-line flag of a library parameter: ``max_conns`` -> ``--max-conns``."""
+    return _FLAG_FOR_PARAM.get(param, "--" + param.replace("_", "-"))
 
 
 def _fail(message: str) -> None:

@@ -26,8 +26,8 @@ import socket
 import stat
 import sys
 from collections.abc import Callable
-from typing import Any
 
+from ._address import is_udp, parse_target
 from ._loop import Loop
 from ._messages import CODECS
 from ._poller import READ
@@ -46,33 +46,6 @@ MAX_DATAGRAM_BYTES = 65_507
 RECV_BYTES = 65_536
 #: Datagrams read per wakeup.
 RECV_BATCH = 64
-
-
-def parse_target(target: str) -> tuple[int, Any]:
-    """``tcp://HOST:PORT``, ``udp://HOST:PORT`` (IPv6 in brackets) or ``unix://PATH``
-    -> (family, address). Whether it is UDP is ``is_udp(target)``.
-
-    Raises:
-        SetupError: the target is not of that form.
-    """
-    if target.startswith("unix://") and len(target) > 7:
-        return socket.AF_UNIX, target[7:]
-    if target.startswith(("tcp://", "udp://")):
-        rest = target[6:]
-        host, sep, port = rest.rpartition(":")
-        if sep and port.isdigit() and host and int(port) <= 65535:
-            if host.startswith("[") and host.endswith("]"):
-                return socket.AF_INET6, (host[1:-1], int(port))
-            return socket.AF_UNSPEC, (host, int(port))
-    raise SetupError(
-        f"target {target!r} is not tcp://HOST:PORT, udp://HOST:PORT or unix://PATH; "
-        "e.g. tcp://127.0.0.1:7000"
-    )
-
-
-def is_udp(target: str) -> bool:
-    """Whether ``target`` names a UDP port (``udp://HOST:PORT``)."""
-    return target.startswith("udp://")
 
 
 def connect(target: str) -> socket.socket:

@@ -14,6 +14,8 @@ Who is at fault decides the class (after h11 and trio):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class FivetupleError(Exception):
     """Base class of every error fivetuple raises on purpose."""
@@ -46,5 +48,31 @@ class BrokenResourceError(FivetupleError):
 class SetupError(FivetupleError):
     """Something could not start because of how it was asked to start.
 
-    The message is a single line naming the address or option and what to do.
+    The message is a single line naming the address or parameter and what to
+    do. The library speaks of its own parameters (``max_conns``); a command
+    line speaks of its flags (``--max-conns``). So a message names each
+    parameter as a ``{name}`` placeholder listed in ``params``: ``str()``
+    fills in the parameter's name, ``naming()`` whatever the caller calls it.
+
+    Args:
+        message: the line, with ``{name}`` for each parameter in ``params``.
+        params: the parameters the message names.
+
+    Example::
+
+        SetupError("{backlog} must be 0 or more, not -1", params=("backlog",))
+        # str(): "backlog must be 0 or more, not -1"
+        # .naming({"backlog": "--backlog"}): "--backlog must be 0 or more, not -1"
     """
+
+    def __init__(self, message: str, *, params: tuple[str, ...] = ()) -> None:
+        self.template = message
+        self.params = params
+        super().__init__(self.naming({}))
+
+    def naming(self, names: Mapping[str, str]) -> str:
+        """The message with each parameter called ``names[param]`` (its own name if absent)."""
+        text = self.template
+        for param in self.params:
+            text = text.replace("{" + param + "}", names.get(param, param))
+        return text

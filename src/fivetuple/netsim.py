@@ -439,13 +439,17 @@ class Path:
 class DatagramEndpoint(Protocol):
     """The sans-IO datagram API the pump drives (aioquic's ``QuicConnection`` shape)."""
 
-    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None: ...
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        """Take one datagram that arrived from ``addr`` at ``now``."""
 
-    def datagrams_to_send(self, now: float) -> Iterable[tuple[bytes, Address]]: ...
+    def datagrams_to_send(self, now: float) -> Iterable[tuple[bytes, Address]]:
+        """Every datagram due at ``now``, each with its destination."""
 
-    def get_timer(self) -> float | None: ...
+    def get_timer(self) -> float | None:
+        """When ``handle_timer`` must run next, or None."""
 
-    def handle_timer(self, now: float) -> None: ...
+    def handle_timer(self, now: float) -> None:
+        """Run what is due at ``now``."""
 
 
 #: Called by ``run`` after each step with the step's time; a true result stops the run.

@@ -38,11 +38,14 @@ from helpers import (
     ROOT,
     CliServer,
     connect,
+    jump,
     on_loop,
     port_of,
     recv_exactly,
     recv_until_eof,
     running_server,
+    running_virtual_server,
+    settle,
     wait_for,
 )
 
@@ -299,19 +302,22 @@ def test_a_slow_admin_client_is_dropped_and_the_data_path_never_waits(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(admin_http, "REQUEST_TIMEOUT_S", 0.5)
-    with running_server(make_app("echo")) as server, admin_for(server) as (admin, port):
+    # Virtual time: the request deadline is a timer on the server's loop.
+    with running_virtual_server(make_app("echo")) as server, admin_for(server) as (admin, port):
         with (
             socket.create_connection(("127.0.0.1", port), timeout=5) as slow,
             connect(server) as client,
         ):
             slow.sendall(b"GET /sta")  # and then nothing: a slowloris
-            started = time.monotonic()
+            wait_for(lambda: on_loop(admin, lambda: len(admin)) == 1, what="the slow client")
             for _ in range(20):  # the data port answers at once all along
                 client.sendall(b"x" * 100)
                 assert recv_exactly(client, 100) == b"x" * 100
+                jump(server, 0.02)
+            assert on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 0
+            jump(server, 0.11)  # past the deadline
             assert slow.recv(100) == b""  # closed by the deadline
-            assert 0.4 < time.monotonic() - started < 3.0
-        wait_for(lambda: on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 1)
+        assert on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 1
 
 
 def test_an_admin_client_that_never_reads_is_paused_then_dropped(
@@ -334,7 +340,7 @@ def test_an_admin_client_that_never_reads_is_paused_then_dropped(
                 return [t.statistics().writing_paused for t in admin.connections()]
 
             wait_for(lambda: on_loop(admin, writing_paused) == [True], what="writing paused")
-            time.sleep(0.2)  # paused, it takes no more steps: its queue stays put
+            settle(server)  # paused, it takes no more steps: its queue stays put
             queued = on_loop(
                 admin, lambda: [t.get_write_buffer_size() for t in admin.connections()]
             )
@@ -446,7 +452,7 @@ def test_the_pipelining_cap_counts_requests_in_a_row_not_in_all() -> None:
                     chunk = polite.recv(1 << 16)
                     assert chunk, "closed"
                     reply += chunk
-                time.sleep(0.05)  # every answer sent: the next batch is not pipelined behind
+                settle(server)  # every answer sent: the next batch is not pipelined behind
         reply = raw_exchange(port, STATS_REQUEST * (cap + 5))
         assert [status for status, _, _ in answers(reply)] == [200] * cap + [429]
         assert b"pipelined" in answers(reply)[-1][2]
@@ -574,16 +580,19 @@ def test_silent_sockets_cannot_lock_the_endpoint_out(monkeypatch: pytest.MonkeyP
 
 def test_the_request_deadline_runs_from_the_accept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(admin_http, "REQUEST_TIMEOUT_S", 0.5)
-    with running_server(make_app("echo")) as server, admin_for(server) as (admin, port):
+    # Virtual time: the request deadline is a timer on the server's loop.
+    with running_virtual_server(make_app("echo")) as server, admin_for(server) as (admin, port):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as silent:
-            started = time.monotonic()
+            wait_for(lambda: on_loop(admin, lambda: len(admin)) == 1, what="the accept")
+            jump(server, 0.49)
+            assert on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 0
+            jump(server, 0.02)
             assert silent.recv(1) == b""  # never sent a byte, closed all the same
-            assert 0.4 < time.monotonic() - started < 3.0
-        wait_for(lambda: on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 1)
+        assert on_loop(admin, lambda: admin.closed_by_reason["timeout"]) == 1
         with socket.create_connection(("127.0.0.1", port), timeout=5) as keeper:
             keeper.sendall(STATS_REQUEST)  # answered: then it may idle between requests
             assert recv_until_eof_or(keeper, b"}")
-            time.sleep(1.0)
+            jump(server, 1.0)
             keeper.sendall(STATS_REQUEST)
             assert recv_until_eof_or(keeper, b"}").startswith(b"HTTP/1.1 200 ")
 
@@ -662,10 +671,17 @@ def test_admin_refuses_a_public_address_unless_asked() -> None:
 
 def test_status_prints_a_line_every_interval() -> None:
     with CliServer("echo", "--port", "0", "--status", "0.2") as cli:
+        assert cli.proc.stderr is not None
+        lines: list[str] = []
         with socket.create_connection(("127.0.0.1", cli.port or 0)):
-            time.sleep(0.7)
+            # Read as they come (one every 0.2 s) until two, one with the client.
+            while len(lines) < 2 or not any("conns 1 " in line for line in lines):
+                line = cli.proc.stderr.readline()
+                assert line, "the server closed stderr"
+                if line.startswith("status: "):
+                    lines.append(line)
         cli.signal(15)
         _, err = cli.wait()
-    lines = [line for line in err.splitlines() if line.startswith("status: ")]
+    lines += [line for line in err.splitlines() if line.startswith("status: ")]
     assert len(lines) >= 2
     assert any("conns 1 " in line for line in lines) and "fds " in lines[0]

@@ -511,19 +511,9 @@ def test_top_on_a_pipe_is_one_line_exit_2(served: tuple[int, int]) -> None:
 
 
 def run_conns_piped(*args: str) -> subprocess.CompletedProcess[str]:
-    """``fivetuple conns ARGS`` printing to a pipe, with this process's environment.
-
-    Given explicitly: GNU readline, once something in the test process imports
-    it, exports COLUMNS=80 into the C environment that children inherit (not
-    into ``os.environ``), and ``conns`` takes COLUMNS as the user's wish.
-    """
-    return subprocess.run(
-        [sys.executable, "-m", "fivetuple", "conns", *args],
-        capture_output=True,
-        text=True,
-        timeout=10,
-        env=dict(os.environ),
-    )
+    """``fivetuple conns ARGS`` printing to a pipe (run_cli passes this process's
+    environment explicitly, COLUMNS as os.environ has it)."""
+    return run_cli("conns", *args)
 
 
 def test_conns_json_is_one_line_with_the_client(served: tuple[int, int]) -> None:

@@ -11,16 +11,9 @@ from hypothesis import strategies as st
 
 from fivetuple import LocalProtocolError, RemoteProtocolError
 from fivetuple.codecs import NEED_DATA, LengthPrefixed, Lines
+from helpers import drain
 
 Codec = LengthPrefixed | Lines
-
-
-def drain(codec: Codec) -> list[bytes]:
-    out = []
-    while (event := codec.next_event()) is not NEED_DATA:
-        assert isinstance(event, bytes)
-        out.append(event)
-    return out
 
 
 def feed(codec: Codec, stream: bytes, cuts: list[int], api: str = "pull") -> list[bytes]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import struct
 import zlib
 
 import pytest
@@ -15,22 +14,21 @@ from helpers import (
     CliServer,
     connect,
     every_backend,
+    jump,
+    length_frame,
     on_loop,
     recv_exactly,
     run_cli,
     running_server,
+    running_virtual_server,
     wait_for,
 )
-
-
-def frame(message: bytes) -> bytes:
-    return struct.pack(">I", len(message)) + message
 
 
 @every_backend
 def test_length_echo_returns_whole_messages_however_split(backend: str) -> None:
     messages = [b"", b"one", b"x" * 100_000, bytes(range(256))]
-    stream = b"".join(frame(m) for m in messages)
+    stream = b"".join(length_frame(m) for m in messages)
     with (
         running_server(make_app("echo", "length"), backend=backend) as server,
         connect(server) as client,
@@ -49,13 +47,13 @@ def test_malformed_frame_closes_only_that_connection(caplog: pytest.LogCaptureFi
         connect(server) as good,
         connect(server) as bad,
     ):
-        good.sendall(frame(b"before"))
-        assert recv_exactly(good, 10) == frame(b"before")
-        bad.sendall(frame(b"fine") + b"\xff\xff\xff\xff" + b"junk")
-        assert recv_exactly(bad, 8) == frame(b"fine")  # what came before is answered
+        good.sendall(length_frame(b"before"))
+        assert recv_exactly(good, 10) == length_frame(b"before")
+        bad.sendall(length_frame(b"fine") + b"\xff\xff\xff\xff" + b"junk")
+        assert recv_exactly(bad, 8) == length_frame(b"fine")  # what came before is answered
         assert bad.recv(100) == b""  # then that connection ends
-        good.sendall(frame(b"after"))
-        assert recv_exactly(good, 9) == frame(b"after")
+        good.sendall(length_frame(b"after"))
+        assert recv_exactly(good, 9) == length_frame(b"after")
         stats = wait_for(
             lambda: (s := on_loop(server, server.statistics)).closed and s,
             what="the close to be counted",
@@ -112,11 +110,15 @@ def test_a_stale_partial_message_is_dropped_by_the_loop_not_kept_forever() -> No
         codecs.append(Packets(partial_timeout_s=0.3))
         return MessageEcho(codecs[-1])
 
-    with running_server(factory) as server, connect(server) as client:
+    # Virtual time: the expiry is a timer on the loop's clock.
+    with running_virtual_server(factory) as server, connect(server) as client:
         client.sendall(_packet(b"half", 1, 0, 2))
         wait_for(lambda: on_loop(server, lambda: server.ledger.held_bytes) == 4, what="4 held")
+        jump(server, 0.29)
+        assert on_loop(server, lambda: codecs[0].expired) == 0
         # Nobody calls expire() by hand: the connection's timer does.
-        wait_for(lambda: codecs[0].expired == 1, timeout=3, what="the partial message to expire")
+        jump(server, 0.02)
+        assert on_loop(server, lambda: codecs[0].expired) == 1
         assert on_loop(server, lambda: server.ledger.held_bytes) == 0
         # The connection is still served; a late fragment of the old message starts anew.
         client.sendall(_packet(b"whole", 2, 0, 1))

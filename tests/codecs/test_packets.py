@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 import struct
-import zlib
 from collections.abc import Callable
 
 import pytest
@@ -13,38 +12,18 @@ from hypothesis import strategies as st
 
 from fivetuple import RemoteProtocolError
 from fivetuple.apps import make_app
-from fivetuple.codecs import NEED_DATA, Packets
-from fivetuple.codecs._packets import FRAGMENT_OVERHEAD_BYTES, HEADER, MAGIC, TRAILER
-from helpers import connect, on_loop, recv_exactly, running_server, wait_for
-
-
-def drain(codec: Packets) -> list[bytes]:
-    out = []
-    while (event := codec.next_event()) is not NEED_DATA:
-        assert isinstance(event, bytes)
-        out.append(event)
-    return out
-
-
-def packet(
-    payload: bytes = b"abc",
-    *,
-    magic: int = MAGIC,
-    version: int = 1,
-    kind: int = 1,
-    flags: int = 0,
-    reserved: int = 0,
-    length: int | None = None,
-    msg_id: int = 7,
-    index: int = 0,
-    count: int = 1,
-    crc_delta: int = 0,
-) -> bytes:
-    """One packet with any field set by hand; the CRC is right unless crc_delta."""
-    size = len(payload) if length is None else length
-    header = HEADER.pack(magic, version, kind, flags, reserved, size, msg_id, index, count)
-    crc = (zlib.crc32(header + payload) + crc_delta) & 0xFFFFFFFF
-    return header + payload + TRAILER.pack(crc)
+from fivetuple.codecs import Packets
+from fivetuple.codecs._packets import FRAGMENT_OVERHEAD_BYTES
+from helpers import (
+    connect,
+    drain,
+    flip,
+    on_loop,
+    packets_frame,
+    recv_exactly,
+    running_server,
+    wait_for,
+)
 
 
 @pytest.mark.parametrize("api", ["pull", "batch"])
@@ -107,70 +86,74 @@ def test_large_message_reassembles() -> None:
 
 
 MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
-    ("bad magic", lambda: packet(magic=0x4655), "bad-magic"),
-    ("version 2", lambda: packet(version=2), "unsupported-version"),
-    ("type 9", lambda: packet(kind=9), "unknown-type"),
-    ("flags set", lambda: packet(flags=1), "reserved-bits"),
-    ("reserved set", lambda: packet(reserved=0x80), "reserved-bits"),
-    ("payload over limit", lambda: packet(b"x" * 101), "length-over-limit"),
-    ("CRC off by one", lambda: packet(crc_delta=1), "crc-mismatch"),
-    ("payload byte flipped", lambda: _flip(packet(b"hello"), 21), "crc-mismatch"),
-    ("count zero", lambda: packet(count=0), "fragment-count-zero"),
-    ("index = count", lambda: packet(index=3, count=3), "fragment-index-out-of-range"),
-    ("empty fragment", lambda: packet(b"", count=2), "empty-fragment"),
-    ("count past the limit", lambda: packet(count=10_001), "message-over-limit"),
+    ("bad magic", lambda: packets_frame(magic=0x4655), "bad-magic"),
+    ("version 2", lambda: packets_frame(version=2), "unsupported-version"),
+    ("type 9", lambda: packets_frame(kind=9), "unknown-type"),
+    ("flags set", lambda: packets_frame(flags=1), "reserved-bits"),
+    ("reserved set", lambda: packets_frame(reserved=0x80), "reserved-bits"),
+    ("payload over limit", lambda: packets_frame(b"x" * 101), "length-over-limit"),
+    ("CRC off by one", lambda: packets_frame(crc_delta=1), "crc-mismatch"),
+    ("payload byte flipped", lambda: flip(packets_frame(b"hello"), 21), "crc-mismatch"),
+    ("count zero", lambda: packets_frame(count=0), "fragment-count-zero"),
+    ("index = count", lambda: packets_frame(index=3, count=3), "fragment-index-out-of-range"),
+    ("empty fragment", lambda: packets_frame(b"", count=2), "empty-fragment"),
+    ("count past the limit", lambda: packets_frame(count=10_001), "message-over-limit"),
     (
         "count changes",
-        lambda: packet(index=0, count=3) + packet(index=1, count=4),
+        lambda: packets_frame(index=0, count=3) + packets_frame(index=1, count=4),
         "inconsistent-fragment-count",
     ),
     (
         "same fragment twice",
-        lambda: packet(index=1, count=3) + packet(index=1, count=3),
+        lambda: packets_frame(index=1, count=3) + packets_frame(index=1, count=3),
         "duplicate-fragment",
     ),
     (
         "too many partials",
-        lambda: b"".join(packet(msg_id=i, count=2) for i in range(5)),
+        lambda: b"".join(packets_frame(msg_id=i, count=2) for i in range(5)),
         "too-many-partial-messages",
     ),
     (
         "message over limit",
-        lambda: b"".join(packet(b"y" * 100, index=i, count=200) for i in range(101)),
+        lambda: b"".join(packets_frame(b"y" * 100, index=i, count=200) for i in range(101)),
         "message-over-limit",
     ),
     (
         "count that cannot be honest",  # 101 fragments of 100 bytes and one more: over 10,000
-        lambda: packet(b"y" * 100, index=0, count=102),
+        lambda: packets_frame(b"y" * 100, index=0, count=102),
         "message-over-limit",
     ),
     (
         "fragment sizes differ",
-        lambda: packet(b"y" * 50, index=0, count=3) + packet(b"y" * 40, index=1, count=3),
+        lambda: (
+            packets_frame(b"y" * 50, index=0, count=3) + packets_frame(b"y" * 40, index=1, count=3)
+        ),
         "inconsistent-fragment-size",
     ),
     (
         "last fragment larger than the others",
-        lambda: packet(b"y" * 40, index=0, count=3) + packet(b"y" * 50, index=2, count=3),
+        lambda: (
+            packets_frame(b"y" * 40, index=0, count=3) + packets_frame(b"y" * 50, index=2, count=3)
+        ),
         "inconsistent-fragment-size",
     ),
     (
         "last fragment came first and is larger",
-        lambda: packet(b"y" * 50, index=2, count=3) + packet(b"y" * 40, index=0, count=3),
+        lambda: (
+            packets_frame(b"y" * 50, index=2, count=3) + packets_frame(b"y" * 40, index=0, count=3)
+        ),
         "inconsistent-fragment-size",
     ),
     (
         "partial messages over their byte limit",  # 4 x 3,000 bytes > 10,000
         lambda: b"".join(
-            packet(b"z" * 100, msg_id=m, index=i, count=40) for m in range(4) for i in range(30)
+            packets_frame(b"z" * 100, msg_id=m, index=i, count=40)
+            for m in range(4)
+            for i in range(30)
         ),
         "partials-over-limit",
     ),
 ]
-
-
-def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
 
 
 @pytest.mark.parametrize(("case", "make", "reason"), MALFORMED, ids=[m[0] for m in MALFORMED])
@@ -205,7 +188,7 @@ def test_malformed_packet_cut_in_two_after_a_good_one(
     case: str, make: Callable[[], bytes], reason: str
 ) -> None:
     """The batched API, cut anywhere: the good message comes out, then the reason."""
-    good = packet(b"good", msg_id=99)
+    good = packets_frame(b"good", msg_id=99)
     stream = good + make()
     for cut in range(1, len(stream), max(1, len(stream) // 60)):
         codec = Packets(
@@ -227,9 +210,9 @@ def test_malformed_packet_cut_in_two_after_a_good_one(
 def test_stale_partial_messages_expire_with_time_passed_in() -> None:
     codec = Packets(partial_timeout_s=5.0)
     assert codec.get_timer() is None
-    codec.receive_data(packet(msg_id=1, index=0, count=2), now=100.0)
+    codec.receive_data(packets_frame(msg_id=1, index=0, count=2), now=100.0)
     assert drain(codec) == []
-    codec.receive_data(packet(msg_id=2, index=0, count=2), now=103.0)
+    codec.receive_data(packets_frame(msg_id=2, index=0, count=2), now=103.0)
     assert drain(codec) == []
     assert codec.get_timer() == 105.0
     assert codec.expire(104.9) == 0
@@ -238,7 +221,7 @@ def test_stale_partial_messages_expire_with_time_passed_in() -> None:
     assert codec.expire(200.0) == 1
     assert codec.expired == 2 and codec.get_timer() is None
     # A late fragment of an expired message starts a new partial message.
-    codec.receive_data(packet(msg_id=1, index=1, count=2), now=201.0)
+    codec.receive_data(packets_frame(msg_id=1, index=1, count=2), now=201.0)
     assert drain(codec) == [] and codec.get_timer() == 206.0
 
 
@@ -246,28 +229,30 @@ def test_reassembly_costs_what_it_holds() -> None:
     """In order: one buffer per message. Out of order: each fragment held alone is
     charged its real overhead, so tiny fragments reach the limit sooner."""
     codec = Packets(max_payload_bytes=100)
-    in_order = [packet(b"a" * 10, msg_id=1, index=i, count=5) for i in range(4)]
+    in_order = [packets_frame(b"a" * 10, msg_id=1, index=i, count=5) for i in range(4)]
     codec.receive_messages(b"".join(in_order))
     assert codec.held_bytes == 40
-    codec.receive_messages(packet(b"b", msg_id=2, index=3, count=5))  # ahead of 0..2
+    codec.receive_messages(packets_frame(b"b", msg_id=2, index=3, count=5))  # ahead of 0..2
     assert codec.held_bytes == 40 + 1 + FRAGMENT_OVERHEAD_BYTES
     out = codec.receive_messages(
-        b"".join(packet(b"b", msg_id=2, index=i, count=5) for i in (0, 1, 2))
-        + packet(b"a" * 3, msg_id=1, index=4, count=5)
+        b"".join(packets_frame(b"b", msg_id=2, index=i, count=5) for i in (0, 1, 2))
+        + packets_frame(b"a" * 3, msg_id=1, index=4, count=5)
     )
     assert out == [b"a" * 43]
     assert codec.held_bytes == 4  # message 2's fragments 0-3, joined: no overhead left
-    assert codec.receive_messages(packet(b"b", msg_id=2, index=4, count=5)) == [b"b" * 5]
+    assert codec.receive_messages(packets_frame(b"b", msg_id=2, index=4, count=5)) == [b"b" * 5]
     assert codec.held_bytes == 0
 
 
 def test_tiny_out_of_order_fragments_are_bounded_by_their_real_cost() -> None:
     codec = Packets(max_payload_bytes=100, max_partial_bytes=100_000)
-    stream = b"".join(packet(b"t", msg_id=9, index=i, count=5_000) for i in range(4_999, 0, -1))
+    stream = b"".join(
+        packets_frame(b"t", msg_id=9, index=i, count=5_000) for i in range(4_999, 0, -1)
+    )
     codec.receive_messages(stream)
     assert codec.error is not None and codec.error.reason == "partials-over-limit"
     # Stopped after 100,000 / (1 + overhead) fragments, not 100,000 of them.
-    taken = codec.statistics().bytes_in // len(packet(b"t"))
+    taken = codec.statistics().bytes_in // len(packets_frame(b"t"))
     assert taken == 100_000 // (1 + FRAGMENT_OVERHEAD_BYTES)
 
 
@@ -287,7 +272,7 @@ def test_corrupted_packet_mid_stream_closes_only_that_connection() -> None:
         connect(server) as bad,
     ):
         first = sender.encode(b"first")
-        bad.sendall(first + _flip(sender.encode(b"second"), 22))
+        bad.sendall(first + flip(sender.encode(b"second"), 22))
         echoed = Packets()
         echoed.receive_data(recv_exactly(bad, len(first)))
         assert drain(echoed) == [b"first"]

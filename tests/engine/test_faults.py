@@ -8,6 +8,8 @@ the kernel holds for a connection (bytes unread, bytes unsent) is read from
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import random
 import re
@@ -19,14 +21,28 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
 from fivetuple import Server, SetupError
 from fivetuple._kernel import tcp_counters
+from fivetuple._listener import ACCEPT_RETRY_S, BURST_QUIET_S
 from fivetuple._transport import HIGH_WATER_BYTES
 from fivetuple.apps import Echo
-from helpers import CliServer, connect, recv_exactly, run_cli, stuff, wait_for
+from helpers import (
+    CliServer,
+    connect,
+    echoes,
+    jump,
+    on_loop,
+    open_fds,
+    recv_until_eof,
+    run_cli,
+    running_virtual_server,
+    stuff,
+    wait_for,
+)
 
 # -- what the kernel and the server process show -----------------------------
 
@@ -37,10 +53,6 @@ def cpu_seconds(pid: int) -> float:
         fields = f.read().rsplit(")", 1)[1].split()
     # After the command name: state is field 3, utime 14 and stime 15 (proc(5)).
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def tcp_queues(port_a: int, port_b: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -98,11 +110,6 @@ class Stderr:
         return status, self._data.decode() + rest
 
 
-def _echoes(sock: socket.socket, message: bytes) -> None:
-    sock.sendall(message)
-    assert recv_exactly(sock, len(message)) == message
-
-
 @contextmanager
 def flood(port: int, count: int, timeout: float = 10.0) -> Iterator[list[socket.socket]]:
     """``count`` connections made at once, completed by the kernel; closed after."""
@@ -149,16 +156,16 @@ def test_emfile_pauses_accepting_logs_once_and_recovers() -> None:
         served = [connect(port) for _ in range(5)]
         try:
             for i, client in enumerate(served):
-                _echoes(client, f"before {i}".encode())
+                echoes(client, f"before {i}".encode())
             with flood(port, FLOOD):
                 wait_for(lambda: open_fds(pid) == FD_LIMIT, what="the server to run out of fds")
                 wait_for(lambda: "EMFILE" in stderr.now(), what="the EMFILE warning")
                 # No busy loop while the listener stays readable and accept fails.
                 cpu_before = cpu_seconds(pid)
-                time.sleep(1.0)
+                time.sleep(0.5)
                 for i, client in enumerate(served):
-                    _echoes(client, f"during {i}".encode())
-                assert cpu_seconds(pid) - cpu_before < 0.25
+                    echoes(client, f"during {i}".encode())
+                assert cpu_seconds(pid) - cpu_before < 0.125
                 assert cli.proc.poll() is None, "the server died"
                 # (The first line is the start event the server logs by default.)
                 during = [line for line in stderr.now().splitlines() if "event=start" not in line]
@@ -168,15 +175,10 @@ def test_emfile_pauses_accepting_logs_once_and_recovers() -> None:
                 assert f"descriptor limit {FD_LIMIT}" in during[0]
             # The flood has gone: the backlog drains and new clients are served.
             with connect(port) as late:
-                _echoes(late, b"after the flood")
+                echoes(late, b"after the flood")
             for i, client in enumerate(served):
-                _echoes(client, f"after {i}".encode())
-            recovered = wait_for(
-                lambda: re.search(r"recovered after (\d+) failed attempts", stderr.now()),
-                what="the recovery line",
-            )
-            # Failures kept happening (a retry every 0.1 s) while one line was logged.
-            assert int(recovered[1]) >= 5
+                echoes(client, f"after {i}".encode())
+            # (How the burst is counted and when its end is logged: in virtual time, below.)
         finally:
             for client in served:
                 client.close()
@@ -184,8 +186,67 @@ def test_emfile_pauses_accepting_logs_once_and_recovers() -> None:
         status, err = stderr.after_exit()
         assert status == 0
         lines = err.splitlines()
-        assert sum("accept on" in line for line in lines) == 2, lines
+        assert sum("accept on" in line and "failed" in line for line in lines) == 1, lines
         assert "Traceback" not in err
+
+
+class _FailingAccepts:
+    """A listening socket whose accept() fails with EMFILE while ``failing`` is set."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.failing = True
+
+    def _accept(self) -> Any:
+        if self.failing:
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return self._sock._accept()  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+class _Warnings(logging.Handler):
+    """The messages of the fivetuple logger's warnings, while installed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_a_burst_of_accept_failures_is_logged_once_and_its_end_once() -> None:
+    log = logging.getLogger("fivetuple")
+    warnings, level = _Warnings(), log.level
+    log.addHandler(warnings)
+    log.setLevel(logging.WARNING)
+    # Virtual time: the retries and the burst's quiet period are timers.
+    try:
+        with running_virtual_server(Echo) as server:
+            listener = server.listeners[0]
+            failing = _FailingAccepts(listener.sock)
+            on_loop(server, lambda: setattr(listener, "sock", failing))
+            with connect(server) as client:  # the kernel completes it; accept() fails
+                wait_for(lambda: on_loop(server, lambda: listener.errors["EMFILE"]), what="EMFILE")
+                for _ in range(9):  # paused, retried a tenth of a second later: failing again
+                    jump(server, ACCEPT_RETRY_S)
+                assert on_loop(server, lambda: listener.errors["EMFILE"]) == 10
+                assert len(warnings.messages) == 1 and "failed" in warnings.messages[0]
+                failing.failing = False
+                jump(server, ACCEPT_RETRY_S)
+                assert echoes(client, b"served at last")
+                # The burst ends after BURST_QUIET_S without a failure: not sooner.
+                jump(server, BURST_QUIET_S - 2 * ACCEPT_RETRY_S)
+                assert len(warnings.messages) == 1
+                jump(server, 2 * ACCEPT_RETRY_S)
+                assert len(warnings.messages) == 2
+                recovered = r"recovered after 10 failed attempts over 0\.9s"
+                assert re.search(recovered, warnings.messages[1])
+    finally:
+        log.removeHandler(warnings)
+        log.setLevel(level)
 
 
 # -- graceful shutdown --------------------------------------------------------
@@ -228,6 +289,30 @@ def fill_server_queue(client: socket.socket, server_port: int, data: bytes) -> i
     raise AssertionError(f"the server queued nothing of {sent} bytes")
 
 
+def stuff_until_not_read(client: socket.socket, server_port: int, timeout: float = 10.0) -> int:
+    """Send from a never-reading client until the kernel takes no more and the server
+    process has stopped reading it: bytes wait in its receive queue, and two readings
+    20 ms apart find the same number there. Returns bytes sent."""
+    client_port = client.getsockname()[1]
+    client.setblocking(False)
+    chunk = b"z" * (1 << 16)
+    sent = 0
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, "the server never stopped reading"
+        try:
+            sent += client.send(chunk)
+            continue
+        except BlockingIOError:
+            pass
+        (_, unread), _ = tcp_queues(server_port, client_port)
+        time.sleep(0.02)
+        (_, again), _ = tcp_queues(server_port, client_port)
+        if unread and again == unread:
+            return sent
+        select.select([], [client], [], 0.01)  # the server still reads: room comes
+
+
 def _refused(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
@@ -236,18 +321,11 @@ def _refused(port: int) -> bool:
     return False
 
 
-def _read_to_eof(sock: socket.socket) -> bytes:
-    sock.settimeout(10)
-    chunks = []
-    while chunk := sock.recv(1 << 16):
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_sigterm_closes_listener_at_once_then_flushes_every_queued_byte() -> None:
     data = random.Random(1).randbytes(16 << 20)
     with (
-        CliServer("echo", "--port", "0") as cli,
+        # A small kernel send buffer: the server's own queue starts filling sooner.
+        CliServer("echo", "--port", "0", "--sndbuf", "65536") as cli,
         socket.socket(socket.AF_INET, socket.SOCK_STREAM) as client,
     ):
         port = cli.port or 0
@@ -260,7 +338,7 @@ def test_sigterm_closes_listener_at_once_then_flushes_every_queued_byte() -> Non
         wait_for(lambda: _refused(port), timeout=2, what="the listener to close")
         assert time.monotonic() - signalled < 1.0
         assert cli.proc.poll() is None, "exited before flushing"
-        received = _read_to_eof(client)
+        received = recv_until_eof(client)
         assert len(received) == sent
         assert received == data[:sent]
         status, err = stderr.after_exit()
@@ -279,30 +357,28 @@ def test_grace_period_bounds_shutdown_when_a_client_never_reads() -> None:
         connect(cli.port or 0) as client,
     ):
         stderr = Stderr(cli)
-        stuff(client)
+        stuff_until_not_read(client, cli.port or 0)
         (server_unacked, _), _ = tcp_queues(cli.port or 0, client.getsockname()[1])
         assert server_unacked > 0, "the server has nothing left to send"
         cli.signal(signal.SIGTERM)
-        signalled = time.monotonic()
         status, err = stderr.after_exit(timeout=5)
-        took = time.monotonic() - signalled
         assert status == 0
-        assert GRACE_S - 0.05 <= took < GRACE_S + 1.5
+        # Ended by the grace timer, not by the client: the connection was aborted.
         assert "grace period over: aborting 1 connections" in err
 
 
 def test_second_sigterm_during_grace_exits_at_once_with_128_plus_signal() -> None:
     with CliServer("echo", "--port", "0", "--grace", "30") as cli, connect(cli.port or 0) as client:
         stderr = Stderr(cli)
-        stuff(client)
+        stuff_until_not_read(client, cli.port or 0)
         cli.signal(signal.SIGTERM)
         wait_for(lambda: _refused(cli.port or 0), timeout=2, what="the listener to close")
-        time.sleep(0.2)
+        # (Had the first SIGTERM not waited for the grace period, the exit status would be 0.)
         assert cli.proc.poll() is None, "the first SIGTERM did not wait for the grace period"
         cli.signal(signal.SIGTERM)
         signalled = time.monotonic()
         status, err = stderr.after_exit(timeout=5)
-        assert time.monotonic() - signalled < 1.0
+        assert time.monotonic() - signalled < 10.0, "waited for the 30 s grace period"
         assert status == 128 + signal.SIGTERM
         assert "second SIGTERM: exiting now" in err
         assert "Traceback" not in err
@@ -311,7 +387,7 @@ def test_second_sigterm_during_grace_exits_at_once_with_128_plus_signal() -> Non
 def test_graceful_shutdown_delivers_replies_to_a_client_still_sending() -> None:
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         port, client_port = cli.port or 0, client.getsockname()[1]
-        sent = stuff(client)
+        sent = stuff_until_not_read(client, port)
         cli.signal(signal.SIGTERM)
         wait_for(lambda: _refused(port), timeout=2, what="the listener to close")
         # From now on the server reads nothing more (it stopped at SIGTERM), so
@@ -322,7 +398,7 @@ def test_graceful_shutdown_delivers_replies_to_a_client_still_sending() -> None:
         echoed = sent - client_unacked - server_unread  # what the server read and wrote
         assert server_unread > 0
         client.setblocking(True)
-        received = _read_to_eof(client)
+        received = recv_until_eof(client)
         assert len(received) == echoed
 
 
@@ -332,7 +408,9 @@ def test_after_sigterm_nothing_more_is_taken_from_a_client_still_sending() -> No
     every reply, and then learns from a reset that the rest was not taken."""
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         stderr = Stderr(cli)
-        stuff(client)  # the echo has paused reading: the server's queues are full
+        # The echo paused and the server's receive window closed: a client that
+        # cannot send for 0.3 s (the kernel must have stopped acknowledging).
+        stuff(client)
         taken_before = tcp_counters(client).bytes_out  # type: ignore[union-attr]
         cli.signal(signal.SIGTERM)
         replies = 0
@@ -384,7 +462,7 @@ def test_address_in_use_is_one_line_naming_address_and_fix() -> None:
         assert "--port" in line
         # The first server is unharmed.
         with connect(port) as client:
-            _echoes(client, b"still mine")
+            echoes(client, b"still mine")
 
 
 def test_address_in_use_from_the_api_is_a_setup_error() -> None:

@@ -1,16 +1,23 @@
-"""The poller backends used directly, on socketpairs."""
+"""The poller backends used directly, on socketpairs; and the package's imports form a DAG."""
 
 from __future__ import annotations
 
+import ast
+import itertools
 import os
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from fivetuple._poller import ERROR, READ, WRITE, Poller, available_backends, make_poller
+import fivetuple
+from fivetuple._backends import available_backends, make_poller
+from fivetuple._poller import ERROR, READ, WRITE, Poller
 from fivetuple.errors import SetupError
 from helpers import BACKENDS, every_backend
 
@@ -317,3 +324,165 @@ def test_epoll_close_releases_its_fd() -> None:
     assert len(during - before) == 1
     poller.close()
     assert set(os.listdir("/proc/self/fd")) == before
+
+
+# -- the imports form a DAG (issue 13) ------------------------------------------
+
+PACKAGE_DIR = Path(fivetuple.__file__).parent
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    """``TYPE_CHECKING`` or ``typing.TYPE_CHECKING``: a block that never runs."""
+    name = test.attr if isinstance(test, ast.Attribute) else getattr(test, "id", None)
+    return name == "TYPE_CHECKING"
+
+
+def _runtime_nodes(node: ast.AST) -> Iterator[ast.AST]:
+    """Every node that can run: ast.walk, less the bodies of ``if TYPE_CHECKING:``."""
+    yield node
+    if isinstance(node, ast.If) and _is_type_checking(node.test):
+        children: list[ast.AST] = list(node.orelse)
+    else:
+        children = list(ast.iter_child_nodes(node))
+    for child in children:
+        yield from _runtime_nodes(child)
+
+
+def _modules(package_dir: Path) -> dict[str, Path]:
+    """Every module of the package under ``package_dir``, by dotted name."""
+    modules = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        parts = path.relative_to(package_dir.parent).with_suffix("").parts
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        modules[".".join(parts)] = path
+    return modules
+
+
+def _import_graph(package_dir: Path) -> dict[str, dict[str, int]]:
+    """{module: {module of the package it imports: line}}, imports in functions included.
+
+    ``from .pkg import name`` is an edge to ``pkg.name`` when that is a module,
+    else to ``pkg``. Importing ``a.b`` runs ``a/__init__`` too, but that edge is
+    left out: every module would otherwise be in a cycle with a package
+    ``__init__`` that re-exports it.
+    """
+    modules = _modules(package_dir)
+    graph: dict[str, dict[str, int]] = {}
+    for module, path in modules.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        edges = graph[module] = {}
+        for node in _runtime_nodes(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                source = node.module or ""
+                if node.level:  # 1: this package, 2: its parent, ...
+                    base = package.rsplit(".", node.level - 1)[0]
+                    source = f"{base}.{source}" if source else base
+                targets = [
+                    f"{source}.{alias.name}" if f"{source}.{alias.name}" in modules else source
+                    for alias in node.names
+                ]
+            else:
+                continue
+            for target in targets:
+                if target in modules and target != module:
+                    edges.setdefault(target, node.lineno)
+    return graph
+
+
+def _cycles(graph: dict[str, dict[str, int]]) -> set[frozenset[str]]:
+    """The strongly connected components of more than one module."""
+    reach = {}
+    for start in graph:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for target in graph[todo.pop()]:
+                if target not in seen:
+                    seen.add(target)
+                    todo.append(target)
+        reach[start] = seen
+    return {frozenset({a, *(b for b in reach[a] if a in reach[b])}) for a in graph if a in reach[a]}
+
+
+def _describe(cycles: set[frozenset[str]], graph: dict[str, dict[str, int]]) -> str:
+    """Each cycle's imports as ``module:line -> module``, one a line."""
+    return "\n".join(
+        f"{a}:{line} -> {b}"
+        for cycle in sorted(cycles, key=sorted)
+        for a in sorted(cycle)
+        for b, line in sorted(graph[a].items())
+        if b in cycle
+    )
+
+
+def test_cycle_check_sees_imports_in_functions_and_skips_type_checking(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from .a import A\n")
+    (package / "a.py").write_text("from . import b\nA = 1\n")
+    (package / "b.py").write_text("def f():\n    from .a import A\n")
+    (package / "c.py").write_text(
+        "import typing\nif typing.TYPE_CHECKING:\n    from .d import D\nelse:\n    import pkg.e\n"
+    )
+    (package / "d.py").write_text("from .c import C\n")
+    (package / "e.py").write_text("from .sub.f import F\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "f.py").write_text("from ..c import C\n")
+    graph = _import_graph(package)
+    assert graph["pkg.b"] == {"pkg.a": 2}
+    assert graph["pkg.c"] == {"pkg.e": 5}
+    assert _cycles(graph) == {
+        frozenset({"pkg.a", "pkg.b"}),
+        frozenset({"pkg.c", "pkg.e", "pkg.sub.f"}),
+    }
+
+
+def test_package_imports_form_a_dag() -> None:
+    graph = _import_graph(PACKAGE_DIR)
+    assert "fivetuple._poller" in graph
+    cycles = _cycles(graph)
+    assert not cycles, "import cycles:\n" + _describe(cycles, graph)
+
+
+#: Run in a fresh interpreter: import the modules named on the command line in
+#: that order into a bare ``fivetuple`` package (its ``__init__``, which would
+#: import them in its own order first, is not run), then make every backend.
+#: Prints the package's modules that the imports loaded.
+_IMPORT_IN_ORDER = """
+import importlib, sys, types
+package = types.ModuleType("fivetuple")
+package.__path__ = [sys.argv[1]]
+sys.modules["fivetuple"] = package
+for name in sys.argv[2:]:
+    importlib.import_module(name)
+print(" ".join(sorted(name for name in sys.modules if name.startswith("fivetuple."))))
+from fivetuple._backends import available_backends, make_poller
+for backend in available_backends():
+    make_poller(backend).close()
+"""
+
+
+def test_poller_modules_import_in_every_order() -> None:
+    names = sorted(f"fivetuple.{path.stem}" for path in PACKAGE_DIR.glob("_poller*.py"))
+    assert len(names) >= 4
+    # Every order of the interface and the backends, each followed by the module
+    # that chooses (it imports them all, so later imports would be no-ops), and
+    # that module first and alone.
+    orders = [(*order, "fivetuple._backends") for order in itertools.permutations(names)]
+    orders.append(("fivetuple._backends",))
+    # The reactor's bottom layer: they import nothing else of the package.
+    expected = {*names, "fivetuple._backends", "fivetuple.errors"}
+    for order in orders:
+        done = subprocess.run(
+            [sys.executable, "-I", "-S", "-c", _IMPORT_IN_ORDER, str(PACKAGE_DIR), *order],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        assert done.returncode == 0, f"import order {order}:\n{done.stderr}"
+        assert set(done.stdout.split()) == expected, order

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import os
 import re
+import select
 import socket
 import stat
 import struct
@@ -35,7 +36,6 @@ from fivetuple import (
     BrokenResourceError,
     ClosedResourceError,
     ConnectionStats,
-    Protocol,
     Server,
     Transport,
 )
@@ -44,86 +44,31 @@ from fivetuple.apps import Echo
 from helpers import (
     CLIENT_TIMEOUT_S,
     CliServer,
+    Recorder,
+    Recorders,
+    closed,
     connect,
+    echoes,
     every_backend,
+    jump,
     on_loop,
     recv_exactly,
     recv_until_eof,
+    rss,
     running_server,
+    running_virtual_server,
+    settle,
     wait_for,
 )
 
 #: Bigger than loopback's kernel buffers hold for a client that does not read,
 #: so that a server write of this size leaves bytes in the transport's queue.
 BLOB_BYTES = 8 << 20
-#: How long a negative check ("nothing more happens") watches.
-QUIET_S = 0.2
+#: TCP states (include/net/tcp_states.h) once our FIN is acknowledged.
+_FIN_ACKED_STATES = (5, 6)  # FIN_WAIT2, TIME_WAIT
 
 
 # -- a protocol that records everything ------------------------------------------
-
-
-class Recorder(Protocol):
-    """Records every callback with its argument; optionally echoes.
-
-    Args:
-        echo: write back every byte received.
-        keep_open: what eof_received returns (True keeps writing possible).
-        fail_on: raise RuntimeError from data_received when this appears.
-    """
-
-    def __init__(
-        self, *, echo: bool = True, keep_open: bool = False, fail_on: bytes | None = None
-    ) -> None:
-        self.echo = echo
-        self.keep_open = keep_open
-        self.fail_on = fail_on
-        self.events: list[tuple[str, Any]] = []
-        self.received = bytearray()
-        self.transport: Transport | None = None
-        self.lost = threading.Event()
-
-    def connection_made(self, transport: Transport) -> None:
-        self.events.append(("made", None))
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.events.append(("data", len(data)))
-        self.received += data
-        if self.fail_on is not None and self.fail_on in data:
-            raise RuntimeError(f"protocol chokes on {self.fail_on!r}")
-        if self.echo:
-            assert self.transport is not None
-            self.transport.write(data)
-
-    def eof_received(self) -> bool | None:
-        self.events.append(("eof", None))
-        return self.keep_open
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.events.append(("lost", exc))
-        self.lost.set()
-
-    def pause_writing(self) -> None:
-        assert self.transport is not None
-        self.events.append(("pause", self.transport.get_write_buffer_size()))
-
-    def resume_writing(self) -> None:
-        assert self.transport is not None
-        self.events.append(("resume", self.transport.get_write_buffer_size()))
-
-
-class Recorders:
-    """A protocol factory that keeps every Recorder it made, in accept order."""
-
-    def __init__(self, **options: Any) -> None:
-        self.options = options
-        self.made: list[Recorder] = []
-
-    def __call__(self) -> Recorder:
-        protocol = Recorder(**self.options)
-        self.made.append(protocol)
-        return protocol
 
 
 _LETTERS = {"made": "M", "data": "D", "eof": "E", "lost": "L"}
@@ -180,31 +125,26 @@ def received_by(server: Server, protocol: Recorder) -> bytes:
 def wait_lost(server: Server, protocol: Recorder) -> list[tuple[str, Any]]:
     """Wait for connection_lost, then check that nothing else follows it."""
     assert protocol.lost.wait(CLIENT_TIMEOUT_S), "connection_lost never came"
-    time.sleep(QUIET_S)
+    settle(server)  # whatever was scheduled after it has run
     events = events_of(server, protocol)
     assert_grammar(events)
     return events
-
-
-def closed(server: Server) -> dict[str, int]:
-    # The counter itself: statistics() would start the byte sampler's timer,
-    # which the timer-counting tests below must not see.
-    return on_loop(server, lambda: dict(server.closed_by_reason))
 
 
 def stats(server: Server, transport: Transport) -> ConnectionStats:
     return on_loop(server, transport.statistics)
 
 
+def tcp_state(server: Server, transport: Transport) -> int:
+    """The kernel's TCP state of the connection (struct tcp_info's first byte)."""
+    sock = transport.get_extra_info("socket")
+    return on_loop(server, lambda: sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0])
+
+
 def reset(sock: socket.socket) -> None:
     """Close with SO_LINGER on and 0 seconds: the kernel sends RST, not FIN."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
-
-
-def round_trip(client: socket.socket, data: bytes = b"ping") -> None:
-    client.sendall(data)
-    assert recv_exactly(client, len(data)) == data
 
 
 def connection_ended(sock: socket.socket) -> bool:
@@ -270,8 +210,8 @@ def test_callback_grammar(backend: str, ending: str) -> None:
     factory = Recorders()
     with running_server(factory, backend=backend) as server:
         client = connect(server)
-        round_trip(client, b"hello")
-        round_trip(client, b"again")
+        echoes(client, b"hello")
+        echoes(client, b"again")
         (protocol,) = protocols(server, factory)
         transport = transport_of(protocol)
         if ending == "client-close":
@@ -335,17 +275,10 @@ def test_input_in_large_bursts(backend: str) -> None:
         for burst in bursts:
             assert recv_exactly(client, len(burst)) == burst
         sender.result()
-        round_trip(client)
+        echoes(client)
 
 
 # -- 3. 50 MB through a real echo process, slow reader, bounded RSS -----------------------
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for pid {pid}")
 
 
 @every_backend
@@ -359,8 +292,8 @@ def test_50mb_echo_with_slow_reader_keeps_server_memory_bounded(backend: str) ->
         pid = cli.proc.pid
         # Small client buffers keep what the kernel holds in flight well below the data size.
         with small_buffer_client(cli.port, rcvbuf=256 * 1024, sndbuf=256 * 1024) as client:
-            round_trip(client, b"warm up")
-            baseline = peak = rss_bytes(pid)
+            echoes(client, b"warm up")
+            baseline = peak = rss(pid)
             progress = {"sent": 0}
 
             def send() -> None:
@@ -387,12 +320,12 @@ def test_50mb_echo_with_slow_reader_keeps_server_memory_bounded(backend: str) ->
                 now = time.monotonic()
                 if now >= next_sample:
                     next_sample = now + 0.01
-                    peak = max(peak, rss_bytes(pid))
+                    peak = max(peak, rss(pid))
                     max_lag = max(max_lag, progress["sent"] - received)
             sender.result()
-            peak = max(peak, rss_bytes(pid))
+            peak = max(peak, rss(pid))
             assert digest.hexdigest() == want
-            round_trip(client, b"still echoing")
+            echoes(client, b"still echoing")
     growth = peak - baseline
     assert growth < 20 << 20, f"server RSS grew {growth >> 20} MiB while 50 MiB passed"
     # Backpressure: the sender can run ahead of the reader only by what the
@@ -462,7 +395,7 @@ def test_write_eof_sends_fin_after_queued_bytes_and_keeps_reading(backend: str) 
         assert stats(server, transport).state == "local-eof"
         # Once the peer acknowledges everything, bytes_out is the data (the FIN is not a byte).
         wait_for(lambda: stats(server, transport).bytes_out >= len(blob), what="the ACK")
-        time.sleep(QUIET_S)
+        wait_for(lambda: tcp_state(server, transport) in _FIN_ACKED_STATES, what="the FIN's ACK")
         assert stats(server, transport).bytes_out == len(blob)
         # This side can still read.
         client.sendall(b"still listening?")
@@ -488,8 +421,8 @@ def test_reset_with_queued_output_ends_only_that_connection(backend: str, readin
         connect(server) as other,
         connect(server) as victim,
     ):
-        round_trip(other)
-        round_trip(victim)
+        echoes(other)
+        echoes(victim)
         protocol = protocol_of(server, factory, victim)
         transport = transport_of(protocol)
 
@@ -510,7 +443,7 @@ def test_reset_with_queued_output_ends_only_that_connection(backend: str, readin
         assert reason in ("reset", "broken-pipe")
         assert closed(server) == {reason: 1}
         # The other client, connected the whole time, is still served.
-        round_trip(other, b"are you there?")
+        echoes(other, b"are you there?")
         assert on_loop(server, lambda: len(server)) == 1
 
 
@@ -528,8 +461,8 @@ def test_exception_in_data_received_closes_only_that_connection(
         connect(server) as good,
         connect(server) as bad,
     ):
-        round_trip(good)
-        round_trip(bad)
+        echoes(good)
+        echoes(bad)
         bad_address = "{}:{}".format(*bad.getsockname())
         protocol = protocol_of(server, factory, bad)
         bad.sendall(b"boom")
@@ -539,7 +472,7 @@ def test_exception_in_data_received_closes_only_that_connection(
         assert isinstance(exc, RuntimeError)
         assert "boom" in str(exc)
         assert closed(server) == {"app-error": 1}
-        round_trip(good, b"still here")
+        echoes(good, b"still here")
         assert on_loop(server, lambda: len(server)) == 1
     records = [r for r in caplog.records if r.name == "fivetuple" and r.levelno >= logging.ERROR]
     assert len(records) == 1, [r.getMessage() for r in records]
@@ -715,7 +648,7 @@ def test_pause_reading_stops_data_received_and_resume_restarts_it(backend: str) 
         client.sendall(b"two")
         # The kernel has the bytes (TCP_INFO counts them) but the protocol is not told.
         wait_for(lambda: stats(server, transport).bytes_in == 6, what="kernel to receive")
-        time.sleep(QUIET_S)
+        settle(server)  # the loop polled the socket again
         assert received_by(server, protocol) == b"one"
         on_loop(server, transport.resume_reading)
         assert on_loop(server, transport.is_reading) is True
@@ -730,17 +663,20 @@ def test_echo_queue_stops_growing_for_a_client_that_never_reads(backend: str) ->
         client.setblocking(False)
         chunk = b"x" * (64 * 1024)
         sent = 0
-        last_progress = time.monotonic()
-        deadline = last_progress + 15
-        while time.monotonic() - last_progress < 0.3:
+        deadline = time.monotonic() + 15
+        # Send until the kernel takes no more and the server has stopped reading.
+        while True:
             assert time.monotonic() < deadline, "the client could send forever"
             try:
                 sent += client.send(chunk)
-                last_progress = time.monotonic()
+                continue
             except BlockingIOError:
-                time.sleep(0.01)
+                pass
+            if not on_loop(server, transport.is_reading):
+                break
+            select.select([], [client], [], 0.01)  # the server still reads: room comes
         first = stats(server, transport)
-        time.sleep(QUIET_S)
+        settle(server)
         second = stats(server, transport)
         assert first.reading_paused and first.writing_paused
         assert HIGH_WATER_BYTES < first.queued_bytes <= HIGH_WATER_BYTES + RECV_BYTES
@@ -784,15 +720,17 @@ def test_statistics_over_tcp(backend: str) -> None:
         # bytes_out is what the peer acknowledged: it catches up with the ACK.
         wait_for(lambda: stats(server, transport).bytes_out == 4321, what="bytes_out == 4321")
 
+        # Idle times are the kernel's (TCP_INFO), on real time, in jiffies.
         quiet = stats(server, transport)
-        time.sleep(0.3)
-        later = stats(server, transport)
-        assert later.idle >= quiet.idle + 0.2
-        assert later.age >= quiet.age + 0.25
+        later = wait_for(
+            lambda: (s := stats(server, transport)).idle >= quiet.idle + 0.05 and s,
+            what="the kernel's idle time to grow",
+        )
+        assert later.age > quiet.age
         assert later.last_activity == pytest.approx(quiet.last_activity, abs=0.05)
         client.sendall(b"!")
         wait_for(lambda: stats(server, transport).bytes_in == 1235, what="bytes_in == 1235")
-        assert stats(server, transport).idle < later.idle
+        assert stats(server, transport).last_activity > later.last_activity
 
         client.shutdown(socket.SHUT_WR)
         wait_for(lambda: stats(server, transport).state == "remote-eof", what="remote-eof")
@@ -820,7 +758,7 @@ def test_statistics_over_unix_socket(backend: str, tmp_path: Path) -> None:
     path = str(tmp_path / "t.sock")
     factory = Recorders(echo=False)
     with (
-        running_server(factory, backend=backend, unix=path) as server,
+        running_virtual_server(factory, backend=backend, unix=path) as server,
         socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client,
     ):
         client.settimeout(CLIENT_TIMEOUT_S)
@@ -842,13 +780,16 @@ def test_statistics_over_unix_socket(backend: str, tmp_path: Path) -> None:
         assert recv_exactly(client, 2000) == b"o" * 2000
         assert stats(server, transport).bytes_out == 2000
 
+        # Counted in user space on the loop's clock: virtual time, exact.
         quiet = stats(server, transport)
-        time.sleep(0.3)
+        assert (quiet.idle, quiet.age) == (0.0, 0.0)
+        jump(server, 0.3)
         later = stats(server, transport)
-        assert later.idle >= quiet.idle + 0.25
+        assert (later.idle, later.age) == pytest.approx((0.3, 0.3))
+        assert later.last_activity == pytest.approx(quiet.last_activity)
         client.sendall(b"!")
         wait_for(lambda: stats(server, transport).bytes_in == 1001, what="bytes_in == 1001")
-        assert stats(server, transport).idle < 0.25
+        assert stats(server, transport).idle == 0.0
 
         client.close()
         wait_lost(server, protocol)
@@ -861,11 +802,18 @@ def test_statistics_over_unix_socket(backend: str, tmp_path: Path) -> None:
 
 
 @every_backend
-def test_idle_timeout_costs_no_timer_per_read_and_closes_silent_clients(backend: str) -> None:
+def test_idle_timeout_costs_no_timer_per_read_and_closes_silent_clients(
+    backend: str, tmp_path: Path
+) -> None:
     idle = 0.4
-    with running_server(Echo, backend=backend, idle_timeout=idle) as server:
-        active = connect(server)
-        round_trip(active)
+    path = str(tmp_path / "idle.sock")
+    # Virtual time: over a Unix socket the transport stamps its activity on the
+    # loop's clock (a TCP one asks the kernel, whose times are real).
+    with running_virtual_server(Echo, backend=backend, idle_timeout=idle, unix=path) as server:
+        active = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        active.settimeout(CLIENT_TIMEOUT_S)
+        active.connect(path)
+        echoes(active)
 
         def timers() -> tuple[int, int]:
             queue = server.loop._timers
@@ -886,19 +834,18 @@ def test_idle_timeout_costs_no_timer_per_read_and_closes_silent_clients(backend:
             queue.push = counting_push  # type: ignore[method-assign]
 
         on_loop(server, count_timer_pushes)
-        # Busy for longer than the timeout: reads must keep the connection
-        # open without arming, re-arming or cancelling a timer per read.
+        # Busy for longer than the timeout, with reads in every tenth of it:
+        # they must keep the connection open without arming, re-arming or
+        # cancelling a timer per read.
         busy_s = 2 * idle
         reads = 0
-        started = time.monotonic()
-        while time.monotonic() - started < busy_s:
-            round_trip(active, b"r")
-            reads += 1
-            if reads % 100 == 0:
-                now_live, now_heap = on_loop(server, timers)
-                # (While the idle check itself runs, its timer is briefly off the heap.)
-                assert now_live <= live and now_heap <= heap, (now_live, now_heap)
-        assert reads >= 200
+        for _ in range(20):
+            for _ in range(10):
+                echoes(active, b"r")
+                reads += 1
+            now_live, now_heap = on_loop(server, timers)
+            assert now_live <= live and now_heap <= heap, (now_live, now_heap)
+            jump(server, busy_s / 20)
         now_live, now_heap = on_loop(server, timers)
         assert now_live <= live and now_heap <= heap, (now_live, now_heap)
         # Only the idle check re-arms itself, about once per timeout.
@@ -908,11 +855,14 @@ def test_idle_timeout_costs_no_timer_per_read_and_closes_silent_clients(backend:
         active.close()
         wait_for(lambda: closed(server) == {"eof": 1}, what="the active client to leave")
 
-        silent = connect(server)
-        opened = time.monotonic()
+        silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        silent.settimeout(CLIENT_TIMEOUT_S)
+        silent.connect(path)
+        wait_for(lambda: on_loop(server, server.__len__) == 1, what="the silent client")
+        jump(server, idle - 0.01)
+        assert closed(server) == {"eof": 1}, "closed before its idle timeout"
+        jump(server, 0.02)
         assert connection_ended(silent)
-        waited = time.monotonic() - opened
-        assert idle - 0.05 <= waited < idle + 1.0, waited
         wait_for(lambda: closed(server) == {"eof": 1, "idle": 1}, what="an idle close")
         assert on_loop(server, timers)[0] == 0
         silent.close()

@@ -22,6 +22,7 @@ from fivetuple.errors import SetupError
 from fivetuple.loadgen import BenchConfig, parse_source_addrs
 from fivetuple.loadgen._message import MessageMaker, ReplyLedger
 from helpers import CliServer, port_of, run_cli, running_server
+from helpers import Recorder as BaseRecorder
 
 REPORT_KEYS = {
     "target", "mode", "conns", "size", "pipeline", "duration_s", "rate", "procs", "elapsed_s",
@@ -67,17 +68,15 @@ class Dropper(Protocol):
         self.transport.write(out)
 
 
-class Recorder(Protocol):
-    """Echo, remembering every client's address."""
+class Recorder(BaseRecorder):
+    """The shared Recorder (it echoes), also counting every client's address; on
+    the class, since the server makes the instances."""
 
     peers: ClassVar[Counter[str]] = Counter()
 
     def connection_made(self, transport: Transport) -> None:
-        self.transport = transport
+        super().connection_made(transport)
         Recorder.peers[transport.peer[0]] += 1
-
-    def data_received(self, data: bytes) -> None:
-        self.transport.write(data)
 
 
 def test_echo_against_the_echo_app_has_no_errors() -> None:

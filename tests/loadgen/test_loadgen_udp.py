@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from fivetuple._datagram import DatagramProtocol, DatagramTransport
+from fivetuple import DatagramProtocol, DatagramTransport
 from fivetuple.apps import DatagramEcho
 from fivetuple.loadgen import failed
 from fivetuple.loadgen._message import DatagramLedger, MessageMaker

@@ -6,8 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from fivetuple.netsim import LinkConfig, Path, pick_seed, run
-from fivetuple.reliable import Connection, Listener, MessageReceived
+from fivetuple.netsim import LinkConfig, Path, pick_seed
+from fivetuple.reliable import Connection, MessageReceived
 from fivetuple.reliable._congestion import (
     INITIAL_WINDOW,
     MIN_WINDOW,
@@ -16,10 +16,9 @@ from fivetuple.reliable._congestion import (
     Phase,
 )
 from fivetuple.reliable._recovery import RttEstimator, SentPacket
+from helpers import transfer
 
 pytestmark = pytest.mark.timeout(120)
-
-SERVER = ("10.0.0.2", 2000)
 
 
 def steady_flow(cc: CongestionController, packets: int, lost_every: int = 0) -> None:
@@ -59,22 +58,12 @@ def test_random_losses_without_a_queue_leave_the_model_alone() -> None:
 
 
 def bulk(link_config: LinkConfig, seed: int, until: float, on_step=None):  # type: ignore[no-untyped-def]
-    path = Path(link_config, link_config, seed=seed)
-    server = Listener(seed=seed)
-    client = Connection.client(SERVER)
-    for _ in range(400):
-        client.send(bytes(100_000))
-    delivered: list[tuple[float, int]] = []
-
-    def step(now: float) -> bool:
-        while (event := server.next_event()) is not None:
-            if isinstance(event, MessageReceived):
-                delivered.append((now, len(event.message)))
-        if on_step is not None:
-            on_step(now, client, path)
-        return False
-
-    run(client, server, path, until=until, on_step=step)
+    """400 messages of 100 kB (more than any run here delivers) over link_config:
+    (client, path, [(arrival time, size)])."""
+    trace, client, _server, path = transfer(
+        [bytes(100_000)] * 400, link_config, seed, until=until, on_step=on_step
+    )
+    delivered = [(t, len(e.message)) for t, e in trace.server if isinstance(e, MessageReceived)]
     return client, path, delivered
 
 

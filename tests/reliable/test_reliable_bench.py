@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from helpers import ROOT
 
 BENCH = ROOT / "bench" / "reliable_bench.py"

@@ -10,7 +10,6 @@ import gc
 import hashlib
 import random
 import tracemalloc
-from dataclasses import dataclass, field
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -31,20 +30,17 @@ from fivetuple.reliable._connection import FRAGMENT_BYTES
 from fivetuple.reliable._listener import COOKIE_LIFETIME_S
 from fivetuple.reliable._packet import (
     INITIAL,
-    MAX_FRAMES_BYTES,
     ONE_RTT,
     Ack,
     Data,
     Hello,
-    Padding,
     Ping,
     build_packet,
-    frame_size,
     parse_packet,
 )
 from fivetuple.reliable._recovery import INITIAL_RTO_S, K_INITIAL_RTT_S, MAX_PTO_S
 from fivetuple.reliable._stream import FRAGMENT_OVERHEAD_BYTES, MESSAGE_OVERHEAD_BYTES
-from helpers import bytecodes
+from helpers import Trace, bytecodes, hello, pump_events, transfer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,53 +50,6 @@ SERVER = ("10.0.0.2", 2000)
 
 def digest(messages: list[bytes]) -> list[str]:
     return [hashlib.sha256(m).hexdigest()[:16] for m in messages]
-
-
-@dataclass
-class Trace:
-    """What each side saw, with the virtual time of each event."""
-
-    client: list[tuple[float, object]] = field(default_factory=list)
-    server: list[tuple[float, object]] = field(default_factory=list)
-
-    def messages(self, side: str) -> list[bytes]:
-        events = self.client if side == "client" else self.server
-        return [e.message for _, e in events if isinstance(e, MessageReceived)]
-
-    def ends(self, side: str) -> list[ConnectionTerminated]:
-        events = self.client if side == "client" else self.server
-        return [e for _, e in events if isinstance(e, ConnectionTerminated)]
-
-
-def pump_events(client: Connection, server: Listener, trace: Trace, now: float) -> None:
-    while (event := client.next_event()) is not None:
-        trace.client.append((now, event))
-    while (event := server.next_event()) is not None:
-        trace.server.append((now, event))
-
-
-def transfer(
-    messages: list[bytes],
-    link: LinkConfig,
-    seed: int,
-    *,
-    until: float = 300.0,
-    config: ConnectionConfig | None = None,
-) -> tuple[Trace, Connection, Listener, Path]:
-    """Send ``messages`` client -> server over a path of two ``link``s; stop when all arrive."""
-    path = Path(link, link, seed=seed)
-    server = Listener(config, seed=seed, secret=b"k" * 32)
-    client = Connection.client(SERVER, cid=seed % (1 << 64) or 1, config=config)
-    for message in messages:
-        client.send(message)
-    trace = Trace()
-
-    def on_step(now: float) -> bool:
-        pump_events(client, server, trace, now)
-        return len(trace.messages("server")) >= len(messages)
-
-    run(client, server, path, until=until, on_step=on_step)
-    return trace, client, server, path
 
 
 SIZES = [0, 1, 100, FRAGMENT_BYTES - 1, FRAGMENT_BYTES, FRAGMENT_BYTES + 1, 5000, 65536, 1 << 20]
@@ -280,11 +229,6 @@ def test_handshake_completes_under_thirty_percent_loss(seed_offset: int) -> None
     assert trace.messages("server") == [b"first words"], f"seed={seed}"
     assert server.statistics().accepted == 1, f"seed={seed}"
     assert server.statistics().retries_sent >= 1
-
-
-def hello(cid: int, cookie: bytes = b"") -> bytes:
-    frame = Hello(cid, cookie)
-    return build_packet(INITIAL, 0, 0, [frame, Padding(MAX_FRAMES_BYTES - frame_size(frame))])
 
 
 def test_a_flood_of_spoofed_hellos_leaves_no_state_and_a_real_client_still_gets_in() -> None:

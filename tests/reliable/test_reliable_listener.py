@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,77 +25,22 @@ from fivetuple.reliable import (
 from fivetuple.reliable import Connection as ConnectionClass
 from fivetuple.reliable._listener import MAX_CONNECTIONS_PER_ADDRESS
 from fivetuple.reliable._packet import (
-    INITIAL,
-    MAX_FRAMES_BYTES,
     ONE_RTT,
     Ack,
     Data,
-    Hello,
-    Padding,
     Ping,
     Welcome,
     build_packet,
-    frame_size,
     parse_packet,
 )
-from helpers import bytecodes
+from helpers import Probe, bytecodes, hello, knock, open_idle
 
 Address = Any
 SERVER = ("10.0.0.2", 2000)
-VISITED = ("datagrams_to_send", "get_timer", "handle_timer", "next_event", "receive_packet")
-
-
-def hello(cid: int, cookie: bytes = b"") -> bytes:
-    frame = Hello(cid, cookie)
-    return build_packet(INITIAL, 0, 0, [frame, Padding(MAX_FRAMES_BYTES - frame_size(frame))])
-
-
-def knock(listener: Listener, addr: Address, client_cid: int, now: float) -> list[bytes]:
-    """HELLO, then HELLO with the RETRY's cookie, from ``addr``; return what the
-    listener sent back to ``addr`` (a WELCOME if it made a connection)."""
-    listener.receive_datagram(hello(client_cid), addr, now)
-    (retry,) = [d for d, a in listener.datagrams_to_send(now) if a == addr]
-    cookie = parse_packet(retry).frames[0].cookie  # type: ignore[union-attr]
-    listener.receive_datagram(hello(client_cid, cookie), addr, now)
-    return [d for d, a in listener.datagrams_to_send(now) if a == addr]
-
-
-def open_idle(listener: Listener, addr: Address, client_cid: int, now: float) -> int:
-    """Complete the handshake from ``addr`` as a client would, acknowledge the
-    WELCOME, and return the server connection's id: it is then idle, with
-    nothing in flight (its next deadline is the keepalive)."""
-    (datagram,) = knock(listener, addr, client_cid, now)
-    welcome = parse_packet(datagram)
-    (frame,) = [f for f in welcome.frames if isinstance(f, Welcome)]
-    pn = welcome.packet_number
-    ack = build_packet(ONE_RTT, frame.source_cid, 0, [Ack((range(pn, pn + 1),))])
-    listener.receive_datagram(ack, addr, now)
-    assert listener.datagrams_to_send(now) == []
-    return frame.source_cid
 
 
 def idle_address(i: int) -> Address:
     return (f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", 40_000)
-
-
-class Probe:
-    """Counts the calls of ``VISITED`` methods on a set of connections."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.watched: set[int] = set()
-        self.calls: Counter[str] = Counter()
-        for name in VISITED:
-            monkeypatch.setattr(ConnectionClass, name, self._wrap(name))
-
-    def _wrap(self, name: str) -> Callable[..., Any]:
-        original = getattr(ConnectionClass, name)
-
-        def counted(connection: ConnectionClass, *args: Any) -> Any:
-            if id(connection) in self.watched:
-                self.calls[name] += 1
-            return original(connection, *args)
-
-        return counted
 
 
 class ActiveClient:

@@ -32,6 +32,7 @@ from fivetuple.reliable._packet import (
     build_packet,
     parse_packet,
 )
+from helpers import flip
 
 
 def test_every_frame_type_round_trips() -> None:
@@ -104,7 +105,7 @@ def raw(body: bytes, first: int = 0x14, cid: int = 1, number: int = 1) -> bytes:
 
 MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
     ("too short", lambda: b"\x14" * 20, "too-short"),
-    ("bit flipped", lambda: _flip(build_packet(ONE_RTT, 1, 1, [Ping()]), 18), "crc-mismatch"),
+    ("bit flipped", lambda: flip(build_packet(ONE_RTT, 1, 1, [Ping()]), 18), "crc-mismatch"),
     ("version 2", lambda: raw(b"\x01", first=0x24), "unsupported-version"),
     ("packet type 9", lambda: raw(b"\x01", first=0x19), "unknown-packet-type"),
     ("no frames", lambda: raw(b""), "empty-packet"),
@@ -128,10 +129,6 @@ MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
     ("hello cut", lambda: raw(b"\x04\x00\x00"), "truncated-frame"),
     ("close reason cut", lambda: raw(b"\x07\x00\x00\x05ab"), "truncated-frame"),
 ]  # fmt: skip
-
-
-def _flip(data: bytes, at: int) -> bytes:
-    return data[:at] + bytes([data[at] ^ 0x10]) + data[at + 1 :]
 
 
 @pytest.mark.parametrize(("case", "make", "reason"), MALFORMED, ids=[m[0] for m in MALFORMED])

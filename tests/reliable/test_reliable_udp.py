@@ -20,28 +20,37 @@ from typing import Any
 
 import pytest
 
-from fivetuple._datagram import DatagramProtocol, DatagramTransport
-from fivetuple._loop import Loop
-from fivetuple._timers import Timer
-from fivetuple.errors import LocalProtocolError
+from fivetuple import (
+    DatagramProtocol,
+    DatagramTransport,
+    LocalProtocolError,
+    Loop,
+    ReliableClient,
+    ReliableProtocol,
+    Timer,
+    connect_reliable,
+    serve_reliable,
+)
 from fivetuple.reliable import (
     Connected,
     ConnectionConfig,
     ConnectionTerminated,
     Event,
     MessageReceived,
-    ReliableClient,
-    ReliableProtocol,
     State,
-    connect,
-    serve,
 )
 from fivetuple.reliable._connection import CLOSE_SENDS
-from helpers import BACKENDS, needs_ipv6
-from test_reliable_listener import Probe, open_idle
+from fivetuple.testing import MockClock
+from helpers import BACKENDS, Probe, closed_udp_port, needs_ipv6, open_idle
 
-#: The wall-clock bound of one exchange; the loop is stopped and the test fails past it.
+#: The bound of one exchange on the loop's clock; the test fails past it.
 EXCHANGE_LIMIT_S = 20.0
+#: Real seconds the loop must have nothing to do before its clock jumps to the
+#: next timer. Client and server share the loop's thread and loopback delivers
+#: a datagram within the sendto() call (or soon after, from ksoftirqd, on a busy
+#: machine), so nothing is in flight that long. Between jumps the clock runs at
+#: real speed, so that the pacer's short waits pass as they would.
+AUTOJUMP_S = 0.01
 #: A held-back datagram goes out after the next one, or after this long at most.
 HOLD_S = 0.02
 
@@ -133,9 +142,11 @@ def digest(message: bytes) -> str:
 
 @pytest.fixture
 def loop(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Iterator[Loop]:
-    """A loop (on the backend given as the parameter, if any); the test fails if
-    any callback raised (the loop logs such errors and goes on)."""
-    loop = Loop(getattr(request, "param", None))
+    """A loop (on the backend given as the parameter, if any) on virtual time: real
+    datagrams, but retransmission and handshake timers that wait no real time.
+    The test fails if any callback raised (the loop logs such errors and goes on)."""
+    clock = MockClock(rate=1.0, autojump_threshold=AUTOJUMP_S)
+    loop = Loop(getattr(request, "param", None), clock=clock)
     with caplog.at_level(logging.ERROR, logger="fivetuple"):
         yield loop
     loop.close()
@@ -144,29 +155,14 @@ def loop(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> It
 
 
 def run_until(loop: Loop, done: Callable[[], bool], limit_s: float, what: str) -> None:
-    """Run ``loop`` until ``done()`` (checked every 5 ms); fail if ``limit_s`` passes first."""
-
-    def check() -> None:
-        if done():
-            loop.stop()
-        else:
-            loop.call_later(0.005, check)
-
-    loop.call_soon(check)
-    run_until_stopped(loop, limit_s, what)
-
-
-def run_until_stopped(loop: Loop, limit_s: float, what: str) -> None:
-    """Run ``loop`` until a callback stops it; fail if ``limit_s`` passes first."""
-    expired = []
-
-    def expire() -> None:
-        expired.append(True)
-        loop.stop()
-
-    deadline = loop.call_later(limit_s, expire)
+    """Run ``loop`` until ``done()`` (checked after every iteration); fail if
+    ``limit_s`` passes first. (No polling timer: the clock jumps straight to the
+    protocol's own next deadline whenever the loop is idle.)"""
+    expired: list[bool] = []
+    deadline = loop.call_later(limit_s, expired.append, True)
     try:
-        loop.run()
+        while not done() and not expired:
+            loop.run_once()
     finally:
         deadline.cancel()
     assert not expired, f"{what}: not done within {limit_s} s"
@@ -191,7 +187,7 @@ class EchoExchange:
         self.server_peer_addr: Any = None
         server_factory = impaired(seed) if seed is not None else DatagramTransport
         client_factory = impaired(seed + 1) if seed is not None else DatagramTransport
-        self.server = serve(
+        self.server = serve_reliable(
             loop, host, 0, on_event=self._server_event, transport_factory=server_factory
         )
         self.listener = self.server.listener
@@ -199,7 +195,7 @@ class EchoExchange:
         self.server_transport = self.server.transport
         self.server_name = self.server_transport.get_extra_info("sockname")
         assert self.server.address == self.server_name[:2]
-        self.client = connect(
+        self.client = connect_reliable(
             loop,
             host,
             self.server_name[1],
@@ -367,16 +363,18 @@ def test_the_shell_visits_only_the_connections_a_datagram_or_timer_is_for(
 
 @pytest.mark.timeout(30)
 def test_a_second_connection_from_one_address_past_the_cap_is_refused(loop: Loop) -> None:
-    """serve(max_connections_per_address=1): the second client from 127.0.0.1 (another
+    """serve_reliable(max_connections_per_address=1): the second client from 127.0.0.1 (another
     port) never gets in and gives up; the first is served all along."""
     events: dict[str, list[Event]] = {"first": [], "second": [], "server": []}
-    server = serve(
+    server = serve_reliable(
         loop, "127.0.0.1", 0, on_event=events["server"].append, max_connections_per_address=1
     )
     port = server.address[1]
     config = ConnectionConfig(handshake_timeout_s=1.0)
-    first = connect(loop, "127.0.0.1", port, on_event=events["first"].append)
-    second = connect(loop, "127.0.0.1", port, on_event=events["second"].append, config=config)
+    first = connect_reliable(loop, "127.0.0.1", port, on_event=events["first"].append)
+    second = connect_reliable(
+        loop, "127.0.0.1", port, on_event=events["second"].append, config=config
+    )
     try:
         end = wait_closed_within(loop, second, 10.0)
         stats = server.statistics()
@@ -389,12 +387,6 @@ def test_a_second_connection_from_one_address_past_the_cap_is_refused(loop: Loop
     assert [type(e) for e in events["server"]] == [Connected, ConnectionTerminated]
     assert stats.connections == 1
     assert stats.dropped["too-many-from-address"] >= 1
-
-
-def a_port_nobody_listens_on(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def wait_closed_within(
@@ -415,8 +407,8 @@ def connect_to_nobody(loop: Loop) -> tuple[ReliableClient, DatagramTransport, li
     events: list[Event] = []
     config = ConnectionConfig(handshake_timeout_s=1.0)
     started = loop.time()
-    client = connect(
-        loop, "127.0.0.1", a_port_nobody_listens_on(), on_event=events.append, config=config
+    client = connect_reliable(
+        loop, "127.0.0.1", closed_udp_port(), on_event=events.append, config=config
     )
     transport = client.transport
     assert transport is not None
@@ -469,8 +461,8 @@ def test_a_send_outside_any_event_leaves_without_a_pump(loop: Loop) -> None:
             if len(got) == 2:
                 client.close()
 
-    server = serve(loop, "127.0.0.1", 0, on_event=server_event)
-    client = connect(loop, "127.0.0.1", server.address[1], on_event=client_event)
+    server = serve_reliable(loop, "127.0.0.1", 0, on_event=server_event)
+    client = connect_reliable(loop, "127.0.0.1", server.address[1], on_event=client_event)
     started = loop.time()
     try:
         end = wait_closed_within(loop, client, 5.0)  # a keepalive (10 s) cannot have carried them
@@ -487,13 +479,13 @@ def test_sends_before_the_loop_runs_and_close_at_once_lose_nothing(loop: Loop) -
     """The shortest client: ``send``, ``send``, ``close``, ``wait_closed``; every message
     reaches the server before the CLOSE, and one pump carried both sends."""
     got: list[bytes] = []
-    server = serve(
+    server = serve_reliable(
         loop,
         "127.0.0.1",
         0,
         on_event=lambda e: got.append(e.message) if isinstance(e, MessageReceived) else None,
     )
-    client = connect(loop, "127.0.0.1", server.address[1], on_event=lambda event: None)
+    client = connect_reliable(loop, "127.0.0.1", server.address[1], on_event=lambda event: None)
     client.send(b"one")
     client.send(bytes(100_000))
     client.close("done")
@@ -511,8 +503,8 @@ def test_sends_before_the_loop_runs_and_close_at_once_lose_nothing(loop: Loop) -
 def test_pump_by_hand_still_puts_datagrams_on_the_wire_at_once(loop: Loop) -> None:
     """``pump()`` is kept for callers who need the datagrams sent before they return
     to the loop; without it they wait for the scheduled pump."""
-    server = serve(loop, "127.0.0.1", 0, on_event=lambda event: None)
-    client = connect(loop, "127.0.0.1", server.address[1], on_event=lambda event: None)
+    server = serve_reliable(loop, "127.0.0.1", 0, on_event=lambda event: None)
+    client = connect_reliable(loop, "127.0.0.1", server.address[1], on_event=lambda event: None)
     try:
         run_until(loop, lambda: client.connection.state is State.CONNECTED, 5.0, "connect")
         transport = client.transport
@@ -543,9 +535,11 @@ def test_server_close_tells_every_client_at_once(loop: Loop) -> None:
         if isinstance(event, MessageReceived) and event.message == b"stop":
             server.close("maintenance")
 
-    server = serve(loop, "127.0.0.1", 0, on_event=server_event)
+    server = serve_reliable(loop, "127.0.0.1", 0, on_event=server_event)
     port = server.address[1]
-    clients = [connect(loop, "127.0.0.1", port, on_event=lambda event: None) for _ in range(3)]
+    clients = [
+        connect_reliable(loop, "127.0.0.1", port, on_event=lambda event: None) for _ in range(3)
+    ]
     run_until(loop, lambda: len(server.connections()) == 3, 5.0, "three connections")
     clients[0].send(b"stop")
     for client in clients:

@@ -544,8 +544,9 @@ def check_admin_address(host: str, public: bool) -> None:
         return
     if not public:
         raise SetupError(
-            f"--admin {host} is not a loopback address, and the admin endpoint shows every "
-            "client's address; use 127.0.0.1, or add --admin-public to serve it there anyway"
+            f"{{host}} {host} is not a loopback address, and the admin endpoint shows "
+            "every client's address; use 127.0.0.1, or set {public} to serve it there anyway",
+            params=("host", "public"),
         )
     logger.warning("admin endpoint on %s: anybody who reaches it sees every client", host)
 

@@ -20,7 +20,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .._kernel import listen_queue
 from .._server import Server
 from .._stats import CLOSE_REASONS, ConnectionStats
 from .._transport import CLOSED, Transport
@@ -144,18 +143,16 @@ def stats_document(observed: Observed) -> dict[str, Any]:
     """
     server = observed.server
     stats = server.statistics()
-    listeners = []
-    for listener in server.listeners:
-        queue = listen_queue(listener.sock) if listener.sock.fileno() >= 0 else None
-        listeners.append(
-            {
-                "address": listener.address,
-                "backlog": listener.backlog,
-                "accepted": listener.accepted,
-                "accept_queue": queue[0] if queue else None,
-                "paused": listener.paused,
-            }
-        )
+    listeners = [
+        {
+            "address": listener.address,
+            "backlog": listener.backlog,
+            "accepted": listener.accepted,
+            "accept_queue": listener.accept_queue,
+            "paused": listener.paused,
+        }
+        for listener in stats.listeners
+    ]
     wakeups = stats.loop_wakeups
     return {
         "time": time.time(),

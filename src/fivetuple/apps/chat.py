@@ -65,8 +65,9 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._address import format_peer
 from .._protocol import Protocol
-from .._transport import Transport, format_peer
+from .._transport import Transport
 
 if TYPE_CHECKING:
     from .._timers import Timer

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._datagram import DatagramProtocol, DatagramTransport
+from .._datagram import DatagramTransport
 from .._messages import MessageProtocol
-from .._protocol import Protocol
+from .._protocol import DatagramProtocol, Protocol
 from .._transport import Transport
 
 

@@ -151,6 +151,7 @@ class CodecBase:
         return len(self._buffer) + sum(len(m) for m in self._ready)
 
     def statistics(self) -> CodecStats:
+        """The codec's counters now, as an immutable record."""
         return CodecStats(
             codec=self.name,
             messages_in=self.messages_in,

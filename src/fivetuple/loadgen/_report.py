@@ -65,7 +65,7 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
         }
     not_echo = next((r["not_echo"] for r in results if r["not_echo"]), None)
     stopped = [r["stopped_by"] for r in results if r["stopped_by"]]
-    latency = None
+    latency: dict[str, float] | None = None  # microseconds; the mean is not whole
     if histogram is not None and histogram.get_total_count():
         latency = {name: histogram.get_value_at_percentile(p) for name, p in PERCENTILES}
         latency["max"] = histogram.get_max_value()

@@ -16,7 +16,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from ..client import parse_target
+from .._address import parse_target
 from ..errors import SetupError
 from ._config import BenchConfig
 from ._message import MessageMaker
@@ -178,7 +178,14 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
             f"note: {per_worker} connections per process is more than RLIMIT_NOFILE {soft} "
             f"allows; expect a descriptor limit (use --procs {-(-config.conns // (soft - SPARE_FDS))})\n"
         )
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    # fork on Linux; spawn elsewhere (macOS: forking a process that has loaded
+    # system frameworks is unsafe). Two literal calls, so that each is typed
+    # with its context's Process class.
+    context = (
+        multiprocessing.get_context("fork")
+        if sys.platform == "linux"
+        else multiprocessing.get_context("spawn")
+    )
     pipes: dict[Connection, int] = {}
     children = []
     started = time.monotonic()
@@ -197,12 +204,15 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
     bar = _Progress(config, show_progress)
     try:
         while pipes:
-            for ready in wait(list(pipes), timeout=0.5):
-                k = pipes[ready]  # type: ignore[index]
+            # wait() returns some of the objects it was given, typed as any of
+            # the kinds it accepts; picking ours back out keeps their type.
+            ready = wait(list(pipes), timeout=0.5)
+            for pipe in [p for p in pipes if p in ready]:
+                k = pipes[pipe]
                 try:
-                    kind, payload = ready.recv()  # type: ignore[union-attr]
+                    kind, payload = pipe.recv()
                 except EOFError:
-                    del pipes[ready]  # type: ignore[arg-type]
+                    del pipes[pipe]
                     continue
                 if kind == "progress":
                     progress[k] = payload

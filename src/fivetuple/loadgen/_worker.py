@@ -197,6 +197,8 @@ class _Client(_Sender, Protocol):
         self._seq = seq + 1
         message = self._maker.make(seq)
         self._ledger.sent(seq, message, due or _now_ns())
+        # Only an established client sends (connection_made set the transport);
+        # no None check on the hot path.
         self.transport.write(message)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
@@ -225,9 +227,32 @@ class _Client(_Sender, Protocol):
             if pos < end:
                 self._partial = data[pos:]
         if worker.closed_loop:  # top_up(), inlined: this is the hot path
-            outstanding = ledger.outstanding
-            while len(outstanding) < worker.pipeline:  # a TCP send always files one
+            missing = worker.pipeline - len(ledger.outstanding)
+            if missing == 1:
                 self.send()
+            elif missing > 1:  # one writev for the lot, not a write each
+                self._send_many(missing)
+
+    def _send_many(self, count: int) -> None:
+        """Send ``count`` messages in one system call (``Transport.writelines``)."""
+        maker = self._maker
+        ledger = self._ledger
+        now = _now_ns()
+        seq = self._seq
+        batch = []
+        for _ in range(count):
+            message = maker.make(seq)
+            ledger.sent(seq, message, now)
+            batch.append(message)
+            seq += 1
+        self._seq = seq
+        self.transport.writelines(batch)  # type: ignore[union-attr]  # established: see send()
+
+    def top_up(self) -> None:
+        """Closed loop: send until ``pipeline`` messages wait, in one system call."""
+        missing = self._worker.pipeline - len(self._ledger.outstanding)
+        if missing > 0:
+            self._send_many(missing)
 
     def _got_junk(self) -> bool:
         # Bytes short of a whole reply count too, unless they are the start of
@@ -305,6 +330,8 @@ class _DatagramClient(_Sender):
         message = self._maker.make(seq)
         t = due or _now_ns()
         try:
+            # Only an open client sends (open() set the socket); no None check
+            # on the hot path.
             self._sock.send(message)  # type: ignore[union-attr]
         except BlockingIOError:  # our own send buffer is full: not sent, not lost
             self._worker.unsent += 1
@@ -317,6 +344,7 @@ class _DatagramClient(_Sender):
 
     def handle_io(self, events: int) -> None:
         worker = self._worker
+        # The loop calls this only while the socket is watched: open() to close().
         recv = self._sock.recv  # type: ignore[union-attr]
         check = self._ledger.check
         latencies = worker.latencies_us
@@ -577,7 +605,7 @@ class Worker:
     def _finish(self) -> None:
         if self.phase == "done":
             return
-        if self.config.mode == "hold":
+        if self.config.mode == "hold":  # TCP only: the clients are _Client
             answered = [c.probe_answered() for c in self.clients.values()]  # type: ignore[union-attr]
             self.still_up = sum(answered)
         else:
@@ -643,7 +671,7 @@ class Worker:
                     client.top_up()  # also retries a send that failed (UDP)
         elif self.phase == "drain":
             self._maybe_stop()
-        elif self.phase == "probe" and all(
+        elif self.phase == "probe" and all(  # hold mode, TCP only: the clients are _Client
             c.probe_answered()  # type: ignore[union-attr]
             for c in self.clients.values()
         ):

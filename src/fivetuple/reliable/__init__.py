@@ -11,14 +11,17 @@ The layers, bottom up, one module each:
 - ``_listener``: the server side: many connections, a stateless cookie handshake,
   caps per listener and per source address, O(1) work per datagram and per timer.
 
-Time is always an argument and nothing in those touches a socket: drive them
-with ``fivetuple.netsim`` in tests, or with a UDP socket in an I/O shell.
-``_shell`` is that shell on the engine's loop: ``serve`` and ``connect``
-return a ``ReliableServer`` and a ``ReliableClient``, which pump by themselves
+Time is always an argument and nothing here touches a socket, a clock or the
+engine (tests/test_layers.py checks the imports): drive
+it with ``fivetuple.testing``'s simulated network in tests, or with a UDP
+socket in an I/O shell. The engine's shell is in ``fivetuple`` itself:
+``fivetuple.serve_reliable`` and ``fivetuple.connect_reliable`` return a
+``ReliableServer`` and a ``ReliableClient``, which pump by themselves
 (docs/reliable.md, "What drives it").
 """
 
 from ._connection import (
+    Address,
     Connected,
     Connection,
     ConnectionConfig,
@@ -28,10 +31,12 @@ from ._connection import (
     MessageReceived,
     State,
 )
-from ._listener import Listener, ListenerStatistics
-from ._shell import ReliableClient, ReliableProtocol, ReliableServer, connect, serve
+from ._listener import MAX_CONNECTIONS, MAX_CONNECTIONS_PER_ADDRESS, Listener, ListenerStatistics
 
 __all__ = [
+    "MAX_CONNECTIONS",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "Address",
     "Connected",
     "Connection",
     "ConnectionConfig",
@@ -41,10 +46,5 @@ __all__ = [
     "Listener",
     "ListenerStatistics",
     "MessageReceived",
-    "ReliableClient",
-    "ReliableProtocol",
-    "ReliableServer",
     "State",
-    "connect",
-    "serve",
 ]

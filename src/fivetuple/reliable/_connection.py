@@ -512,6 +512,7 @@ class Connection:
 
     @property
     def is_terminated(self) -> bool:
+        """Whether the connection is over (``ConnectionTerminated`` was its last event)."""
         return self.state is State.TERMINATED
 
     # -- datagrams in ----------------------------------------------------------

@@ -374,7 +374,7 @@ class Listener:
         issued_bytes, mac = cookie[: _COOKIE_TIME.size], cookie[_COOKIE_TIME.size :]
         if not hmac.compare_digest(mac, self._mac(addr, client_cid, issued_bytes)):
             return None
-        issued = _COOKIE_TIME.unpack(issued_bytes)[0] / 1000
+        issued: float = _COOKIE_TIME.unpack(issued_bytes)[0] / 1000  # unpack() is typed Any
         if not 0 <= now - issued + 0.001 <= COOKIE_LIFETIME_S:
             return None
         return issued

@@ -129,7 +129,8 @@ def backed_off(base: float, count: int, ceiling: float = MAX_PTO_S) -> float:
     The backoff of the PTO, and of anything else resent on a PTO-like timer
     (a client's HELLO): a long path keeps its first period whatever the ceiling.
     """
-    return min(base * 2 ** min(count, _MAX_BACKOFF_EXPONENT), max(base, ceiling))
+    # 2.0, not 2: int ** int is typed Any (a negative power gives a float); same value.
+    return min(base * 2.0 ** min(count, _MAX_BACKOFF_EXPONENT), max(base, ceiling))
 
 
 class RttEstimator:
