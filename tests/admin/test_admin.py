@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import threading
 import time
 import urllib.error
@@ -21,6 +20,7 @@ from typing import Any
 
 import h11
 import pytest
+from fleet import ss_pairs
 from prometheus_client.parser import text_string_to_metric_families
 
 from fivetuple import CLOSE_REASONS, Server, _listener
@@ -608,20 +608,6 @@ def recv_until_eof_or(sock: socket.socket, end: bytes) -> bytes:
 
 
 # -- the truth: the table against the kernel ---------------------------------
-
-
-def ss_pairs(port: int) -> set[tuple[int, int]]:
-    """(local port, remote port) of every established TCP connection to ``port``, per ss."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True, text=True, check=True, timeout=10,
-    ).stdout  # fmt: skip
-    pairs = set()
-    for line in out.splitlines():
-        fields = line.split()
-        local, remote = fields[-2], fields[-1]
-        pairs.add((int(local.rsplit(":", 1)[1]), int(remote.rsplit(":", 1)[1])))
-    return pairs
 
 
 @pytest.mark.skipif(shutil.which("ss") is None, reason="ss (iproute2) is not installed")

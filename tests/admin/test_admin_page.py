@@ -16,9 +16,11 @@ import re
 import shutil
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fleet import gathering, worker_servers
 
 from helpers import CliServer, connect
 
@@ -160,3 +162,54 @@ def test_page_shows_an_error_when_the_server_is_gone(
     wait_until(browser, lambda d: error.is_displayed(), "the error line")
     assert "update failed" in error.text
     assert count_text(browser) == "0"  # the last good numbers stay on screen
+
+
+CHART_POINTS_JS = (
+    "return Object.fromEntries(Array.from(document.querySelectorAll('#charts svg'),"
+    " svg => [svg.id, Array.from(svg.querySelectorAll('polyline'),"
+    " line => line.getAttribute('points').trim().split(/\\s+/).length)]))"
+)
+
+
+def test_a_gathering_endpoint_shows_the_worker_column_and_draws_charts(
+    tmp_path: Path, browser: Any
+) -> None:
+    """Issue 14: the supervisor's page lists each row's worker and charts the history."""
+    with worker_servers(tmp_path, 2) as fleet:
+        paths = {label: path for label, (_, path) in fleet.items()}
+        with gathering(lambda: paths) as addr:
+            clients = [connect(server) for server, _ in fleet.values()]
+            try:
+                browser.get(f"http://{addr}/")
+                workers = "return Array.from(document.querySelectorAll('#conns tr'), r => r.dataset.worker)"
+                wait_until(
+                    browser,
+                    lambda d: sorted(d.execute_script(workers)) == ["0", "1"],
+                    "a row per worker",
+                )
+                header = browser.find_element(By.CSS_SELECTOR, 'th[data-key="worker"]')
+                assert header.text == "worker"
+                cells = browser.find_elements(By.CSS_SELECTOR, "#conns td.worker")
+                assert sorted(cell.text for cell in cells) == ["0", "1"]
+                points = wait_until(
+                    browser,
+                    lambda d: (
+                        (p := d.execute_script(CHART_POINTS_JS))
+                        and len(p["chart-conns"]) == 2
+                        and min(p["chart-conns"]) >= 2
+                        and p
+                    ),
+                    "a line of 2 points or more per worker in the connections chart",
+                )
+                assert set(points) == {
+                    "chart-conns",
+                    "chart-accepts",
+                    "chart-bytes",
+                    "chart-closes",
+                }
+                assert len(points["chart-bytes"]) == 2  # in and out
+                assert "worker 0" in browser.find_element(By.ID, "workers").text
+                assert not browser.find_element(By.ID, "error").is_displayed()
+            finally:
+                for client in clients:
+                    client.close()

@@ -4,7 +4,8 @@ Built on the public statistics records only; see docs/admin.md for what it serve
 """
 
 from ._client import DEFAULT_ADMIN, fetch
-from ._http import start_admin
+from ._gather import start_gathering_admin
+from ._http import start_admin, start_worker_admin
 from ._records import Observed, connections_document, stats_document, status_line
 
 __all__ = [
@@ -13,6 +14,8 @@ __all__ = [
     "connections_document",
     "fetch",
     "start_admin",
+    "start_gathering_admin",
+    "start_worker_admin",
     "stats_document",
     "status_line",
 ]

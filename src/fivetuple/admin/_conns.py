@@ -87,7 +87,7 @@ def sort_rows(rows: list[Row], sort: str | None) -> list[Row]:
     if sort is None:
         return list(rows)
     key = SORT_KEYS[sort]
-    return sorted(rows, key=lambda row: (-key(row), row.get("id") or 0))
+    return sorted(rows, key=lambda row: (-key(row), str(row.get("worker", "")), row.get("id") or 0))
 
 
 # (header, justify, cell) for each column, in order.
@@ -105,6 +105,21 @@ _COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] = (
     ("app", "left", lambda r: str(r.get("app", ""))),
     ("codec", "left", lambda r: str(r.get("codec", ""))),
 )
+
+
+#: Shown first when the rows have it: a supervisor's endpoint gathers many workers.
+_WORKER_COLUMN: tuple[str, JustifyMethod, Callable[[Row], str]] = (
+    "worker",
+    "left",
+    lambda r: str(r.get("worker", "")),
+)
+
+
+def _columns(rows: list[Row]) -> tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...]:
+    """The table's columns: ``worker`` first if any row has one, then the rest."""
+    if any("worker" in row for row in rows):
+        return (_WORKER_COLUMN, *_COLUMNS)
+    return _COLUMNS
 
 
 def _row_style(row: Row) -> str:
@@ -131,10 +146,12 @@ def render_conns(conns: dict[str, Any], sort: str | None = None, limit: int | No
     rows = sort_rows(conns.get("connections") or [], sort)
     shown = rows if limit is None else rows[: max(limit, 0)]
     table = Table(box=None, header_style="bold reverse", caption_justify="left", pad_edge=False)
-    for header, justify, _ in _COLUMNS:
+    columns = _columns(rows)
+    for header, justify, _ in columns:
         table.add_column(header, justify=justify, no_wrap=True, overflow="ellipsis")
     for row in shown:
-        table.add_row(*(Text(cell) for cell in table_cells(row)), style=_row_style(row))
+        cells = (Text(cell(row)) for _, _, cell in columns)
+        table.add_row(*cells, style=_row_style(row))
     hidden = len(rows) - len(shown)
     if not rows:
         table.caption = "no connections"

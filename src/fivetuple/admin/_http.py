@@ -64,11 +64,13 @@ from typing import Any
 
 import h11
 
+from .._loop import Loop
 from .._protocol import Protocol
 from .._server import Server
 from .._timers import Timer
 from .._transport import Transport
-from ..errors import SetupError
+from ..errors import LocalProtocolError, SetupError
+from ._history import History
 from ._metrics import CONTENT_TYPE as METRICS_TYPE
 from ._metrics import metrics_text
 from ._page import PAGE_HTML
@@ -98,6 +100,9 @@ JSON_TYPE = "application/json"
 HTML_TYPE = "text/html; charset=utf-8"
 TEXT_TYPE = "text/plain; charset=utf-8"
 LISTING_PATH = "/connections"
+HISTORY_PATH = "/history"
+#: The label of the one "worker" in a single process's ``/history``.
+SINGLE_WORKER = "0"
 
 
 def _json(build: Callable[[Observed], Any]) -> Callable[[Observed], tuple[str, bytes]]:
@@ -105,7 +110,8 @@ def _json(build: Callable[[Observed], Any]) -> Callable[[Observed], tuple[str, b
 
 
 #: Path -> the answer, built at once (O(1) in the number of connections).
-#: ``LISTING_PATH`` is not here: it is streamed (``AdminProtocol._list_rows``).
+#: ``LISTING_PATH`` is not here: it is streamed (``AdminProtocol._list_rows``);
+#: nor ``HISTORY_PATH``, which reads its query (``AdminProtocol._history``).
 ROUTES: dict[str, Callable[[Observed], tuple[str, bytes]]] = {
     "/": lambda observed: (HTML_TYPE, PAGE_HTML.encode()),
     "/stats": _json(stats_document),
@@ -117,13 +123,36 @@ class AdminEndpoint:
     """The admin connections of one endpoint: whose turn it is, and who waits longest.
 
     Args:
-        observed: the server the endpoint shows.
+        observed: the server the endpoint shows (None for a supervisor's
+            gathering endpoint, which shows its workers: ``_gather.py``).
+        loop: the loop it runs on (default: the observed server's).
+        history: the samples ``GET /history`` serves (None: an empty history).
     """
 
-    __slots__ = ("_open", "_runnable", "_scheduled", "_waiting", "evicted", "observed")
+    __slots__ = (
+        "_open",
+        "_runnable",
+        "_scheduled",
+        "_waiting",
+        "evicted",
+        "history",
+        "loop",
+        "observed",
+    )
 
-    def __init__(self, observed: Observed) -> None:
+    def __init__(
+        self,
+        observed: Observed | None,
+        loop: Loop | None = None,
+        history: History | None = None,
+    ) -> None:
+        if loop is None:
+            if observed is None:
+                raise ValueError("an admin endpoint needs a loop or an observed server")
+            loop = observed.server.loop
+        self.loop = loop
         self.observed = observed
+        self.history = history if history is not None else History()
         self._open: set[AdminProtocol] = set()
         #: Connections waiting on their client, the longest waiting first
         #: (a dict keeps insertion order: moving one to the end is O(1)).
@@ -169,7 +198,7 @@ class AdminEndpoint:
         self._runnable.append(protocol)
         if not self._scheduled:
             self._scheduled = True
-            self.observed.server.loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
 
     def _turn(self) -> None:
         """One loop iteration's admin work: a step each, ``TURN_ROWS`` in all."""
@@ -188,7 +217,7 @@ class AdminEndpoint:
         self._runnable = todo
         if todo and not self._scheduled:
             self._scheduled = True
-            self.observed.server.loop.call_soon(self._turn)
+            self.loop.call_soon(self._turn)
 
 
 class _Listing:
@@ -212,6 +241,7 @@ class AdminProtocol(Protocol):
         "_endpoint",
         "_http",
         "_listing",
+        "_pending",
         "_pipelined",
         "_queued",
         "_request",
@@ -231,6 +261,8 @@ class AdminProtocol(Protocol):
         self._pipelined = 0
         #: In the endpoint's line for a step.
         self._queued = False
+        #: Answering a request whose answer comes later (``deliver``).
+        self._pending = False
         self._write_paused = False
         self.transport: Transport | None = None
 
@@ -291,8 +323,8 @@ class AdminProtocol(Protocol):
             The work done, in rows.
         """
         transport = self.transport
-        if transport is None or transport.is_closing() or self._write_paused:
-            return 0  # resume_writing asks for the next step
+        if transport is None or transport.is_closing() or self._write_paused or self._pending:
+            return 0  # resume_writing (or deliver) asks for the next step
         if self._listing is not None:
             return self._list_rows(budget)
         return self._next_request(budget)
@@ -350,19 +382,72 @@ class AdminProtocol(Protocol):
         path, _, query = target.partition("?")
         if request.method not in (b"GET", b"HEAD"):
             self._send(405, TEXT_TYPE, b"only GET and HEAD\n", [("Allow", "GET, HEAD")])
-        elif path == LISTING_PATH:
+            self._answered()
+            return REQUEST_ROWS
+        return self._route(request, path, query, budget)
+
+    def _route(self, request: h11.Request, path: str, query: str, budget: int) -> int:
+        """Answer a GET or HEAD of ``path``, now or later (``deliver``).
+
+        Returns:
+            The work done, in rows.
+        """
+        if path == LISTING_PATH:
             return self._begin_listing(request, query, budget)
-        elif path not in ROUTES:
-            self._send(
-                404, TEXT_TYPE, f"no {path} here; try / /stats /connections /metrics\n".encode()
-            )
+        if path == HISTORY_PATH:
+            return self._history(request, query)
+        route = ROUTES.get(path)
+        if route is None:
+            self._not_found(path)
         else:
-            content_type, body = ROUTES[path](self._endpoint.observed)
-            self._send(
-                200, content_type, b"" if request.method == b"HEAD" else body, length=len(body)
-            )
+            self._reply(request, *route(self._observed()))
         self._answered()
         return REQUEST_ROWS
+
+    def _observed(self) -> Observed:
+        observed = self._endpoint.observed
+        if observed is None:  # pragma: no cover - a gathering endpoint overrides the routes
+            raise LocalProtocolError("this admin endpoint observes no server of its own")
+        return observed
+
+    def _reply(self, request: h11.Request, content_type: str, body: bytes) -> None:
+        """A 200 answer; to HEAD, its head alone (with the body's length)."""
+        self._send(200, content_type, b"" if request.method == b"HEAD" else body, length=len(body))
+
+    def _not_found(self, path: str) -> None:
+        self._send(
+            404,
+            TEXT_TYPE,
+            f"no {path} here; try / /stats /connections /metrics /history\n".encode(),
+        )
+
+    def _history(self, request: h11.Request, query: str) -> int:
+        try:
+            after = history_query(query)
+        except ValueError as exc:
+            self._send(400, TEXT_TYPE, f"{exc}\n".encode())
+        else:
+            doc = self._endpoint.history.document(time.time(), after)
+            self._reply(request, JSON_TYPE, json.dumps(doc).encode())
+        self._answered()
+        # The whole ring is a few hundred kB of JSON: it counts as what it costs.
+        return REQUEST_ROWS + len(self._endpoint.history) // REQUEST_ROWS
+
+    def deliver(self, status: int, content_type: str, body: bytes) -> None:
+        """Send the answer to the request this connection waits on (``_pending``).
+
+        Harmless if the connection has ended meanwhile (the answer is dropped).
+        """
+        if not self._pending:
+            return
+        self._pending = False
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        request = self._request
+        head = request is not None and request.method == b"HEAD"
+        self._send(status, content_type, b"" if head else body, length=len(body))
+        self._answered()  # (which schedules the next pipelined request, if any)
 
     def _answered(self) -> None:
         """The answer is written: close, or get ready for the next request."""
@@ -408,7 +493,7 @@ class AdminProtocol(Protocol):
             return REQUEST_ROWS
         # One copy of the server's list (a C-level copy of pointers, about
         # 5 us per 1,000 connections); the rows are built from it in turns.
-        transports = self._endpoint.observed.server.connections()
+        transports = self._observed().server.connections()
         start = first_after(transports, after)
         end = len(transports) if limit is None else min(len(transports), start + limit)
         next_after = transports[end - 1].id if start < end < len(transports) else None
@@ -425,7 +510,7 @@ class AdminProtocol(Protocol):
     def _list_rows(self, budget: int) -> int:
         listing = self._listing
         assert listing is not None
-        observed = self._endpoint.observed
+        observed = self._observed()
         first = listing.index
         batch = listing.transports[first : first + max(budget, 1)]
         listing.index += len(batch)
@@ -530,6 +615,21 @@ def listing_query(query: str) -> tuple[int, int | None]:
     return number("after", 0) or 0, number("limit", 1)
 
 
+def history_query(query: str) -> int:
+    """``after`` from the query string of ``GET /history`` (0 if absent).
+
+    Raises:
+        ValueError: not a whole number of at least 0 (the message says so).
+    """
+    values = urllib.parse.parse_qs(query, keep_blank_values=True).get("after")
+    if not values:
+        return 0
+    value = values[-1]
+    if not (value.isascii() and value.isdigit()):
+        raise ValueError(f"after={value!r}: expected a whole number, at least 0")
+    return int(value)
+
+
 def check_admin_address(host: str, public: bool) -> None:
     """Refuse a non-loopback admin address unless ``public``; warn when it is.
 
@@ -551,22 +651,98 @@ def check_admin_address(host: str, public: bool) -> None:
     logger.warning("admin endpoint on %s: anybody who reaches it sees every client", host)
 
 
-def start_admin(observed: Observed, host: str, port: int, *, public: bool = False) -> Server:
-    """Listen for admin clients on ``host:port``, on the observed server's loop.
+def admin_server(
+    endpoint: AdminEndpoint,
+    factory: Callable[[], Protocol],
+    host: str = "127.0.0.1",
+    port: int = 0,
+    unix: str | None = None,
+) -> Server:
+    """The listener of an admin endpoint, on the endpoint's loop, started.
 
     Raises:
-        SetupError: a non-loopback address without ``public``, or the address is in use.
+        SetupError: the address is in use (or cannot be used).
     """
-    check_admin_address(host, public)
-    endpoint = AdminEndpoint(observed)
     admin = Server(
-        lambda: AdminProtocol(endpoint),
+        factory,
         host,
         port,
-        loop=observed.server.loop,
+        unix=unix,
+        loop=endpoint.loop,
         # One above the limit: the newcomer that makes room (AdminEndpoint.opened).
         max_conns=MAX_ADMIN_CONNS + 1,
         idle_timeout=IDLE_TIMEOUT_S,
     )
     admin.start()
     return admin
+
+
+class _Sampler:
+    """Adds one sample of the observed server's own ``/stats`` to a History every second.
+
+    O(1) in the number of connections (``stats_document``); reading ``/stats``
+    keeps the server's byte sweeps going (``LiveBytes``: a bounded batch of
+    connections every 0.1 s), which is the price of a bytes/s chart.
+    """
+
+    __slots__ = ("_admin", "_history", "_observed")
+
+    def __init__(self, observed: Observed, history: History, admin: Server) -> None:
+        self._observed = observed
+        self._history = history
+        self._admin = admin
+
+    def tick(self) -> None:
+        if all(listener.sock.fileno() < 0 for listener in self._admin.listeners):
+            return  # the endpoint has closed: stop sampling
+        loop = self._observed.server.loop
+        doc = stats_document(self._observed)
+        self._history.add(time.time(), loop.time(), {SINGLE_WORKER: doc})
+        loop.call_later(self._history.interval, self.tick)
+
+
+def start_admin(
+    observed: Observed,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    *,
+    public: bool = False,
+    unix: str | None = None,
+) -> Server:
+    """Listen for admin clients on ``host:port`` (or a Unix socket), on the observed
+    server's loop, and sample its ``/stats`` into ``/history`` every second.
+
+    Args:
+        observed: the server to show.
+        host: the TCP address (loopback unless ``public``).
+        port: the TCP port (0: the kernel picks one).
+        public: allow a non-loopback ``host`` (with a warning).
+        unix: listen on this Unix socket path instead of TCP: a worker's
+            private endpoint, which its supervisor's gathering endpoint asks
+            (``start_worker_admin``).
+
+    Returns:
+        The admin listener, started (its ``addresses`` say where).
+
+    Raises:
+        SetupError: a non-loopback address without ``public``, or the address is in use.
+    """
+    if unix is None:
+        check_admin_address(host, public)
+    history = History()
+    endpoint = AdminEndpoint(observed, history=history)
+    admin = admin_server(endpoint, lambda: AdminProtocol(endpoint), host, port, unix)
+    observed.server.loop.call_soon(_Sampler(observed, history, admin).tick)
+    return admin
+
+
+def start_worker_admin(observed: Observed, path: str) -> Server:
+    """A worker's admin endpoint on the Unix socket ``path``, for its supervisor to gather.
+
+    The very endpoint ``start_admin`` serves (routes, turns, limits), on a
+    socket only the machine's processes (with the file's permissions) reach.
+
+    Raises:
+        SetupError: the path cannot be bound (in use, no such directory, ...).
+    """
+    return start_admin(observed, unix=path)

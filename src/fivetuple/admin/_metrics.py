@@ -8,7 +8,7 @@ Like that document, a scrape is O(1) in the number of connections.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -20,114 +20,170 @@ from ._records import Observed, stats_document
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class _ServerCollector(Collector):
-    def __init__(self, observed: Observed) -> None:
-        self.observed = observed
+#: One document to expose and the value of its ``worker`` label (None: no such
+#: label, a single process; "": the totals of a gathering endpoint).
+Part = tuple[str | None, dict[str, Any]]
+
+
+class _Families:
+    """Metric families being filled with one sample per document (per worker)."""
+
+    def __init__(self, parts: list[Part]) -> None:
+        self.parts = parts
+        self.worker = [] if all(label is None for label, _ in parts) else ["worker"]
+        self.families: list[Metric] = []
+
+    def add(
+        self,
+        kind: type[CounterMetricFamily | GaugeMetricFamily],
+        name: str,
+        text: str,
+        value: Callable[[dict[str, Any]], Any],
+    ) -> None:
+        """One series per document: ``value(doc)`` (None: no sample for that document)."""
+        family = kind(f"fivetuple_{name}", text, labels=self.worker)
+        for label, doc in self.parts:
+            got = value(doc)
+            if got is not None:
+                family.add_metric(self._labels(label), got)
+        if family.samples:
+            self.families.append(family)
+
+    def by(
+        self,
+        kind: type[CounterMetricFamily | GaugeMetricFamily],
+        name: str,
+        text: str,
+        key: str,
+        counts: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        """One series per document and ``key`` value (a reason, an errno, a listener)."""
+        family = kind(f"fivetuple_{name}", text, labels=[*self.worker, key])
+        for label, doc in self.parts:
+            for item, count in sorted(counts(doc).items()):
+                family.add_metric([*self._labels(label), item], count or 0)
+        self.families.append(family)
+
+    def _labels(self, label: str | None) -> list[str]:
+        return [] if label is None else [label]
+
+
+def _families(parts: list[Part]) -> list[Metric]:
+    """Every fivetuple metric family, a series for each of ``parts``' documents."""
+    out = _Families(parts)
+    gauge, counter = GaugeMetricFamily, CounterMetricFamily
+
+    def at(*keys: str) -> Callable[[dict[str, Any]], Any]:
+        def read(doc: dict[str, Any]) -> Any:
+            value: Any = doc
+            for key in keys:
+                value = (value or {}).get(key)
+            return value or 0
+
+        return read
+
+    def limit(*keys: str) -> Callable[[dict[str, Any]], Any]:
+        # No limit: no series, rather than a limit of 0.
+        return lambda doc: (doc.get(keys[0]) or {}).get(keys[1])
+
+    def accepted(doc: dict[str, Any]) -> int:
+        return sum(item["accepted"] for item in doc.get("listeners") or [])
+
+    out.add(gauge, "connections", "Connections open now.", at("connections", "now"))
+    out.add(gauge, "connections_peak", "Most connections open at once.", at("connections", "peak"))
+    out.add(
+        gauge,
+        "reading_paused_connections",
+        "Connections not read (backpressure).",
+        at("connections", "reading_paused"),
+    )
+    out.add(
+        gauge,
+        "writing_paused_connections",
+        "Connections whose app was told to stop writing.",
+        at("connections", "writing_paused"),
+    )
+    out.add(gauge, "open_fds", "File descriptors open in the process.", at("descriptors", "in_use"))
+    out.add(gauge, "fd_soft_limit", "RLIMIT_NOFILE soft limit.", at("descriptors", "soft_limit"))
+    out.add(gauge, "fd_hard_limit", "RLIMIT_NOFILE hard limit.", at("descriptors", "hard_limit"))
+    out.add(counter, "accepted", "Connections accepted.", accepted)
+    out.by(counter, "closed", "Connections closed, by reason.", "reason", at("closed"))
+    out.by(counter, "accept_pauses", "Times accepting paused, by reason.", "reason", at("refused"))
+    out.by(counter, "accept_errors", "accept() errors, by errno.", "errno", at("accept_errors"))
+    out.add(
+        gauge,
+        "buffered_bytes",
+        "Bytes held for connections in user space (partial input and queued output).",
+        at("buffers", "now"),
+    )
+    out.add(
+        gauge,
+        "buffered_bytes_peak",
+        "Most bytes held for connections at once.",
+        at("buffers", "peak"),
+    )
+    out.add(
+        gauge,
+        "buffered_bytes_limit",
+        "The memory budget; past it the biggest holders are closed.",
+        limit("buffers", "max"),
+    )
+    out.add(
+        gauge,
+        "send_timeout_seconds",
+        "Queued output that does not move for this long closes its connection.",
+        limit("buffers", "send_timeout_s"),
+    )
+    out.add(counter, "bytes_received", "Bytes received from clients.", at("bytes", "in"))
+    out.add(counter, "bytes_sent", "Bytes sent to and acknowledged by clients.", at("bytes", "out"))
+    out.by(
+        gauge,
+        "accept_queue",
+        "Connections waiting in the kernel's accept queue.",
+        "listener",
+        lambda doc: {
+            item["address"]: item["accept_queue"]
+            for item in doc.get("listeners") or []
+            if item["accept_queue"] is not None
+        },
+    )
+    out.by(
+        gauge,
+        "listen_backlog",
+        "The listen() backlog.",
+        "listener",
+        lambda doc: {item["address"]: item["backlog"] for item in doc.get("listeners") or []},
+    )
+    out.add(counter, "loop_wakeups", "Times the loop woke from the poller.", at("loop", "wakeups"))
+    out.add(counter, "loop_events", "Readiness events dispatched.", at("loop", "events"))
+    return out.families
+
+
+class _PartsCollector(Collector):
+    def __init__(self, parts: Callable[[], list[Part]]) -> None:
+        self.parts = parts
 
     def collect(self) -> Iterator[Metric]:
-        doc = stats_document(self.observed)
-        conns, fds = doc["connections"], doc["descriptors"]
+        yield from _families(self.parts())
 
-        def gauge(name: str, text: str, value: Any) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"fivetuple_{name}", text, value=value or 0)
 
-        def counter(name: str, text: str, value: Any) -> CounterMetricFamily:
-            return CounterMetricFamily(f"fivetuple_{name}", text, value=value or 0)
+def exposition(parts: list[Part], extra: list[Metric] | None = None) -> bytes:
+    """The exposition text of ``parts`` (and of ``extra`` families, as they are)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_PartsCollector(lambda: [*parts]))
+    if extra:
+        registry.register(_Fixed(extra))
+    return generate_latest(registry)
 
-        def by(
-            kind: type[CounterMetricFamily | GaugeMetricFamily],
-            name: str,
-            text: str,
-            label: str,
-            counts: dict[str, Any],
-        ) -> Metric:
-            family = kind(f"fivetuple_{name}", text, labels=[label])
-            for key, value in sorted(counts.items()):
-                family.add_metric([key], value or 0)
-            return family
 
-        yield gauge("connections", "Connections open now.", conns["now"])
-        yield gauge("connections_peak", "Most connections open at once.", conns["peak"])
-        yield gauge(
-            "reading_paused_connections",
-            "Connections not read (backpressure).",
-            conns["reading_paused"],
-        )
-        yield gauge(
-            "writing_paused_connections",
-            "Connections whose app was told to stop writing.",
-            conns["writing_paused"],
-        )
-        yield gauge("open_fds", "File descriptors open in the process.", fds["in_use"])
-        yield gauge("fd_soft_limit", "RLIMIT_NOFILE soft limit.", fds["soft_limit"])
-        yield gauge("fd_hard_limit", "RLIMIT_NOFILE hard limit.", fds["hard_limit"])
-        yield counter(
-            "accepted", "Connections accepted.", sum(item["accepted"] for item in doc["listeners"])
-        )
-        yield by(
-            CounterMetricFamily, "closed", "Connections closed, by reason.", "reason", doc["closed"]
-        )
-        yield by(
-            CounterMetricFamily,
-            "accept_pauses",
-            "Times accepting paused, by reason.",
-            "reason",
-            doc["refused"],
-        )
-        yield by(
-            CounterMetricFamily,
-            "accept_errors",
-            "accept() errors, by errno.",
-            "errno",
-            doc["accept_errors"],
-        )
-        buffers = doc["buffers"]
-        yield gauge(
-            "buffered_bytes",
-            "Bytes held for connections in user space (partial input and queued output).",
-            buffers["now"],
-        )
-        yield gauge(
-            "buffered_bytes_peak", "Most bytes held for connections at once.", buffers["peak"]
-        )
-        if buffers["max"] is not None:  # no budget: no series, rather than a limit of 0
-            yield gauge(
-                "buffered_bytes_limit",
-                "The memory budget; past it the biggest holders are closed.",
-                buffers["max"],
-            )
-        if buffers["send_timeout_s"] is not None:
-            yield gauge(
-                "send_timeout_seconds",
-                "Queued output that does not move for this long closes its connection.",
-                buffers["send_timeout_s"],
-            )
-        yield counter("bytes_received", "Bytes received from clients.", doc["bytes"]["in"])
-        yield counter(
-            "bytes_sent", "Bytes sent to and acknowledged by clients.", doc["bytes"]["out"]
-        )
-        queues = {
-            item["address"]: item["accept_queue"]
-            for item in doc["listeners"]
-            if item["accept_queue"] is not None
-        }
-        yield by(
-            GaugeMetricFamily,
-            "accept_queue",
-            "Connections waiting in the kernel's accept queue.",
-            "listener",
-            queues,
-        )
-        backlogs = {item["address"]: item["backlog"] for item in doc["listeners"]}
-        yield by(GaugeMetricFamily, "listen_backlog", "The listen() backlog.", "listener", backlogs)
-        yield counter(
-            "loop_wakeups", "Times the loop woke from the poller.", doc["loop"]["wakeups"]
-        )
-        yield counter("loop_events", "Readiness events dispatched.", doc["loop"]["events"])
+class _Fixed(Collector):
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
 
 
 def metrics_text(observed: Observed) -> bytes:
     """The exposition text for one scrape."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_ServerCollector(observed))
-    return generate_latest(registry)
+    return exposition([(None, stats_document(observed))])

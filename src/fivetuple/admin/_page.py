@@ -10,6 +10,17 @@ only after the previous one finished, so a slow server never piles up
 requests. A failed fetch keeps the last good data on screen, dimmed, under a
 visible error line.
 
+Charts. The page also reads ``history`` (docs/admin.md): the whole ring
+once, then ``history?after=N`` each second for the samples it has not got,
+kept in a local copy no longer than the ring. Four charts are drawn from it
+as inline SVG polylines by the page's own script (no chart library, nothing
+fetched from elsewhere): connections per worker, accepts/s per worker,
+bytes/s in and out, closes/s by reason. A null (a worker that did not
+answer, or its first sample) breaks a line rather than drawing a false 0.
+If the endpoint is a supervisor's (``stats.workers`` exists), the table
+gains a ``worker`` column and a line lists the workers, unreachable ones
+marked.
+
 Everything from the server is written with ``textContent`` (never
 ``innerHTML``): a client's address or an app label cannot inject markup. No
 external resources: the admin port may be on a machine without internet.
@@ -42,12 +53,21 @@ PAGE_HTML = """<!doctype html>
   th[aria-sort=descending]::after { content: " \\25BC"; }
   .num { text-align: right; }
   .empty { opacity: .6; font-style: italic; }
+  #charts { display: grid; grid-template-columns: repeat(auto-fill, minmax(280px, 1fr)); gap: .75rem; margin: .75rem 0; }
+  #charts figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: .35rem .6rem; }
+  #charts figcaption { font-size: .75rem; opacity: .8; display: flex; justify-content: space-between; }
+  #charts svg { width: 100%; height: 90px; display: block; }
+  #charts polyline { fill: none; stroke-width: 1.5; vector-effect: non-scaling-stroke; }
+  .legend { font-size: .72rem; display: flex; flex-wrap: wrap; gap: .1rem .6rem; min-height: 1em; }
+  .legend span::before { content: "\\25A0 "; color: var(--swatch); }
+  .unreachable { color: var(--bad); }
 </style>
 </head>
 <body>
 <h1>fivetuple <small id="server">connecting&hellip;</small></h1>
 <p id="status">last update: <span id="updated">never</span></p>
 <p id="error" hidden></p>
+<p id="workers" hidden></p>
 <dl id="counters">
   <div><dt>connections now / peak</dt><dd><span id="conn-count">&ndash;</span> / <span id="conn-peak">&ndash;</span></dd></div>
   <div><dt>descriptors / soft limit</dt><dd id="fds">&ndash;</dd></div>
@@ -59,6 +79,20 @@ PAGE_HTML = """<!doctype html>
   <div><dt>accept queue / backlog</dt><dd id="accept-queue">&ndash;</dd></div>
   <div><dt>loop events per wakeup</dt><dd id="events-per-wakeup">&ndash;</dd></div>
 </dl>
+<section id="charts">
+  <figure><figcaption><span>connections per worker</span><span id="chart-conns-max"></span></figcaption>
+    <svg id="chart-conns" viewBox="0 0 360 100" preserveAspectRatio="none" role="img" aria-label="connections per worker"></svg>
+    <div class="legend" id="chart-conns-legend"></div></figure>
+  <figure><figcaption><span>accepts/s</span><span id="chart-accepts-max"></span></figcaption>
+    <svg id="chart-accepts" viewBox="0 0 360 100" preserveAspectRatio="none" role="img" aria-label="accepts per second"></svg>
+    <div class="legend" id="chart-accepts-legend"></div></figure>
+  <figure><figcaption><span>bytes/s in, out</span><span id="chart-bytes-max"></span></figcaption>
+    <svg id="chart-bytes" viewBox="0 0 360 100" preserveAspectRatio="none" role="img" aria-label="bytes per second"></svg>
+    <div class="legend" id="chart-bytes-legend"></div></figure>
+  <figure><figcaption><span>closes/s by reason</span><span id="chart-closes-max"></span></figcaption>
+    <svg id="chart-closes" viewBox="0 0 360 100" preserveAspectRatio="none" role="img" aria-label="closes per second by reason"></svg>
+    <div class="legend" id="chart-closes-legend"></div></figure>
+</section>
 <table>
   <thead><tr id="columns"></tr></thead>
   <tbody id="conns"></tbody>
@@ -106,6 +140,7 @@ function reasons(counts) {
 
 // One entry per column: what it shows, how to sort it, how to print it.
 const COLUMNS = [
+  {key: "worker", label: "worker", cls: "worker", onlyWithWorkers: true},
   {key: "id", label: "id", num: true},
   {key: "remote", label: "remote", get: remote, cls: "remote"},
   {key: "local_port", label: "local port", num: true},
@@ -123,6 +158,8 @@ const COLUMNS = [
 const valueOf = (col, c) => (col.get ? col.get(c) : c[col.key]);
 let sort = {key: "id", dir: 1};
 let lastConnections = [];
+let withWorkers = false;  // a supervisor's endpoint: rows have a worker column
+const shownColumns = () => COLUMNS.filter((col) => withWorkers || !col.onlyWithWorkers);
 
 function compare(col, a, b) {
   const x = valueOf(col, a), y = valueOf(col, b);
@@ -131,7 +168,7 @@ function compare(col, a, b) {
 }
 
 function drawHeader() {
-  const cells = COLUMNS.map((col) => {
+  const cells = shownColumns().map((col) => {
     const th = document.createElement("th");
     th.textContent = col.label;
     th.dataset.key = col.key;
@@ -149,13 +186,15 @@ function drawHeader() {
 
 function drawTable(connections) {
   lastConnections = connections;
-  const col = COLUMNS.find((c) => c.key === sort.key);
-  const rows = connections.slice().sort((a, b) => sort.dir * compare(col, a, b) || a.id - b.id);
+  const col = shownColumns().find((c) => c.key === sort.key) || COLUMNS[1];
+  const byWorker = (a, b) => collator.compare(String(a.worker ?? ""), String(b.worker ?? ""));
+  const rows = connections.slice().sort((a, b) => sort.dir * compare(col, a, b) || byWorker(a, b) || a.id - b.id);
   const body = document.createDocumentFragment();
   for (const c of rows.slice(0, MAX_ROWS)) {
     const tr = document.createElement("tr");
     tr.dataset.connId = String(c.id);
-    for (const column of COLUMNS) {
+    if (c.worker != null) tr.dataset.worker = String(c.worker);
+    for (const column of shownColumns()) {
       const td = document.createElement("td");
       const value = valueOf(column, c);
       td.textContent = value == null ? "" : column.show ? column.show(value) : String(value);
@@ -167,7 +206,7 @@ function drawTable(connections) {
   }
   if (!rows.length) {
     const tr = document.createElement("tr"), td = document.createElement("td");
-    td.colSpan = COLUMNS.length;
+    td.colSpan = shownColumns().length;
     td.className = "empty";
     td.textContent = "no connections";
     tr.append(td);
@@ -181,7 +220,11 @@ function drawTable(connections) {
 
 function drawCounters(stats, count) {
   const s = stats.server, conns = stats.connections, fds = stats.descriptors;
-  $("server").textContent = [s.app, s.codec, s.backend, "pid " + s.pid, "up " + duration(s.uptime_s)].join(" \\u00b7 ");
+  const many = stats.workers != null;
+  $("server").textContent = [s.app, s.codec, s.backend, (many ? "supervisor pid " : "pid ") + s.pid,
+    ...(many ? [s.workers + " of " + s.workers_asked + " workers answering"] : []),
+    "up " + duration(s.uptime_s)].join(" \\u00b7 ");
+  drawWorkers(stats.workers);
   $("conn-count").textContent = nf.format(count);
   $("conn-peak").textContent = nf.format(conns.peak) + (conns.max == null ? "" : " (max " + nf.format(conns.max) + ")");
   $("fds").textContent = nf.format(fds.in_use) + " / " + nf.format(fds.soft_limit);
@@ -197,6 +240,103 @@ function drawCounters(stats, count) {
   $("events-per-wakeup").textContent = stats.loop.events_per_wakeup.toFixed(2);
 }
 
+function drawWorkers(workers) {
+  const line = $("workers");
+  line.hidden = workers == null;
+  if (workers == null) return;
+  const parts = Object.entries(workers).map(([label, w]) => {
+    const span = document.createElement("span");
+    span.dataset.worker = label;
+    if (w.reachable) {
+      span.textContent = "worker " + label + ": pid " + w.pid + ", " + nf.format(w.stats.connections.now) + " conns";
+    } else {
+      span.className = "unreachable";
+      span.textContent = "worker " + label + ": unreachable (" + w.error + ")";
+    }
+    return span;
+  });
+  const nodes = [];
+  parts.forEach((span, i) => { if (i) nodes.push(" \\u00b7 "); nodes.push(span); });
+  line.replaceChildren(...nodes);
+}
+
+// -- charts from /history: inline SVG, drawn here ------------------------------
+const SVG_NS = "http://www.w3.org/2000/svg";
+const CHART_W = 360, CHART_H = 100;
+const PALETTE = ["#2a7ae2", "#e2762a", "#2aa84a", "#c62828", "#8e44ad", "#16a085", "#d4a017", "#7f8c8d"];
+let samples = [];      // the local copy of the endpoint's ring, oldest first
+let historyAfter = 0;  // the seq of the newest sample we have
+
+function workerLabels(list) {
+  return [...new Set(list.flatMap((s) => Object.keys(s.workers)))].sort(collator.compare);
+}
+
+function perWorker(list, get) {
+  return workerLabels(list).map((label) => ({
+    name: "worker " + label,
+    values: list.map((s) => (s.workers[label] == null ? null : get(s.workers[label]))),
+  }));
+}
+
+const CHARTS = [
+  {id: "chart-conns", show: nf.format, series: (list) => perWorker(list, (w) => w.connections)},
+  {id: "chart-accepts", show: (v) => v.toFixed(1), series: (list) => perWorker(list, (w) => w.accepts_per_s)},
+  {id: "chart-bytes", show: (v) => bytes(Math.round(v)) + "/s", series: (list) => [
+    {name: "in", values: list.map((s) => s.total.bytes_in_per_s)},
+    {name: "out", values: list.map((s) => s.total.bytes_out_per_s)},
+  ]},
+  {id: "chart-closes", show: (v) => v.toFixed(1), series: (list) => {
+    const names = [...new Set(list.flatMap((s) => Object.keys(s.total.closed_per_s || {})))].sort();
+    return names.map((name) => ({name, values: list.map((s) => (s.total.closed_per_s || {})[name] || 0)}));
+  }},
+];
+
+function drawChart(chart, list) {
+  const series = chart.series(list);
+  let top = 0;
+  for (const one of series) for (const v of one.values) if (v != null && v > top) top = v;
+  const scale = top > 0 ? top * 1.1 : 1;
+  const x = (i) => (list.length > 1 ? (i / (list.length - 1)) * CHART_W : CHART_W);
+  const y = (v) => CHART_H - (v / scale) * CHART_H;
+  const lines = [], legend = [];
+  series.forEach((one, k) => {
+    const color = PALETTE[k % PALETTE.length];
+    let run = [];
+    const flush = () => {  // a null breaks the line: one polyline per unbroken run
+      if (!run.length) return;
+      const line = document.createElementNS(SVG_NS, "polyline");
+      line.setAttribute("points", run.join(" "));
+      line.setAttribute("stroke", color);
+      line.dataset.series = one.name;
+      line.dataset.count = String(run.length);
+      lines.push(line);
+      run = [];
+    };
+    one.values.forEach((v, i) => { if (v == null) flush(); else run.push(x(i).toFixed(1) + "," + y(v).toFixed(1)); });
+    flush();
+    const last = one.values.filter((v) => v != null).pop();
+    const item = document.createElement("span");
+    item.style.setProperty("--swatch", color);
+    item.textContent = one.name + (last == null ? "" : " " + chart.show(last));
+    legend.push(item);
+  });
+  $(chart.id).replaceChildren(...lines);
+  $(chart.id + "-legend").replaceChildren(...legend);
+  $(chart.id + "-max").textContent = series.length ? "max " + chart.show(top) : "";
+}
+
+function addHistory(doc) {
+  if (doc.next_after < historyAfter) {  // the endpoint restarted: start again
+    samples = [];
+    historyAfter = 0;
+    return;
+  }
+  samples = samples.concat(doc.samples);
+  if (samples.length > doc.capacity) samples = samples.slice(samples.length - doc.capacity);
+  historyAfter = doc.next_after;
+  for (const chart of CHARTS) drawChart(chart, samples);
+}
+
 async function getJSON(path) {
   const response = await fetch(path, {cache: "no-store", signal: AbortSignal.timeout(FETCH_TIMEOUT_MS)});
   if (!response.ok) throw new Error(path + " answered HTTP " + response.status);
@@ -205,8 +345,16 @@ async function getJSON(path) {
 
 async function refresh() {
   try {
-    const [stats, conns] = await Promise.all([getJSON("stats"), getJSON("connections")]);
+    const [stats, conns, history] = await Promise.all([
+      getJSON("stats"), getJSON("connections"),
+      getJSON("history?after=" + historyAfter).catch(() => null),  // charts only: not fatal
+    ]);
+    if (withWorkers !== (stats.workers != null)) {
+      withWorkers = stats.workers != null;
+      drawHeader();
+    }
     drawCounters(stats, conns.count);
+    if (history) addHistory(history);
     drawTable(conns.connections);
     document.title = "fivetuple admin (" + conns.count + ")";
     $("updated").textContent = new Date(conns.time * 1000).toLocaleTimeString();

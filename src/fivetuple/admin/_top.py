@@ -139,6 +139,10 @@ def _title(view: View) -> Table:
         view.addr,
         f" · pid {server.get('pid', '?')} · {server.get('app', '?')}/{server.get('codec', '?')}",
         f" · {server.get('backend', '?')} · up {format_duration(server.get('uptime_s'))}",
+        # A supervisor's endpoint: how many of its workers answered.
+        f" · {server['workers']}/{server.get('workers_asked', '?')} workers"
+        if "workers" in server
+        else "",
     )
     right = Text.assemble("sort ", (view.sort, "bold"), " (b/i/a) · q quit")
     grid = Table.grid(expand=True)
