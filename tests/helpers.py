@@ -681,3 +681,45 @@ def jump(server: Server | DatagramServer, seconds: float) -> None:
     clock = cast(Any, server.loop.clock)
     on_loop(server, lambda: clock.jump(seconds))
     settle(server)
+
+
+# -- worker processes ---------------------------------------------------------------
+# A supervisor's children, and which of them holds which connection, from /proc.
+
+
+def child_pids(pid: int) -> list[int]:
+    """The children of process ``pid`` now (Linux ``/proc/PID/task/PID/children``)."""
+    try:
+        return [int(each) for each in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:  # it has exited
+        return []
+
+
+def tcp_peers_by_pid(pids: list[int], port: int) -> dict[int, set[int]]:
+    """For each process of ``pids``: the peer ports of its established TCP
+    connections on local port ``port`` (IPv4 and IPv6), read from /proc: which
+    worker holds which client (a client's own port is its ``getsockname()[1]``)."""
+    owner: dict[int, int] = {}
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except FileNotFoundError:
+            continue
+        for name in names:
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                owner[int(link[8:-1])] = pid
+    peers: dict[int, set[int]] = {pid: set() for pid in pids}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                inode = int(fields[9])
+                established = fields[3] == "01"
+                if established and inode in owner and int(fields[1][-4:], 16) == port:
+                    peers[owner[inode]].add(int(fields[2][-4:], 16))
+    return peers

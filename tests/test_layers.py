@@ -52,7 +52,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_messages",
         },
     ),
-    ("servers and shells", {"_server", "_reliable_shell", "testing"}),
+    ("servers and shells", {"_server", "_supervisor", "_reliable_shell", "testing"}),
     (
         "apps, observability, load, command line",
         {"apps", "admin", "loadgen", "client", "cli", "__init__", "__main__"},

@@ -33,13 +33,21 @@ IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)
 
 
 def bind_tcp(
-    host: str, port: int, backlog: int, *, dual_stack: bool | None = None
+    host: str,
+    port: int,
+    backlog: int,
+    *,
+    dual_stack: bool | None = None,
+    reuseport: bool = False,
 ) -> socket.socket:
     """Create a listening TCP socket on ``host``:``port`` (the first address it names).
 
     ``host`` ``"::"`` listens dual-stack (IPv6 and IPv4-mapped) unless
     ``dual_stack`` is False; any other IPv6 address is IPv6 only. Port 0 lets
-    the kernel pick a free port.
+    the kernel pick a free port. ``reuseport`` sets SO_REUSEPORT: sockets of
+    one user bound to one address and port each get their own accept queue,
+    and the kernel spreads new connections over them by a hash of the peer's
+    address and port (a supervisor's worker slots, ``_supervisor.py``).
 
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
@@ -58,6 +66,8 @@ def bind_tcp(
         # Accepted sockets inherit TCP_NODELAY from the listener on Linux; the
         # server sets it again where they do not.
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.listen(backlog)
         sock.setblocking(False)
@@ -67,13 +77,16 @@ def bind_tcp(
     return sock
 
 
-def bind_tcp_all(host: str, port: int, backlog: int) -> list[socket.socket]:
+def bind_tcp_all(
+    host: str, port: int, backlog: int, *, reuseport: bool = False
+) -> list[socket.socket]:
     """Listening TCP sockets on every address ``host`` names, all on one port.
 
     ``localhost`` is the loopback of both families (127.0.0.1 and ::1, RFC
     6761), whatever /etc/hosts says, so that a client that tries ``::1``
     first (curl, browsers) finds the server; ``::`` is one dual-stack socket.
     Port 0: the kernel picks a port for the first, and the others take it too.
+    ``reuseport``: SO_REUSEPORT on each (``bind_tcp``).
 
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
@@ -83,12 +96,15 @@ def bind_tcp_all(host: str, port: int, backlog: int) -> list[socket.socket]:
     else:
         hosts = [sockaddr[0] for _, sockaddr in passive_addresses(host, port)]
     if len(hosts) == 1:
-        return [bind_tcp(host, port, backlog)]
+        return [bind_tcp(host, port, backlog, reuseport=reuseport)]
     for _ in range(_SAME_PORT_ATTEMPTS):  # each family its own socket: no dual-stack
-        socks = [bind_tcp(hosts[0], port, backlog, dual_stack=False)]
+        socks = [bind_tcp(hosts[0], port, backlog, dual_stack=False, reuseport=reuseport)]
         chosen = socks[0].getsockname()[1]
         try:
-            socks += [bind_tcp(other, chosen, backlog, dual_stack=False) for other in hosts[1:]]
+            socks += [
+                bind_tcp(other, chosen, backlog, dual_stack=False, reuseport=reuseport)
+                for other in hosts[1:]
+            ]
         except SetupError:
             for sock in socks:
                 sock.close()
@@ -176,8 +192,12 @@ def _unix_socket_answers(path: str) -> bool:
     return True
 
 
-def bind_udp(host: str, port: int) -> socket.socket:
+def bind_udp(host: str, port: int, *, reuseport: bool = False) -> socket.socket:
     """A UDP socket bound to ``host``:``port`` (``::`` is dual-stack).
+
+    ``reuseport`` sets SO_REUSEPORT: UDP sockets of one user on one address
+    and port share its datagrams, each peer's going to one socket by a hash
+    of its address and port.
 
     Raises:
         SetupError: unknown host, address in use, permission denied, ...
@@ -191,6 +211,8 @@ def bind_udp(host: str, port: int) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVERR, 1)
         if family == socket.AF_INET or host == "::":
             sock.setsockopt(socket.IPPROTO_IP, IP_RECVERR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(sockaddr)
         sock.setblocking(False)
     except OSError as exc:

@@ -32,7 +32,7 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from logging import INFO, WARNING
 from typing import Any
 
@@ -72,6 +72,20 @@ _LINUX = sys.platform.startswith("linux")
 def _bad(param: str, requirement: str) -> SetupError:
     """The one line for a parameter out of range: ``{param} must be ..., not ...``."""
     return SetupError("{" + param + "} " + requirement, params=(param,))
+
+
+class _BorrowedListener(Listener):
+    """A listener on a socket that another process bound (a worker's, from its
+    supervisor): closing it closes this process's descriptor and leaves a Unix
+    socket's file in place, where the supervisor and the other workers still
+    accept from it (``Listener.close`` unlinks the path of a socket it owns)."""
+
+    def close(self) -> None:
+        family, self.family = self.family, socket.AF_INET  # not AF_UNIX: no unlink
+        try:
+            super().close()
+        finally:
+            self.family = family
 
 
 class Server:
@@ -162,6 +176,7 @@ class Server:
         self.fd_soft_limit, self.fd_hard_limit = fd_limits()
         self._started = False
         self._shutting_down = False
+        self._draining = False
         self._grace_timer: Timer | None = None
         self._signals_installed = False
         #: Process exit status serve_forever() returns: 0 after a graceful stop.
@@ -177,8 +192,15 @@ class Server:
 
     # -- starting -----------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
         """Raise the descriptor limit, bind, listen and begin accepting.
+
+        Args:
+            sockets: serve these bound, listening, non-blocking sockets
+                instead of binding ``host``/``port``/``unix`` (a worker's,
+                inherited from its supervisor: ``_supervisor.py``). They
+                stay the binder's: shutting down closes this process's
+                descriptors only, never a Unix socket's file.
 
         Raises:
             SetupError: the address cannot be used (in use, permission, ...).
@@ -187,12 +209,16 @@ class Server:
             raise LocalProtocolError("server already started")
         self.fd_soft_limit, self.fd_hard_limit = raise_fd_limit()
         return_freed_memory()
-        if self._unix is not None:
-            socks = [bind_unix(self._unix, self.backlog, self._unix_mode)]
+        if sockets is not None:
+            for sock in sockets:
+                self._add_listener(sock, _BorrowedListener)
         else:
-            socks = bind_tcp_all(self._host, self._port, self.backlog)
-        for sock in socks:
-            self.add_listener(sock)
+            if self._unix is not None:
+                socks = [bind_unix(self._unix, self.backlog, self._unix_mode)]
+            else:
+                socks = bind_tcp_all(self._host, self._port, self.backlog)
+            for sock in socks:
+                self.add_listener(sock)
         self._started = True
 
     def add_listener(self, sock: socket.socket) -> Listener:
@@ -201,6 +227,9 @@ class Server:
         Raises:
             SetupError: the kernel refused ``sndbuf`` or ``rcvbuf``.
         """
+        return self._add_listener(sock, Listener)
+
+    def _add_listener(self, sock: socket.socket, listener_class: type[Listener]) -> Listener:
         # Accepted sockets inherit their buffer sizes from the listener (and
         # TCP's window scale is chosen from the receive buffer at SYN time).
         for option, size in ((socket.SO_SNDBUF, self.sndbuf), (socket.SO_RCVBUF, self.rcvbuf)):
@@ -211,7 +240,7 @@ class Server:
                     raise SetupError(
                         f"cannot set a socket buffer of {size} bytes: {exc.strerror}"
                     ) from None
-        listener = Listener(self.loop, sock, self._accepted, self.backlog)
+        listener = listener_class(self.loop, sock, self._accepted, self.backlog)
         self.listeners.append(listener)
         if self.max_conns is not None and len(self._conns) >= self.max_conns:
             listener.pause("max-conns")
@@ -313,6 +342,9 @@ class Server:
         if self._shutting_down:
             return
         self._shutting_down = True
+        if self._grace_timer is not None:  # a drain's deadline: this shutdown replaces it
+            self._grace_timer.cancel()
+            self._grace_timer = None
         self._close_listeners()
         for transport in list(self._conns.values()):
             transport.pause_reading()  # what a client still sends is not taken
@@ -326,6 +358,28 @@ class Server:
     def shutdown_threadsafe(self, grace: float | None = None) -> None:
         """``shutdown()`` from another thread (tests, embedding)."""
         self.loop.call_soon_threadsafe(self.shutdown, grace)
+
+    def drain(self, grace: float | None = None) -> None:
+        """Stop accepting but go on serving: the loop stops when the last
+        connection has ended by itself.
+
+        An old worker does this on a reload (``_supervisor.py``): its
+        listening sockets live on in the supervisor and the new workers, and
+        its clients finish what they are doing instead of being cut off at a
+        message boundary they cannot see. After ``grace`` seconds (default:
+        the server's) whatever is left gets ``shutdown()`` with the same grace
+        to flush. A signal during the drain is handled as usual (the first
+        one shuts down at once). Call from the loop's thread.
+        """
+        if self._shutting_down or self._draining:
+            return
+        self._draining = True
+        self._close_listeners()
+        if self._conns:
+            wait = self.grace if grace is None else grace
+            self._grace_timer = self.loop.call_later(wait, self.shutdown, grace)
+        else:
+            self.loop.stop()
 
     def _grace_expired(self) -> None:
         self._grace_timer = None
@@ -402,7 +456,7 @@ class Server:
                 conn=transport.id, remote=remote, reason=reason,
                 age_s=round(self.loop.time() - transport.opened_at, 3),
             )  # fmt: skip
-        if self._shutting_down:
+        if self._shutting_down or self._draining:
             if not self._conns:
                 if self._grace_timer is not None:
                     self._grace_timer.cancel()

@@ -82,6 +82,34 @@ class PositiveOrOff(_ParamType):
         return number
 
 
+class WorkerCount(_ParamType):
+    """A number of worker processes, 1 or more, or ``auto``: one per CPU this process may use."""
+
+    name = "N|auto"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return _usable_cpus()
+        try:
+            number = int(text)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r} is not a number of workers (1 or more) or 'auto'", param, ctx)
+        return number
+
+
+def _usable_cpus() -> int:
+    """CPUs this process may run on (taskset and cgroups' cpusets count; os.cpu_count does not)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _unix_mode(ctx: Any, param: Any, value: str | None) -> int | None:
     if value is None:
         return None
@@ -218,6 +246,21 @@ def cli() -> None:
     f"[default: {PEER_BURST}].",
 )
 @click.option(
+    "--workers",
+    type=WorkerCount(),
+    default="1",
+    show_default=True,
+    help="Worker processes under one supervisor that owns the listening socket; "
+    "'auto': one per CPU. SIGHUP reloads them with no connection lost. --max-conns is per worker.",
+)
+@click.option(
+    "--balance",
+    type=click.Choice(["reuseport", "shared"]),
+    default=None,
+    help="With --workers: one SO_REUSEPORT socket per worker (the kernel spreads clients), or "
+    "one socket all workers accept from [default: reuseport; shared for --unix].",
+)
+@click.option(
     "--admin",
     "admin_addr",
     metavar="HOST:PORT",
@@ -266,6 +309,8 @@ def serve(
     udp: bool,
     udp_rate: float | None,
     udp_burst: int,
+    workers: int,
+    balance: str | None,
     admin_addr: str | None,
     admin_public: bool,
     status_every: float | None,
@@ -293,25 +338,49 @@ def serve(
         raise click.UsageError(
             f"--codec {codec} applies to: {', '.join(MESSAGE_APPS)}; {app} speaks raw bytes"
         )
+    _refuse_what_workers_cannot_do(ctx, app, workers, balance, unix_path, udp)
     configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
     if udp:
         sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst))
-    server = Server(
-        make_app(app, None if codec == "raw" else codec),
-        host if host is not None else DEFAULT_HOST,
-        port if port is not None else DEFAULT_PORT,
-        unix=unix_path,
-        backend=backend,
-        backlog=backlog,
-        max_conns=max_conns,
-        idle_timeout=idle_timeout,
-        grace=grace,
-        max_buffer_memory=max_buffer_memory,
-        send_timeout=send_timeout,
-        sndbuf=sndbuf,
-        rcvbuf=rcvbuf,
-        unix_mode=unix_mode,
-    )
+
+    def make_server() -> Server:
+        return Server(
+            make_app(app, None if codec == "raw" else codec),
+            host if host is not None else DEFAULT_HOST,
+            port if port is not None else DEFAULT_PORT,
+            unix=unix_path,
+            backend=backend,
+            backlog=backlog,
+            max_conns=max_conns,
+            idle_timeout=idle_timeout,
+            grace=grace,
+            max_buffer_memory=max_buffer_memory,
+            send_timeout=send_timeout,
+            sndbuf=sndbuf,
+            rcvbuf=rcvbuf,
+            unix_mode=unix_mode,
+        )
+
+    label = app if codec == "raw" else f"{app} codec={codec}"
+    server = make_server()
+    if workers > 1:
+        # The server above only checked the options (one line, exit 2, before
+        # any fork); each worker builds its own.
+        server.loop.close()
+        sys.exit(
+            _serve_workers(
+                make_server,
+                workers,
+                balance,
+                label,
+                host,
+                port,
+                unix_path,
+                unix_mode,
+                backlog,
+                grace,
+            )
+        )
     admin = None
     if admin_addr is not None or status_every is not None:
         from .admin import Observed, start_admin
@@ -327,7 +396,6 @@ def serve(
         if status_every is not None:
             _print_status_every(observed, status_every)
     server.start()
-    label = app if codec == "raw" else f"{app} codec={codec}"
 
     def ready() -> None:
         print(server.banner(label), flush=True)
@@ -347,6 +415,75 @@ _TCP_ONLY = (
     "status_every",
 )  # fmt: skip
 _UDP_ONLY = ("udp_rate", "udp_burst")
+
+
+def _refuse_what_workers_cannot_do(
+    ctx: click.Context, app: str, workers: int, balance: str | None, unix: str | None, udp: bool
+) -> None:
+    """One line for a combination with --workers (or --balance) that cannot work yet."""
+    if balance == "reuseport" and unix is not None:
+        raise click.UsageError(
+            "--balance reuseport is for TCP; every worker shares the one --unix socket "
+            "(use --balance shared, the default with --unix)"
+        )
+    if workers == 1:
+        if ctx.get_parameter_source("balance") is click.core.ParameterSource.COMMANDLINE:
+            raise click.UsageError("--balance applies to --workers 2 or more")
+        return
+    if udp:
+        raise click.UsageError("--udp: not yet with --workers; serve UDP with --workers 1")
+    given = [
+        _flag(ctx, name)
+        for name in ("admin_addr", "status_every")
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        raise click.UsageError(
+            f"{' and '.join(given)}: not yet with --workers; part 2 of issue 14 "
+            "(use --workers 1 to watch the server)"
+        )
+    if app == "chat":
+        raise click.UsageError(
+            "chat keeps its room in one process: with --workers each worker would have a "
+            "room of its own; serve chat with --workers 1"
+        )
+
+
+def _serve_workers(
+    make_server: Any,
+    workers: int,
+    balance: str | None,
+    label: str,
+    host: str | None,
+    port: int | None,
+    unix_path: str | None,
+    unix_mode: int | None,
+    backlog: int,
+    grace: float,
+) -> int:
+    from ._supervisor import Supervisor
+
+    def ready(banner: str) -> None:
+        print(banner, flush=True)
+        _log_start(banner)
+
+    supervisor = Supervisor(
+        make_server,
+        workers=workers,
+        label=label,
+        host=host if host is not None else DEFAULT_HOST,
+        port=port if port is not None else DEFAULT_PORT,
+        unix=unix_path,
+        unix_mode=unix_mode,
+        backlog=backlog,
+        balance=balance,
+        grace=grace,
+        on_ready=ready,
+    )
+    supervisor.start()
+    status = supervisor.run()
+    _log_stop(status)
+    return status
 
 
 def _refuse_options_that_do_not_apply(ctx: click.Context, udp: bool) -> None:
@@ -511,16 +648,26 @@ def client(target: str, codec: str, send_file: str | None, timeout: float | None
 @click.option(
     "--procs",
     type=click.IntRange(min=1, max=256),
-    default=1,
-    show_default=True,
+    default=None,
     metavar="K",
-    help="Worker processes; their results are merged.",
+    help="Worker processes; their results are merged. Default: as few as keep each "
+    "under its descriptor limit (RLIMIT_NOFILE).",
 )
 @click.option(
     "--source-addrs",
     default=None,
     metavar="RANGE",
-    help="Spread connections over source addresses, e.g. 127.0.0.2-127.0.0.254.",
+    help="Spread connections over source addresses, e.g. 127.0.0.2-127.0.0.254. Default "
+    "for a tcp:// target in 127.0.0.0/8: from 127.0.0.2 on, as many as the ephemeral "
+    "ports need.",
+)
+@click.option(
+    "--server-pid",
+    "server_pids",
+    multiple=True,
+    metavar="PID[,PID...]",
+    help="The server's processes, for its memory per connection (hold, echo; repeatable). "
+    "Default: those listening on the target's port, and their children.",
 )
 @click.option(
     "--connect-rate",
@@ -561,8 +708,9 @@ def bench(
     pipeline: int,
     duration: float,
     rate: float | None,
-    procs: int,
+    procs: int | None,
     source_addrs: str | None,
+    server_pids: tuple[str, ...],
     connect_rate: float | None,
     reply_timeout: float,
     max_loss: float,
@@ -578,7 +726,9 @@ def bench(
              error; over UDP each connection is one socket, and a datagram
              not echoed within --timeout is lost
     hold     open --conns connections, keep them idle for --duration, then
-             check with one echo each that they are still up (TCP only)
+             check with one echo each that they are still up (TCP only);
+             reports the connect rate, what stopped it, and memory per
+             connection: the server's and the load's RSS, the kernel's
     connect  open and close connections, --conns at a time: connections/s
              (TCP only)
 
@@ -588,7 +738,15 @@ def bench(
     """
     import json
 
-    from .loadgen import MODES, BenchConfig, failed, parse_source_addrs, render, run_bench
+    from .loadgen import (
+        MODES,
+        BenchConfig,
+        failed,
+        parse_pids,
+        parse_source_addrs,
+        render,
+        run_bench,
+    )
 
     if len(args) == 1:
         mode, target = "echo", args[0]
@@ -606,6 +764,7 @@ def bench(
         rate=rate,
         procs=procs,
         source_addrs=parse_source_addrs(source_addrs) if source_addrs else (),
+        server_pids=parse_pids(server_pids),
         connect_rate=connect_rate,
         reply_timeout=reply_timeout,
         max_loss_pct=max_loss,

@@ -28,7 +28,7 @@ REPORT_KEYS = {
     "target", "mode", "conns", "size", "pipeline", "duration_s", "rate", "procs", "elapsed_s",
     "connections", "round_trips", "round_trips_per_s", "mb_per_s", "latency_us", "errors",
     "error_count", "cpu", "hold", "connects_per_s", "stopped_by", "protocol", "datagrams",
-    "not_echo",
+    "not_echo", "plan", "memory", "connect",
 }  # fmt: skip
 
 
@@ -378,13 +378,15 @@ def test_bad_options_are_one_line_and_exit_2(args: list[str], words: str) -> Non
 
 
 def test_a_descriptor_limit_is_named_with_how_far_it_got() -> None:
+    """--procs 1 forced (the default would be enough processes, issue 14)."""
+
     def low_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
 
     with running_server(make_app("echo")) as server:
         done = subprocess.run(
             [sys.executable, "-m", "fivetuple", "bench", "hold", f"tcp://127.0.0.1:{port_of(server)}",
-             "--conns", "200", "--duration", "0.5", "--json"],
+             "--conns", "200", "--duration", "0.5", "--json", "--procs", "1"],
             capture_output=True, text=True, timeout=60, preexec_fn=low_limit,
         )  # fmt: skip
     report = json.loads(done.stdout)
@@ -392,6 +394,11 @@ def test_a_descriptor_limit_is_named_with_how_far_it_got() -> None:
     stop = report["stopped_by"]
     assert stop["limit"] == "descriptors" and "--procs" in stop["detail"]
     assert 10 < stop["reached"] < 64 and report["hold"]["still_up"] == stop["reached"]
+    assert "note: 200 connections per process" in done.stderr
+    emfile = report["connect"]["failures"]["EMFILE"]
+    assert emfile["count"] == report["connections"]["attempted"] - stop["reached"]
+    assert emfile["first_s"] >= 0
+    assert "descriptors" in emfile["meaning"]
 
 
 # -- the message and its verdicts, with no sockets --------------------------

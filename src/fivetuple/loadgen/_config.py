@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import sys
 from dataclasses import dataclass
 
 from ..errors import SetupError
@@ -24,7 +26,9 @@ class BenchConfig:
     pipeline: int = 1
     duration: float = 10.0
     rate: float | None = None
-    procs: int = 1
+    #: Worker processes; None: as few as keep each under its descriptor limit (``_plan``).
+    procs: int | None = None
+    #: Source addresses; (): none, or as many as the ports need (TCP to 127.0.0.0/8, ``_plan``).
     source_addrs: tuple[str, ...] = ()
     connect_rate: float | None = None
     connect_timeout: float = 10.0
@@ -33,6 +37,8 @@ class BenchConfig:
     #: UDP: the share of datagrams, in percent, that may be lost before the
     #: run counts as failed (exit status 1). 0: any loss fails it.
     max_loss_pct: float = 0.0
+    #: The server's processes, for its memory per connection; (): found by the target's port.
+    server_pids: tuple[int, ...] = ()
 
     @property
     def udp(self) -> bool:
@@ -58,9 +64,9 @@ class BenchConfig:
             raise SetupError("--rate must be more than 0 messages per second")
         if self.connect_rate is not None and not self.connect_rate > 0:
             raise SetupError("--connect-rate must be more than 0 connections per second")
-        if not 1 <= self.procs <= 256:
+        if self.procs is not None and not 1 <= self.procs <= 256:
             raise SetupError("--procs must be between 1 and 256")
-        if self.procs > self.conns:
+        if self.procs is not None and self.procs > self.conns:
             raise SetupError(f"--procs {self.procs} is more than --conns {self.conns}")
         if not 0 <= self.max_loss_pct <= 100:
             raise SetupError("--max-loss must be a percentage from 0 to 100")
@@ -75,6 +81,24 @@ class BenchConfig:
                     f"--size {self.size} is over {MAX_DATAGRAM_BYTES:,} bytes, the largest "
                     "UDP datagram; use a tcp:// target for larger messages"
                 )
+
+
+def parse_pids(values: tuple[str, ...]) -> tuple[int, ...]:
+    """``--server-pid`` values (each a PID or a comma list) -> the PIDs.
+
+    Raises:
+        SetupError: not a positive number, or no such process.
+    """
+    pids: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            text = part.strip()
+            if not text.isdigit() or int(text) < 1:
+                raise SetupError(f"--server-pid {value!r}: {text!r} is not a process id")
+            if not os.path.exists(f"/proc/{text}") and sys.platform == "linux":
+                raise SetupError(f"--server-pid {text}: no such process")
+            pids.append(int(text))
+    return tuple(dict.fromkeys(pids))
 
 
 def parse_source_addrs(text: str) -> tuple[str, ...]:

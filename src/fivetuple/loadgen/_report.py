@@ -22,6 +22,18 @@ from hdrh.histogram import HdrHistogram
 from ._config import BenchConfig
 from ._message import DUPLICATED, LOST, REORDERED
 
+#: What each errno that stops connections means for a bench (issue 14).
+ERRNO_MEANING = {
+    "EMFILE": "a process ran out of descriptors (RLIMIT_NOFILE): more --procs",
+    "ENFILE": "the machine ran out of descriptors (fs.file-max)",
+    "EADDRNOTAVAIL": "out of ephemeral ports: more --source-addrs",
+    "ECONNREFUSED": "refused: the server's accept queue (backlog) is full, or it stopped",
+    "ETIMEDOUT": "handshake timed out: the server's backlog or SYN queue is full",
+    "ECONNRESET": "reset by the server",
+    "ENOMEM": "the kernel is out of memory",
+    "ENOBUFS": "the kernel is out of socket buffer memory (net.ipv4.tcp_mem)",
+    "EAGAIN": "no free port or the backlog is full",
+}
 PERCENTILES = (("p50", 50.0), ("p90", 90.0), ("p99", 99.0), ("p99.9", 99.9))
 #: For UDP these are counts of what the path and the server did to datagrams,
 #: reported under "datagrams", not errors.
@@ -35,8 +47,42 @@ def _sum_counts(results: list[dict[str, Any]], key: str) -> dict[str, int]:
     return {k: v for k, v in sorted(total.items()) if v > 0}
 
 
-def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One report from every worker's result: sums, the merged histogram, rates."""
+def _connect_phase(
+    config: BenchConfig, results: list[dict[str, Any]], started: float
+) -> dict[str, Any] | None:
+    """hold and echo over TCP: the connect rate, the time to establish them
+    all, and the failures by errno with their count and when first seen
+    (seconds after ``started``, a time.monotonic reading of the parent)."""
+    if config.mode == "connect" or config.udp or not results:
+        return None
+    first = min(r["connect_started"] for r in results)
+    last = max(r["connect_ended"] for r in results)
+    established = sum(r["rss_conns"] for r in results)
+    failures: dict[str, dict[str, Any]] = {}
+    for result in results:
+        for name, (count, when) in result["failed_errno"].items():
+            entry = failures.setdefault(name, {"count": 0, "first_s": when - started})
+            entry["count"] += int(count)
+            entry["first_s"] = min(entry["first_s"], when - started)
+    for name, entry in failures.items():
+        entry["first_s"] = round(entry["first_s"], 3)
+        entry["meaning"] = ERRNO_MEANING.get(name, "")
+    span = max(0.0, last - first)
+    return {
+        "established": established,
+        "time_s": round(span, 3),
+        "per_s": round(established / span, 1) if span > 0 else None,
+        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"])),
+    }
+
+
+def merge(
+    config: BenchConfig, results: list[dict[str, Any]], started: float = 0.0
+) -> dict[str, Any]:
+    """One report from every worker's result: sums, the merged histogram, rates.
+
+    ``plan`` and ``memory`` are None here: ``run_bench`` fills them in.
+    """
     histogram: HdrHistogram | None = None
     for result in results:
         if result["histogram"]:
@@ -81,6 +127,9 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
         "duration_s": config.duration,
         "rate": config.rate,
         "procs": config.procs,
+        "plan": None,
+        "memory": None,
+        "connect": _connect_phase(config, results, started),
         "elapsed_s": round(elapsed, 3),
         "connections": {
             "attempted": sum(r["attempted"] for r in results),
@@ -128,6 +177,44 @@ def merge(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def _connect_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    phase = report["connect"]
+    if phase is None:
+        return []
+    rate = f"{phase['per_s']:,.0f}/s" if phase["per_s"] else "-"
+    rows = [("connect rate", f"{rate}, {phase['established']:,} in {phase['time_s']:.2f} s")]
+    for name, entry in phase["failures"].items():
+        rows.append(
+            (
+                f"failed: {name}",
+                f"{entry['count']:,}, first at {entry['first_s']:.2f} s: {entry['meaning']}",
+            )
+        )
+    return rows
+
+
+def _memory_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    memory = report["memory"]
+    if memory is None:
+        return []
+
+    def per(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.0f} B"
+
+    server = memory["server"] or {}
+    load = memory["load"] or {}
+    kernel = memory["kernel"]
+    where = f"{len(server['pids'])} process(es)" if "pids" in server else "not found"
+    return [
+        (f"server RSS per conn ({where})", per(server.get("bytes_per_conn"))),
+        ("load generator RSS per conn", per(load.get("bytes_per_conn"))),
+        (
+            f"kernel per conn (slabs from {kernel['slab_source']} + buffers)",
+            f"{per(kernel['slab_bytes_per_conn'])} + {per(kernel['buffer_bytes_per_conn'])}",
+        ),
+    ]
 
 
 def _protocol(target: str) -> str:
@@ -229,6 +316,8 @@ def render(report: dict[str, Any]) -> Any:
     if report["stopped_by"]:
         stop = report["stopped_by"]
         rows.append(("stopped by", f"{stop['limit']} after {stop['reached']:,}: {stop['detail']}"))
+    rows += _connect_rows(report)
+    rows += _memory_rows(report)
     if datagrams is not None and datagrams["lost"]:
         table.caption = (
             "Lost datagrams: a UDP server drops what it cannot take (a full receive "

@@ -1,30 +1,38 @@
-"""Run a bench: check the target, raise the descriptor limit, start the workers, merge.
+"""Run a bench: check the target, raise the descriptor limit, plan, start the workers, merge.
 
 Every worker is a child process (fork), even when there is one: the parent
-only draws the progress bar and merges, so a worker's CPU time is its own
-load and nothing else. Workers report progress and their result through a
-pipe each; the parent waits on all the pipes at once.
+only draws the progress bar, reads memory and merges, so a worker's CPU
+time is its own load and nothing else. Workers report progress and their
+result through a pipe each; the parent waits on all the pipes at once.
+
+How many workers and which source addresses, when the user left them open,
+is ``_plan``'s choice, said in one line on stderr. For ``hold`` and ``echo``
+over TCP the parent reads memory (``_memory``) before the first worker
+starts and again as soon as every worker has said that its connect phase is
+over (each says so at once, not at its next progress tick).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import resource
 import socket
 import sys
 import time
+from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from .._address import parse_target
 from ..errors import SetupError
 from ._config import BenchConfig
+from ._memory import SETTLE_S, Snapshot, find_server, open_fds, per_connection
 from ._message import MessageMaker
+from ._plan import Plan, make_plan
 from ._report import merge
 from ._worker import Worker
 
-#: Descriptors a worker keeps for itself (the loop, pipes, stdio).
-SPARE_FDS = 32
 PROBE_TIMEOUT_S = 5.0
 #: UDP: how long the probe datagram waits for its echo (or an ICMP port
 #: unreachable) before the run starts anyway; a target that drops it is the
@@ -132,15 +140,42 @@ def probe_udp(target: str, family: int, address: Any, source: str | None, size: 
         probe.close()
 
 
-def _shares(config: BenchConfig) -> list[tuple[int, tuple[str, ...]]]:
-    """Each worker's connections and source addresses."""
-    procs, addrs = config.procs, config.source_addrs
+def _shares(conns: int, procs: int, addrs: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
+    """Each worker's connections and source addresses.
+
+    Every worker gets every address, rotated to start where the previous
+    worker's connections left off, so that connection ``n`` of the whole run
+    comes from ``addrs[n % len(addrs)]``: each address gets its share of the
+    connections, whatever the number of workers (an address's ports are the
+    limit, not a worker's).
+    """
     shares = []
+    start = 0
     for k in range(procs):
-        conns = config.conns // procs + (1 if k < config.conns % procs else 0)
-        mine = addrs[k::procs] if len(addrs) >= procs else addrs
-        shares.append((conns, mine))
+        mine = conns // procs + (1 if k < conns % procs else 0)
+        turn = start % len(addrs) if addrs else 0
+        shares.append((mine, addrs[turn:] + addrs[:turn]))
+        start += mine
     return shares
+
+
+def plan(config: BenchConfig, family: int, address: Any, nofile: int) -> Plan:
+    """What ``config`` left open, chosen (``_plan.make_plan``)."""
+    tcp_host = None
+    if family in (socket.AF_INET, socket.AF_INET6) and not config.udp:
+        tcp_host = str(address[0])
+    return make_plan(config.conns, config.procs, config.source_addrs, nofile, tcp_host=tcp_host)
+
+
+def server_pids(config: BenchConfig, family: int, address: Any) -> tuple[int, ...]:
+    """--server-pid, or the processes listening on the target (``_memory.find_server``)."""
+    if config.server_pids:
+        return config.server_pids
+    if sys.platform != "linux" or config.udp:
+        return ()
+    if family == socket.AF_UNIX:
+        return find_server(None, str(address), os.getpid())
+    return find_server(int(address[1]), None, os.getpid())
 
 
 def _child(
@@ -172,12 +207,21 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
     config.check()
     family, address = resolve(config.target, (config.source_addrs or (None,))[0], config.size)
     soft, _ = raise_nofile()
-    per_worker = -(-config.conns // config.procs)
-    if config.mode != "connect" and per_worker + SPARE_FDS > soft:
-        sys.stderr.write(
-            f"note: {per_worker} connections per process is more than RLIMIT_NOFILE {soft} "
-            f"allows; expect a descriptor limit (use --procs {-(-config.conns // (soft - SPARE_FDS))})\n"
-        )
+    chosen = plan(config, family, address, soft)
+    for note in chosen.notes:
+        sys.stderr.write(note + "\n")
+    if (chosen.procs_auto and chosen.procs > 1) or chosen.sources_auto:
+        sys.stderr.write(chosen.line() + "\n")
+    if chosen.sources_auto:  # the first address picked must be ours: bind to it once
+        with socket.socket(family, socket.SOCK_STREAM) as check:
+            _bind_source(check, chosen.source_addrs[0], "connect")
+    config = replace(config, procs=chosen.procs, source_addrs=chosen.source_addrs)
+    measure = config.mode != "connect" and not config.udp and sys.platform == "linux"
+    pids = server_pids(config, family, address) if measure else ()
+    before = Snapshot(pids) if measure else None
+    after: Snapshot | None = None
+    after_conns = 0
+    settle_until: float | None = None  # once all are up: when to read memory anyway
     # fork on Linux; spawn elsewhere (macOS: forking a process that has loaded
     # system frameworks is unsafe). Two literal calls, so that each is typed
     # with its context's Process class.
@@ -189,7 +233,7 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
     pipes: dict[Connection, int] = {}
     children = []
     started = time.monotonic()
-    for k, (conns, sources) in enumerate(_shares(config)):
+    for k, (conns, sources) in enumerate(_shares(config.conns, chosen.procs, config.source_addrs)):
         parent_end, child_end = context.Pipe(duplex=False)
         child = context.Process(
             target=_child, args=(config, family, address, conns, sources, child_end), daemon=True
@@ -206,7 +250,7 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
         while pipes:
             # wait() returns some of the objects it was given, typed as any of
             # the kinds it accepts; picking ours back out keeps their type.
-            ready = wait(list(pipes), timeout=0.5)
+            ready = wait(list(pipes), timeout=0.5 if settle_until is None else 0.1)
             for pipe in [p for p in pipes if p in ready]:
                 k = pipes[pipe]
                 try:
@@ -220,6 +264,15 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
                     results.append(payload)
                 else:
                     crashes.append(payload)
+            if before is not None and after is None and _all_up(progress):
+                # Read memory once the server has accepted every connection
+                # (one descriptor each), or after SETTLE_S: see _memory.
+                up = sum(p["established"] for p in progress)
+                now = time.monotonic()
+                settle_until = settle_until or now + SETTLE_S
+                if not pids or now >= settle_until or open_fds(pids) >= before.server_fds + up:
+                    after, after_conns = Snapshot(pids), up
+                    settle_until = None
             bar.update(progress, time.monotonic() - started)
     finally:
         bar.close()
@@ -229,15 +282,37 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
                 child.kill()
     if crashes:
         raise RuntimeError(f"a bench worker failed: {crashes[0]}")
-    return merge(config, results)
+    report = merge(config, results, started)
+    report["plan"] = chosen.to_json()
+    if before is not None and after is not None:
+        growths = [r["rss_growth"] for r in results]
+        load = None if None in growths else sum(growths)
+        memory = per_connection(
+            before, after, after_conns, load, sum(r["rss_conns"] for r in results)
+        )
+        if not pids:
+            memory["server"] = {"detail": "no server process found: give --server-pid"}
+        report["memory"] = memory
+    return report
+
+
+def _all_up(progress: list[dict[str, Any]]) -> bool:
+    """Whether every worker has said its connect phase is over."""
+    return all(p and p.get("phase") != "connect" for p in progress)
 
 
 class _Progress:
-    """A rich progress bar on stderr while connecting and running (a terminal only)."""
+    """A rich progress bar on stderr while connecting and running (a terminal only):
+    connections established and failed over all workers, and the connect rate
+    over the last RATE_WINDOW_S."""
+
+    #: The connect rate shown is over this many seconds.
+    RATE_WINDOW_S = 2.0
 
     def __init__(self, config: BenchConfig, show: bool | None) -> None:
         self.config = config
         self.progress = None
+        self.samples: list[tuple[float, int]] = []
         if show is None:
             show = sys.stderr.isatty()
         if not show:
@@ -268,7 +343,16 @@ class _Progress:
         established = sum(p.get("established", 0) for p in progress)
         failed = sum(p.get("failed", 0) for p in progress)
         phases = {p.get("phase") for p in progress if p}
-        self.progress.update(self.connect_task, completed=established, detail=f"failed {failed:,}")
+        samples = self.samples
+        samples.append((elapsed, established))
+        while len(samples) > 2 and samples[1][0] < elapsed - self.RATE_WINDOW_S:
+            samples.pop(0)
+        span = elapsed - samples[0][0]
+        rate = (established - samples[0][1]) / span if span > 0 else 0.0
+        detail = f"failed {failed:,}"
+        if self.config.mode != "connect" and (not phases or "connect" in phases):
+            detail += f", {rate:,.0f}/s"
+        self.progress.update(self.connect_task, completed=established, detail=detail)
         if phases & {"run", "drain", "probe", "done"}:
             if self.run_started is None:
                 self.run_started = elapsed

@@ -60,6 +60,7 @@ from .._poller import READ
 from .._protocol import Protocol
 from .._transport import Transport
 from ._config import BenchConfig
+from ._memory import rss_bytes
 from ._message import DatagramLedger, MessageMaker, ReplyLedger
 
 MAX_CONNECTING = 256
@@ -433,6 +434,12 @@ class Worker:
         self.run_started = self.run_ended = 0.0
         self.cpu_s = (0.0, 0.0)
         self._cpu_start: tuple[float, float] | None = None
+        #: errno name -> [count, the loop time it was first seen] (issue 14)
+        self.failed_errno: dict[str, list[float]] = {}
+        self.connect_started = self.connect_ended = 0.0
+        #: This process's RSS before its first connection and with all of them up.
+        self.rss: tuple[int | None, int | None] = (rss_bytes(), None)
+        self.rss_conns = 0
         self._closing = False
 
     # -- phases -------------------------------------------------------------
@@ -440,6 +447,7 @@ class Worker:
     def run(self) -> dict[str, Any]:
         loop = self.loop
         self._ticker = loop.call_later(TICK_S, self._tick)
+        self.connect_started = loop.time()
         if self.config.mode == "connect":
             loop.call_soon(self._start_run)
         else:
@@ -518,6 +526,9 @@ class Worker:
 
     def _failed(self, exc: OSError) -> None:
         self.connecting -= 1
+        name = errno.errorcode.get(exc.errno or 0, "timeout" if exc.errno is None else "error")
+        seen = self.failed_errno.setdefault(name, [0, self.loop.time()])
+        seen[0] += 1
         reason, limit = _FAILURES.get(
             exc.errno or 0, (errno.errorcode.get(exc.errno or 0, "error"), None)
         )
@@ -548,6 +559,10 @@ class Worker:
             self._start_run()
 
     def _start_run(self) -> None:
+        if self.config.mode != "connect":
+            self.connect_ended = self.loop.time()
+            self.rss = (self.rss[0], rss_bytes())
+            self.rss_conns = len(self.clients)
         self.phase = "run"
         self.run_started = self.loop.time()
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -563,6 +578,7 @@ class Worker:
             for _ in range(self.conns):
                 self._connect(_Churn(self))
         self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
+        self._report_progress()  # at once: the parent measures memory when all are up
 
     def _start_sending(self, client: _Client | _DatagramClient) -> None:
         if self.closed_loop:
@@ -730,4 +746,13 @@ class Worker:
             "not_echo": self.not_echo,
             "sent": sum(c.sent for c in self.clients.values() if isinstance(c, _DatagramClient)),
             "unsent": self.unsent,
+            "failed_errno": self.failed_errno,
+            "connect_started": self.connect_started,
+            "connect_ended": self.connect_ended,
+            "rss_growth": (
+                self.rss[1] - self.rss[0]
+                if self.rss[0] is not None and self.rss[1] is not None
+                else None
+            ),
+            "rss_conns": self.rss_conns,
         }
