@@ -723,3 +723,17 @@ def tcp_peers_by_pid(pids: list[int], port: int) -> dict[int, set[int]]:
                 if established and inode in owner and int(fields[1][-4:], 16) == port:
                     peers[owner[inode]].add(int(fields[2][-4:], 16))
     return peers
+
+
+def ss_pairs(port: int) -> set[tuple[int, int]]:
+    """(local port, remote port) of every established TCP connection to ``port``, per ss."""
+    out = subprocess.run(
+        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+        capture_output=True, text=True, check=True, timeout=10,
+    ).stdout  # fmt: skip
+    pairs = set()
+    for line in out.splitlines():
+        fields = line.split()
+        local, remote = fields[-2], fields[-1]
+        pairs.add((int(local.rsplit(":", 1)[1]), int(remote.rsplit(":", 1)[1])))
+    return pairs

@@ -199,6 +199,10 @@ class Loop:
         if self._handlers.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
+    def watched_fds(self) -> list[int]:
+        """Every descriptor watched now (the loop's own wakeup descriptor too)."""
+        return list(self._handlers)
+
     def is_watched(self, fd: int) -> bool:
         """True while ``fd`` is watched (between ``add_io`` and ``remove_io``)."""
         return fd in self._handlers

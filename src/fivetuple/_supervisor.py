@@ -117,6 +117,17 @@ class _Worker:
     kill_timer: Timer | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A worker as ``Supervisor.ready_workers`` lists it."""
+
+    slot: int
+    generation: int
+    pid: int
+    #: Of the current generation (False: draining after a reload).
+    current: bool
+
+
 class Supervisor:
     """Run ``workers`` forked servers on listening sockets that this process owns.
 
@@ -134,6 +145,12 @@ class Supervisor:
             ``grace`` should be the same).
         on_ready: called once with the banner when every worker is ready;
             None prints it on stdout.
+        on_loop: called in the supervisor with its loop, before any worker
+            is forked (the command line starts the gathering admin endpoint
+            there: the supervisor itself knows nothing of the admin).
+        on_worker_start: called in each worker with its started ``Server``,
+            slot and generation, before it serves (a worker's own admin
+            endpoint starts there).
 
     Raises:
         SetupError: a bad number of workers or balance.
@@ -153,6 +170,8 @@ class Supervisor:
         balance: str | None = None,
         grace: float = DEFAULT_GRACE_S,
         on_ready: Callable[[str], None] | None = None,
+        on_loop: Callable[[Loop], None] | None = None,
+        on_worker_start: Callable[[Server, int, int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise SetupError(f"{{workers}} must be at least 1, not {workers}", params=("workers",))
@@ -185,6 +204,8 @@ class Supervisor:
         self._unix_mode = unix_mode
         self._backlog = clamp_backlog(backlog)[0]
         self._on_ready = on_ready
+        self._on_loop = on_loop
+        self._on_worker_start = on_worker_start
         #: Listening sockets by slot; with ``shared`` every slot holds the same list.
         self._slots: list[list[socket.socket]] = []
         self._pid = os.getpid()
@@ -260,6 +281,17 @@ class Supervisor:
         """The pids of the workers alive now, by slot and generation."""
         return [w.pid for w in sorted(self._workers.values(), key=lambda w: (w.slot, w.generation))]
 
+    def ready_workers(self) -> list[WorkerInfo]:
+        """The workers alive and ready now, by slot then generation; ``current``
+        is False for an old generation that is draining after a reload."""
+        return [
+            WorkerInfo(
+                w.slot, w.generation, w.pid, w.generation == self._generation and not w.stopping
+            )
+            for w in sorted(self._workers.values(), key=lambda w: (w.slot, w.generation))
+            if w.ready
+        ]
+
     # -- running ------------------------------------------------------------
 
     def run(self) -> int:
@@ -281,6 +313,8 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGTERM, self._on_stop, signal.SIGTERM)
         loop.add_signal_handler(signal.SIGINT, self._on_stop, signal.SIGINT)
         try:
+            if self._on_loop is not None:
+                self._on_loop(loop)
             for slot in range(self.workers):
                 self._spawn(slot)
             loop.run()
@@ -353,6 +387,8 @@ class Supervisor:
         try:
             server = self._factory()
             server.start(sockets=self._slots[slot])
+            if self._on_worker_start is not None:
+                self._on_worker_start(server, slot, self._generation)
             server.loop.add_signal_handler(DRAIN_SIGNAL, _drain, server)
             return server.serve_forever(ready=lambda: self._tell_ready(server))
         except SetupError as exc:
@@ -370,8 +406,22 @@ class Supervisor:
         for sock in {id(s): s for socks in self._slots for s in socks}.values():
             if id(sock) not in mine:
                 sock.close()
-        os.close(self._ready_r)
         loop = self._require_loop()
+        # Every other descriptor the supervisor's loop watches: the ready pipe,
+        # and whatever on_loop added (the admin endpoint's listener, its
+        # clients, its questions to workers). A worker forked later would
+        # otherwise hold a copy of each, and a connection the supervisor
+        # closes would not end until that worker did (no FIN while a copy is
+        # open). Closed by number: their Python objects stay referenced by
+        # the supervisor's loop in this process and are never finalized here
+        # (the worker ends with os._exit), so nothing closes a number twice.
+        wake = loop._wake_r.fileno()
+        for fd in loop.watched_fds():
+            if fd != wake:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
         # The loop's wakeup socketpair (its poller is poll(2): no descriptor).
         # Not loop.close(): it would restore signal handlers that are not ours.
         loop._wake_r.close()

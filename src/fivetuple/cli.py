@@ -379,6 +379,9 @@ def serve(
                 unix_mode,
                 backlog,
                 grace,
+                admin=(*_host_port(admin_addr, "--admin"), admin_public) if admin_addr else None,
+                app=app,
+                codec=codec,
             )
         )
     admin = None
@@ -432,15 +435,10 @@ def _refuse_what_workers_cannot_do(
         return
     if udp:
         raise click.UsageError("--udp: not yet with --workers; serve UDP with --workers 1")
-    given = [
-        _flag(ctx, name)
-        for name in ("admin_addr", "status_every")
-        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
-    ]
-    if given:
+    if ctx.get_parameter_source("status_every") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError(
-            f"{' and '.join(given)}: not yet with --workers; part 2 of issue 14 "
-            "(use --workers 1 to watch the server)"
+            f"{_flag(ctx, 'status_every')}: not yet with --workers; watch the workers with "
+            "--admin (fivetuple top), or use --workers 1"
         )
     if app == "chat":
         raise click.UsageError(
@@ -460,12 +458,64 @@ def _serve_workers(
     unix_mode: int | None,
     backlog: int,
     grace: float,
+    *,
+    admin: tuple[str, int, bool] | None = None,
+    app: str = "",
+    codec: str = "raw",
 ) -> int:
+    import shutil
+    import tempfile
+
     from ._supervisor import Supervisor
+
+    gathering: list[Any] = []
 
     def ready(banner: str) -> None:
         print(banner, flush=True)
+        if gathering:
+            print(f"admin on {gathering[0].addresses[0].replace('tcp://', 'http://')}", flush=True)
         _log_start(banner)
+
+    on_loop = on_worker_start = None
+    admin_dir = None
+    if admin is not None:
+        # One endpoint for the whole server (docs/admin.md, "Many workers"):
+        # each worker serves its own on a Unix socket in a directory only this
+        # user can enter; the supervisor gathers them on its own loop.
+        from .admin import Observed, start_gathering_admin, start_worker_admin
+
+        admin_dir = tempfile.mkdtemp(prefix="fivetuple-admin-")
+        admin_host, admin_port, admin_public = admin
+
+        def socket_path(slot: int, generation: int) -> str:
+            return os.path.join(admin_dir or "", f"{slot}.{generation}.sock")
+
+        def workers_now() -> dict[str, str]:
+            return {
+                str(w.slot) if w.current else f"{w.slot}@{w.generation}": socket_path(
+                    w.slot, w.generation
+                )
+                for w in supervisor.ready_workers()
+            }
+
+        def on_loop(loop: Any) -> None:
+            try:
+                gathering.append(
+                    start_gathering_admin(
+                        loop,
+                        workers_now,
+                        admin_host,
+                        admin_port,
+                        public=admin_public,
+                        shared=supervisor.balance == "shared",
+                    )
+                )
+            except SetupError as exc:  # its host and port are --admin's, not the server's
+                names = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
+                raise SetupError(exc.naming(names)) from None
+
+        def on_worker_start(server: Server, slot: int, generation: int) -> None:
+            start_worker_admin(Observed(server, app, codec), socket_path(slot, generation))
 
     supervisor = Supervisor(
         make_server,
@@ -479,9 +529,15 @@ def _serve_workers(
         balance=balance,
         grace=grace,
         on_ready=ready,
+        on_loop=on_loop,
+        on_worker_start=on_worker_start,
     )
-    supervisor.start()
-    status = supervisor.run()
+    try:
+        supervisor.start()
+        status = supervisor.run()
+    finally:
+        if admin_dir is not None:
+            shutil.rmtree(admin_dir, ignore_errors=True)
     _log_stop(status)
     return status
 

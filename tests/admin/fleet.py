@@ -7,7 +7,6 @@ import another: tests/test_house.py).
 
 from __future__ import annotations
 
-import subprocess
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
@@ -17,20 +16,6 @@ from fivetuple import Loop, Server
 from fivetuple.admin import Observed, start_gathering_admin, start_worker_admin
 from fivetuple.apps import make_app
 from helpers import on_loop, running_server
-
-
-def ss_pairs(port: int) -> set[tuple[int, int]]:
-    """(local port, remote port) of every established TCP connection to ``port``, per ss."""
-    out = subprocess.run(
-        ["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
-        capture_output=True, text=True, check=True, timeout=10,
-    ).stdout  # fmt: skip
-    pairs = set()
-    for line in out.splitlines():
-        fields = line.split()
-        local, remote = fields[-2], fields[-1]
-        pairs.add((int(local.rsplit(":", 1)[1]), int(remote.rsplit(":", 1)[1])))
-    return pairs
 
 
 @contextmanager

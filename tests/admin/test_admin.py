@@ -20,7 +20,6 @@ from typing import Any
 
 import h11
 import pytest
-from fleet import ss_pairs
 from prometheus_client.parser import text_string_to_metric_families
 
 from fivetuple import CLOSE_REASONS, Server, _listener
@@ -46,6 +45,7 @@ from helpers import (
     running_server,
     running_virtual_server,
     settle,
+    ss_pairs,
     wait_for,
 )
 

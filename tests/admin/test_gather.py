@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet import gathering, ss_pairs, worker_servers
+from fleet import gathering, worker_servers
 from prometheus_client.parser import text_string_to_metric_families
 
 from fivetuple import CLOSE_REASONS
@@ -28,7 +28,7 @@ from fivetuple.admin._conns import render_conns
 from fivetuple.admin._history import History
 from fivetuple.admin._totals import total_stats
 from fivetuple.apps import make_app
-from helpers import connect, on_loop, port_of, recv_exactly, running_server, wait_for
+from helpers import connect, on_loop, port_of, recv_exactly, running_server, ss_pairs, wait_for
 
 #: Clients opened on each of the three workers: unequal, so a mix-up shows.
 CLIENTS = {"0": 2, "1": 3, "2": 1}

@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.request import urlopen
 
 import pytest
 
@@ -27,6 +28,7 @@ from helpers import (
     connect,
     echoes,
     run_cli,
+    ss_pairs,
     stuff,
     tcp_peers_by_pid,
     wait_for,
@@ -380,8 +382,8 @@ def test_a_second_signal_kills_the_workers_at_once() -> None:
         (("--port", "0", "--workers", "abc"), "--workers"),
         (("--workers", "2", "--unix", "/tmp/x.sock", "--balance", "reuseport"), "--balance"),
         (("--port", "0", "--balance", "shared"), "--balance"),
-        (("--port", "0", "--workers", "2", "--admin", "127.0.0.1:0"), "part 2 of issue 14"),
-        (("--port", "0", "--workers", "2", "--status", "1"), "part 2 of issue 14"),
+        (("--port", "0", "--workers", "2", "--status", "1"), "--status"),
+        (("--port", "0", "--workers", "2", "--admin", "0.0.0.0:0"), "--admin"),
         (("--port", "0", "--workers", "2", "--udp"), "--udp"),
     ],
 )
@@ -396,3 +398,48 @@ def test_chat_is_refused_with_workers() -> None:
     done = run_cli("serve", "chat", "--port", "0", "--workers", "2")
     assert done.returncode == 2
     assert "chat" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_one_admin_endpoint_shows_every_workers_clients_as_ss_does() -> None:
+    """``--admin`` with workers: the supervisor gathers the workers' endpoints; its
+    /stats adds them up and its table (a worker column) is what ss shows, across
+    a reload too."""
+    with CliServer(*TWO_WORKERS, "--admin", "127.0.0.1:0") as server:
+        assert server.proc.stdout is not None
+        admin = server.proc.stdout.readline().split()[-1]
+        assert admin.startswith("http://127.0.0.1:")
+        workers_of(server)
+        socks = [connect(server.port) for _ in range(30)]
+        try:
+            assert all(echoes(sock) for sock in socks)
+
+            def gathered() -> tuple[dict[str, Any], dict[str, Any]]:
+                stats = json.loads(urlopen(f"{admin}/stats", timeout=5).read())
+                table = json.loads(urlopen(f"{admin}/connections", timeout=5).read())
+                return stats, table
+
+            stats, table = wait_for(
+                lambda: (got := gathered())[0]["connections"]["now"] == 30 and got,
+                what="30 connections in the gathered /stats",
+            )
+            per_worker = {k: w["stats"]["connections"]["now"] for k, w in stats["workers"].items()}
+            assert sorted(per_worker) == ["0", "1"] and sum(per_worker.values()) == 30
+            rows = table["connections"]
+            assert {(row["local_port"], row["remote_port"]) for row in rows} == ss_pairs(
+                server.port or 0
+            )
+            assert {row["worker"] for row in rows} == {"0", "1"}
+            server.signal(signal.SIGHUP)  # a new generation: old labels drain, new ones serve
+            assert wait_for(
+                lambda: (
+                    json.loads(urlopen(f"{admin}/stats", timeout=5).read())["connections"]["now"]
+                    == 30
+                ),
+                what="the clients still counted after a reload",
+            )
+        finally:
+            for sock in socks:
+                sock.close()
+        server.signal(signal.SIGTERM)
+        status, err = server.wait()
+    assert status == 0, err

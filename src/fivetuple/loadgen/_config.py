@@ -39,6 +39,10 @@ class BenchConfig:
     max_loss_pct: float = 0.0
     #: The server's processes, for its memory per connection; (): found by the target's port.
     server_pids: tuple[int, ...] = ()
+    #: hold: connections picked at random that send verified echoes during the hold.
+    sample: int = 0
+    #: The seed of that pick; None: ``run_bench`` draws one and says it.
+    seed: int | None = None
 
     @property
     def udp(self) -> bool:
@@ -68,6 +72,15 @@ class BenchConfig:
             raise SetupError("--procs must be between 1 and 256")
         if self.procs is not None and self.procs > self.conns:
             raise SetupError(f"--procs {self.procs} is more than --conns {self.conns}")
+        if self.sample < 0:
+            raise SetupError("--sample must be 0 or more connections")
+        if self.sample and self.mode != "hold":
+            raise SetupError(
+                f"--sample applies to bench hold; bench {self.mode} "
+                + ("verifies every message already" if self.mode == "echo" else "sends nothing")
+            )
+        if self.sample > self.conns:
+            raise SetupError(f"--sample {self.sample} is more than --conns {self.conns}")
         if not 0 <= self.max_loss_pct <= 100:
             raise SetupError("--max-loss must be a percentage from 0 to 100")
         if self.udp:
