@@ -585,22 +585,27 @@ class DatagramServer:
         self.loop = loop if loop is not None else Loop(backend)
         self._own_loop = loop is None
         self._transport: DatagramTransport | None = None
+        #: UDP has nothing to flush: a stop is immediate (``Server.grace``'s twin).
+        self.grace = 0.0
+        self.fd_soft_limit, self.fd_hard_limit = fd_limits()
         #: Process exit status serve_forever() returns: 1 if the protocol failed to start.
         self.exit_code = 0
 
-    def start(self) -> None:
-        """Bind the socket and start serving.
+    def start(self, sockets: Sequence[socket.socket] | None = None) -> None:
+        """Bind the socket (or serve ``sockets``, one bound UDP socket) and start serving.
 
         If the protocol's ``connection_made`` raises, the transport closes
         (logged, counted) and ``serve_forever()`` returns 1.
 
         Raises:
             SetupError: the address cannot be used (in use, permission, ...).
-            LocalProtocolError: already started.
+            LocalProtocolError: already started, or not one socket given.
         """
         if self._transport is not None:
             raise LocalProtocolError("server already started")
-        sock = bind_udp(self._host, self._port)
+        if sockets is not None and len(sockets) != 1:
+            raise LocalProtocolError(f"a datagram server serves one socket, not {len(sockets)}")
+        sock = sockets[0] if sockets is not None else bind_udp(self._host, self._port)
         self._transport = DatagramTransport(
             self.loop, sock, self._protocol, **self._transport_options
         )
@@ -672,6 +677,15 @@ class DatagramServer:
     def shutdown(self) -> None:
         """Stop the loop (UDP has nothing to flush). Call from the loop's thread."""
         self.loop.stop()
+
+    def drain(self, grace: float | None = None) -> None:
+        """``shutdown()``: a datagram server has no connections to finish (the
+        supervisor's reload asks every server to drain)."""
+        self.shutdown()
+
+    def __len__(self) -> int:
+        """The peers in the table (UDP's nearest thing to connections)."""
+        return len(self._transport.peers) if self._transport is not None else 0
 
     def shutdown_threadsafe(self) -> None:
         """``shutdown()`` from another thread (tests, embedding)."""

@@ -66,14 +66,14 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from logging import ERROR, INFO, WARNING
-from typing import Any
+from typing import Any, Protocol
 
-from ._bind import bind_tcp_all, bind_unix
+from ._bind import bind_tcp_all, bind_udp, bind_unix
 from ._limits import clamp_backlog
 from ._log import event
 from ._loop import Loop
 from ._poller import READ
-from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, Server
+from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S
 from ._timers import Timer
 from .errors import LocalProtocolError, SetupError
 
@@ -117,6 +117,22 @@ class _Worker:
     kill_timer: Timer | None = None
 
 
+class Served(Protocol):
+    """What a worker serves: a ``Server`` (TCP, Unix) or a ``DatagramServer`` (UDP)."""
+
+    loop: Loop
+    grace: float
+    fd_soft_limit: int
+
+    def start(self, sockets: Sequence[socket.socket] | None = None) -> None: ...
+    def serve_forever(
+        self, *, handle_signals: bool = True, ready: Callable[[], None] | None = None
+    ) -> int: ...
+    def banner(self, app: str) -> str: ...
+    def drain(self, grace: float | None = None) -> None: ...
+    def __len__(self) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerInfo:
     """A worker as ``Supervisor.ready_workers`` lists it."""
@@ -143,6 +159,14 @@ class Supervisor:
             picks ``DEFAULT_BALANCE`` for TCP and ``"shared"`` for Unix.
         grace: seconds a worker has to stop gracefully (its server's
             ``grace`` should be the same).
+        udp: bind UDP sockets (one SO_REUSEPORT socket per slot, or one
+            shared), and the factory makes ``DatagramServer``s. With
+            reuseport, the kernel sends each peer (address and port) to one
+            worker by a hash, so a peer's state (its row, its rate limit, a
+            ``fivetuple.reliable`` connection) lives in one worker; a peer whose
+            address changes (a NAT rebinding) lands on another worker, which
+            does not know it (a reliable connection then times out as
+            ``peer-vanished`` and the client reconnects).
         on_ready: called once with the banner when every worker is ready;
             None prints it on stdout.
         on_loop: called in the supervisor with its loop, before any worker
@@ -158,7 +182,7 @@ class Supervisor:
 
     def __init__(
         self,
-        server_factory: Callable[[], Server],
+        server_factory: Callable[[], Served],
         *,
         workers: int,
         label: str = "app",
@@ -169,9 +193,10 @@ class Supervisor:
         backlog: int = DEFAULT_BACKLOG,
         balance: str | None = None,
         grace: float = DEFAULT_GRACE_S,
+        udp: bool = False,
         on_ready: Callable[[str], None] | None = None,
         on_loop: Callable[[Loop], None] | None = None,
-        on_worker_start: Callable[[Server, int, int], None] | None = None,
+        on_worker_start: Callable[[Served, int, int], None] | None = None,
     ) -> None:
         if workers < 1:
             raise SetupError(f"{{workers}} must be at least 1, not {workers}", params=("workers",))
@@ -197,6 +222,8 @@ class Supervisor:
         self.workers = workers
         self.label = label
         self.balance = balance
+        #: Serve UDP: one bound datagram socket per slot (``DatagramServer`` workers).
+        self.udp = udp
         self.grace = grace
         self._host = host
         self._port = port
@@ -237,6 +264,8 @@ class Supervisor:
             raise LocalProtocolError("supervisor already started")
         if self._unix is not None:
             shared = [bind_unix(self._unix, self._backlog, self._unix_mode)]
+        elif self.udp and self.balance == "shared":
+            shared = [bind_udp(self._host, self._port)]
         elif self.balance == "shared":
             shared = bind_tcp_all(self._host, self._port, self._backlog)
         else:
@@ -249,14 +278,20 @@ class Supervisor:
         # SO_REUSEPORT bind would instead join the group of another server of
         # the same user on that port and silently share its clients. It also
         # picks the port for port 0 (on every address of the host).
-        probe = bind_tcp_all(self._host, self._port, self._backlog)
+        if self.udp:
+            probe = [bind_udp(self._host, self._port)]
+        else:
+            probe = bind_tcp_all(self._host, self._port, self._backlog)
         port = int(probe[0].getsockname()[1])
         for sock in probe:
             sock.close()
         slots: list[list[socket.socket]] = []
         try:
             for _ in range(self.workers):
-                slots.append(bind_tcp_all(self._host, port, self._backlog, reuseport=True))
+                if self.udp:
+                    slots.append([bind_udp(self._host, port, reuseport=True)])
+                else:
+                    slots.append(bind_tcp_all(self._host, port, self._backlog, reuseport=True))
         except SetupError:
             for socks in slots:
                 for sock in socks:
@@ -427,7 +462,7 @@ class Supervisor:
         loop._wake_r.close()
         loop._wake_w.close()
 
-    def _tell_ready(self, server: Server) -> None:
+    def _tell_ready(self, server: Served) -> None:
         """In a worker, once its server runs: one line to the supervisor."""
         line = json.dumps(
             {
@@ -470,6 +505,8 @@ class Supervisor:
         # A worker's banner ends "fd-limit=N pid=N" (Server.banner); keep what
         # comes before and give the totals of the whole server.
         head = first.banner.split(" fd-limit=")[0]
+        if " pid=" in head:  # a DatagramServer's banner has no fd-limit= before its pid=
+            head = head.rsplit(" pid=", 1)[0]
         banner = (
             f"{head} fd-limit={sum(w.fd_limit for w in current)} workers={self.workers} "
             f"balance={self.balance} pid={os.getpid()}"
@@ -664,7 +701,7 @@ def _describe(code: int) -> str:
     return f"exit status {code}"
 
 
-def _drain(server: Server) -> None:
+def _drain(server: Served) -> None:
     """In an old worker, told to go by a reload: stop accepting, finish the connections."""
     count = len(server)
     event(

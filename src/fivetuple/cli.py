@@ -341,7 +341,7 @@ def serve(
     _refuse_what_workers_cannot_do(ctx, app, workers, balance, unix_path, udp)
     configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
     if udp:
-        sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst))
+        sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst, workers, balance))
 
     def make_server() -> Server:
         return Server(
@@ -433,8 +433,6 @@ def _refuse_what_workers_cannot_do(
         if ctx.get_parameter_source("balance") is click.core.ParameterSource.COMMANDLINE:
             raise click.UsageError("--balance applies to --workers 2 or more")
         return
-    if udp:
-        raise click.UsageError("--udp: not yet with --workers; serve UDP with --workers 1")
     if ctx.get_parameter_source("status_every") is click.core.ParameterSource.COMMANDLINE:
         raise click.UsageError(
             f"{_flag(ctx, 'status_every')}: not yet with --workers; watch the workers with "
@@ -514,7 +512,8 @@ def _serve_workers(
                 names = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
                 raise SetupError(exc.naming(names)) from None
 
-        def on_worker_start(server: Server, slot: int, generation: int) -> None:
+        def on_worker_start(server: Any, slot: int, generation: int) -> None:
+            # A TCP or Unix worker: --admin is refused with --udp.
             start_worker_admin(Observed(server, app, codec), socket_path(slot, generation))
 
     supervisor = Supervisor(
@@ -582,20 +581,49 @@ def _serve_udp(
     backend: str | None,
     udp_rate: float | None,
     udp_burst: int,
+    workers: int = 1,
+    balance: str | None = None,
 ) -> int:
     from ._server import DatagramServer
     from .apps import DATAGRAM_APPS
 
     if app not in DATAGRAM_APPS:
         raise click.UsageError(f"--udp serves: {', '.join(DATAGRAM_APPS)}; {app} needs TCP")
-    server = DatagramServer(
-        DATAGRAM_APPS[app](),
-        host if host is not None else DEFAULT_HOST,
-        port if port is not None else DEFAULT_PORT,
-        backend=backend,
-        peer_rate=udp_rate,
-        peer_burst=udp_burst,
-    )
+
+    def make_server() -> DatagramServer:
+        return DatagramServer(
+            DATAGRAM_APPS[app](),
+            host if host is not None else DEFAULT_HOST,
+            port if port is not None else DEFAULT_PORT,
+            backend=backend,
+            peer_rate=udp_rate,
+            peer_burst=udp_burst,
+        )
+
+    server = make_server()  # checks the options (one line, exit 2) before any fork
+    if workers > 1:
+        server.loop.close()
+        from ._supervisor import Supervisor
+
+        def announce(banner: str) -> None:
+            print(banner, flush=True)
+            _log_start(banner)
+
+        supervisor = Supervisor(
+            make_server,
+            workers=workers,
+            label=app,
+            host=host if host is not None else DEFAULT_HOST,
+            port=port if port is not None else DEFAULT_PORT,
+            balance=balance,
+            grace=0.0,
+            udp=True,
+            on_ready=announce,
+        )
+        supervisor.start()
+        status = supervisor.run()
+        _log_stop(status)
+        return status
 
     def ready() -> None:
         print(server.banner(app), flush=True)
@@ -751,6 +779,22 @@ def client(target: str, codec: str, send_file: str | None, timeout: float | None
     metavar="PCT",
     help="UDP: the percentage of datagrams that may be lost before the run fails.",
 )
+@click.option(
+    "--sample",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    metavar="N",
+    help="hold: N connections picked at random send a verified echo every second "
+    "during the hold (late, failed and their latency reported).",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="S",
+    help="The seed of the --sample pick [default: random, printed on stderr].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--progress/--no-progress",
@@ -770,6 +814,8 @@ def bench(
     connect_rate: float | None,
     reply_timeout: float,
     max_loss: float,
+    sample: int,
+    seed: int | None,
     as_json: bool,
     progress: bool | None,
 ) -> None:
@@ -784,7 +830,8 @@ def bench(
     hold     open --conns connections, keep them idle for --duration, then
              check with one echo each that they are still up (TCP only);
              reports the connect rate, what stopped it, and memory per
-             connection: the server's and the load's RSS, the kernel's
+             connection: the server's and the load's RSS, the kernel's;
+             --sample N: N random connections echo during the hold
     connect  open and close connections, --conns at a time: connections/s
              (TCP only)
 
@@ -824,6 +871,8 @@ def bench(
         connect_rate=connect_rate,
         reply_timeout=reply_timeout,
         max_loss_pct=max_loss,
+        sample=sample,
+        seed=seed,
     )
     report = run_bench(config, show_progress=progress)
     if as_json:

@@ -31,6 +31,7 @@ from helpers import (
     ss_pairs,
     stuff,
     tcp_peers_by_pid,
+    udp_client,
     wait_for,
 )
 
@@ -384,7 +385,6 @@ def test_a_second_signal_kills_the_workers_at_once() -> None:
         (("--port", "0", "--balance", "shared"), "--balance"),
         (("--port", "0", "--workers", "2", "--status", "1"), "--status"),
         (("--port", "0", "--workers", "2", "--admin", "0.0.0.0:0"), "--admin"),
-        (("--port", "0", "--workers", "2", "--udp"), "--udp"),
     ],
 )
 def test_bad_worker_options_are_one_line_and_exit_2(args: tuple[str, ...], names: str) -> None:
@@ -440,6 +440,43 @@ def test_one_admin_endpoint_shows_every_workers_clients_as_ss_does() -> None:
         finally:
             for sock in socks:
                 sock.close()
+        server.signal(signal.SIGTERM)
+        status, err = server.wait()
+    assert status == 0, err
+
+
+def test_udp_workers_share_the_port_and_a_killed_one_is_replaced() -> None:
+    """``--udp --workers 2``: one SO_REUSEPORT UDP socket per worker; every peer is
+    answered, and after ``kill -9`` of a worker its peers are answered again by the
+    replacement (the supervisor kept the socket, so nothing was lost but time)."""
+    with CliServer("echo", "--udp", "--port", "0", "--workers", "2") as server:
+        assert server.address.startswith("udp://")
+        assert "workers=2" in server.banner and server.banner.count("pid=") == 1
+        port = int(server.address.rsplit(":", 1)[1])
+        pids = workers_of(server)
+        peers = [udp_client() for _ in range(16)]
+        try:
+
+            def all_answered(tag: bytes) -> bool:
+                for n, peer in enumerate(peers):
+                    peer.sendto(tag + b"%d" % n, ("127.0.0.1", port))
+                for n, peer in enumerate(peers):
+                    data, _ = peer.recvfrom(100)
+                    assert data == tag + b"%d" % n
+                return True
+
+            assert all_answered(b"before-")
+            os.kill(pids[0], signal.SIGKILL)
+            replaced = wait_for(
+                lambda: (now := child_pids(server.proc.pid)) and len(now) == 2
+                and pids[0] not in now and now,
+                timeout=2.0, what="a replacement worker",
+            )  # fmt: skip
+            assert pids[1] in replaced
+            assert all_answered(b"after-")
+        finally:
+            for peer in peers:
+                peer.close()
         server.signal(signal.SIGTERM)
         status, err = server.wait()
     assert status == 0, err

@@ -3,7 +3,8 @@
 What fails a run (exit status 1, ``failed``): any error (``corrupted``,
 ``missing``, ``late``, ``reordered``, ``duplicated``, ``unexpected``, an ICMP
 ``refused``), a failed or lost connection, a limit that stopped it, a held
-connection that did not survive, a target that does not echo, and for UDP
+connection that did not survive, a sampled echo of a hold that was not
+verified (``--sample``), a target that does not echo, and for UDP
 more lost datagrams than ``max_loss_pct`` (0 by default: on loopback a lost
 datagram was dropped by a full socket buffer or by the server's own rate
 limit, and a benchmark should not pass quietly over either) or any
@@ -73,6 +74,41 @@ def _connect_phase(
         "time_s": round(span, 3),
         "per_s": round(established / span, 1) if span > 0 else None,
         "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"])),
+    }
+
+
+def _sample(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """hold --sample: the sampled echoes of every worker together: how many were
+    sent, verified (the echo matched byte for byte, late ones included), late
+    (after --timeout), failed (sent, not verified), and their round trip times."""
+    if config.mode != "hold" or not config.sample:
+        return None
+    parts = [r["sample"] for r in results if r.get("sample")]
+    histogram: HdrHistogram | None = None
+    for part in parts:
+        if part["histogram"]:
+            decoded = HdrHistogram.decode(part["histogram"])
+            if histogram is None:
+                histogram = decoded
+            else:
+                histogram.add(decoded)
+    sent = sum(p["sent"] for p in parts)
+    verified = sum(p["verified"] for p in parts)
+    latency: dict[str, float] | None = None
+    if histogram is not None and histogram.get_total_count():
+        latency = {name: histogram.get_value_at_percentile(q) for name, q in PERCENTILES}
+        latency["max"] = histogram.get_max_value()
+    return {
+        "asked": config.sample,
+        "seed": config.seed,
+        "conns": sum(p["conns"] for p in parts),
+        "per_proc": [p["conns"] for p in parts],
+        "sent": sent,
+        "verified": verified,
+        "late": sum(p["late"] for p in parts),
+        "failed": sent - verified,
+        "errors": _sum_counts(parts, "errors"),
+        "latency_us": latency,
     }
 
 
@@ -166,6 +202,7 @@ def merge(
             if config.mode == "hold"
             else None
         ),
+        "sample": _sample(config, results),
         "connects_per_s": round(connects / elapsed, 1) if config.mode == "connect" else None,
         "stopped_by": (
             {
@@ -190,6 +227,28 @@ def _connect_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 f"failed: {name}",
                 f"{entry['count']:,}, first at {entry['first_s']:.2f} s: {entry['meaning']}",
+            )
+        )
+    return rows
+
+
+def _sample_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    sample = report.get("sample")
+    if not sample:
+        return []
+    rows = [
+        (
+            f"sampled echoes ({sample['conns']:,} conns, seed {sample['seed']})",
+            f"{sample['verified']:,} verified of {sample['sent']:,}, "
+            f"{sample['late']:,} late, {sample['failed']:,} failed",
+        )
+    ]
+    latency = sample["latency_us"]
+    if latency:
+        rows.append(
+            (
+                "sampled echo µs p50/p99/max",
+                " / ".join(f"{latency[k]:,}" for k in ("p50", "p99", "max")),
             )
         )
     return rows
@@ -233,6 +292,7 @@ def failed(report: dict[str, Any]) -> bool:
         or report["stopped_by"]
         or report["not_echo"]
         or (hold and hold["still_up"] < hold["held"])
+        or (report.get("sample") and report["sample"]["failed"])
         or (
             datagrams
             and (
@@ -300,6 +360,7 @@ def render(report: dict[str, Any]) -> Any:
         rows.append(
             ("still up at the end", f"{report['hold']['still_up']:,} of {report['hold']['held']:,}")
         )
+    rows += _sample_rows(report)
     latency = report["latency_us"]
     if latency:
         label = "handshake" if report["mode"] == "connect" else "latency"

@@ -10,12 +10,18 @@ is ``_plan``'s choice, said in one line on stderr. For ``hold`` and ``echo``
 over TCP the parent reads memory (``_memory``) before the first worker
 starts and again as soon as every worker has said that its connect phase is
 over (each says so at once, not at its next progress tick).
+
+``hold --sample N``: the sample is split over the workers as the
+connections are (``_shares``), and worker K picks its part with the seed
+``seed + K`` (``seed`` drawn here unless ``--seed`` gave it; said on stderr),
+so that a run can be repeated with the same pick.
 """
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import resource
 import socket
 import sys
@@ -31,7 +37,7 @@ from ._memory import SETTLE_S, Snapshot, find_server, open_fds, per_connection
 from ._message import MessageMaker
 from ._plan import Plan, make_plan
 from ._report import merge
-from ._worker import Worker
+from ._worker import SAMPLE_INTERVAL_S, Worker
 
 PROBE_TIMEOUT_S = 5.0
 #: UDP: how long the probe datagram waits for its echo (or an ICMP port
@@ -159,6 +165,11 @@ def _shares(conns: int, procs: int, addrs: tuple[str, ...]) -> list[tuple[int, t
     return shares
 
 
+def sample_shares(sample: int, procs: int) -> list[int]:
+    """Each worker's part of ``sample``, split as ``_shares`` splits the connections."""
+    return [sample // procs + (1 if k < sample % procs else 0) for k in range(procs)]
+
+
 def plan(config: BenchConfig, family: int, address: Any, nofile: int) -> Plan:
     """What ``config`` left open, chosen (``_plan.make_plan``)."""
     tcp_host = None
@@ -185,12 +196,15 @@ def _child(
     conns: int,
     sources: tuple[str, ...],
     pipe: Connection,
+    sample: int = 0,
+    seed: int = 0,
 ) -> None:
     def report(progress: dict[str, Any]) -> None:
         pipe.send(("progress", progress))
 
     try:
-        result = Worker(config, family, address, conns, sources, report).run()
+        worker = Worker(config, family, address, conns, sources, report, sample=sample, seed=seed)
+        result = worker.run()
         pipe.send(("result", result))
     except BaseException as exc:  # reported to the parent, which says it in one line
         pipe.send(("crash", f"{type(exc).__name__}: {exc}"))
@@ -216,6 +230,14 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
         with socket.socket(family, socket.SOCK_STREAM) as check:
             _bind_source(check, chosen.source_addrs[0], "connect")
     config = replace(config, procs=chosen.procs, source_addrs=chosen.source_addrs)
+    if config.sample:
+        if config.seed is None:
+            config = replace(config, seed=random.randrange(1 << 31))
+        sys.stderr.write(
+            f"bench: sampled echoes on {config.sample:,} connections every "
+            f"{SAMPLE_INTERVAL_S:g} s, seed {config.seed} (--seed {config.seed} repeats the pick)\n"
+        )
+    samples = sample_shares(config.sample, chosen.procs)
     measure = config.mode != "connect" and not config.udp and sys.platform == "linux"
     pids = server_pids(config, family, address) if measure else ()
     before = Snapshot(pids) if measure else None
@@ -236,7 +258,10 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
     for k, (conns, sources) in enumerate(_shares(config.conns, chosen.procs, config.source_addrs)):
         parent_end, child_end = context.Pipe(duplex=False)
         child = context.Process(
-            target=_child, args=(config, family, address, conns, sources, child_end), daemon=True
+            target=_child,
+            args=(config, family, address, conns, sources, child_end),
+            kwargs={"sample": samples[k], "seed": (config.seed or 0) + k},
+            daemon=True,
         )
         child.start()
         child_end.close()

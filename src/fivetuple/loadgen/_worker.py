@@ -17,6 +17,18 @@ Theory of operation. A worker runs in phases, each ended by a timer:
    missing (lost, for UDP);
 4. (hold) probe: one echoed message per connection proves it is still up.
 
+Sampled echoes (hold, ``--sample``). When the run phase of a hold starts,
+the worker picks its share of the sample at random among the connections
+it holds (``random.Random(seed)``: the same seed and the same connections
+up give the same pick) and sends one verified echo on each every
+``SAMPLE_INTERVAL_S``, the first ones spread over one interval so that
+they do not all leave at once. The replies go through the same ledger and
+verdicts as ``echo`` (a reply later than ``reply_timeout`` is ``late``).
+When the hold ends, the sample's last echoes get ``reply_timeout`` (phase
+``drain``); whatever has not come back then is ``missing``; then the probe.
+So a hold proves more than that a connection survived: that the server
+still serves a random part of them, on every worker, while all are held.
+
 A closed loop keeps exactly ``pipeline`` messages waiting on each
 connection: it tops up after the replies of each read and after giving up
 on overdue messages, so a server that duplicates or answers junk cannot make
@@ -44,6 +56,7 @@ pay for the histogram. The worker's CPU time is read around the run phase.
 from __future__ import annotations
 
 import errno
+import random
 import resource
 import socket
 import time
@@ -61,10 +74,16 @@ from .._protocol import Protocol
 from .._transport import Transport
 from ._config import BenchConfig
 from ._memory import rss_bytes
-from ._message import DatagramLedger, MessageMaker, ReplyLedger
+from ._message import LATE, DatagramLedger, MessageMaker, ReplyLedger
 
 MAX_CONNECTING = 256
+#: How long the probe at the end of a hold waits for every echo, at least ...
 PROBE_S = 5.0
+#: ... plus this much per connection of the whole run: every worker probes
+#: at about the same time, so a million probes queue on the same CPUs.
+PROBE_S_PER_CONN = 20e-6
+#: hold --sample: each sampled connection sends one echo this often.
+SAMPLE_INTERVAL_S = 1.0
 TICK_S = 0.25
 #: Highest latency the histogram tracks: an hour, in microseconds.
 MAX_LATENCY_US = 3_600_000_000
@@ -400,6 +419,9 @@ class Worker:
         conns: int,
         sources: tuple[str, ...],
         report: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        sample: int = 0,
+        seed: int = 0,
     ) -> None:
         self.config = config
         self.loop = Loop(config.backend)
@@ -441,6 +463,14 @@ class Worker:
         self.rss: tuple[int | None, int | None] = (rss_bytes(), None)
         self.rss_conns = 0
         self._closing = False
+        #: hold --sample: how many of this worker's connections to sample, and the pick's seed.
+        self.sample_share = sample
+        self.sample_seed = seed
+        self.sampled: list[_Client] = []
+        self.sample_sent = 0
+        self._recorded_at_run = 0
+        #: The sample's counts once its last replies are in (``_end_sample``).
+        self.sample: dict[str, Any] | None = None
 
     # -- phases -------------------------------------------------------------
 
@@ -577,6 +607,8 @@ class Worker:
             self.sending = True
             for _ in range(self.conns):
                 self._connect(_Churn(self))
+        elif mode == "hold" and self.sample_share:
+            self._start_sample()
         self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
         self._report_progress()  # at once: the parent measures memory when all are up
 
@@ -585,6 +617,56 @@ class Worker:
             client.top_up()
         else:
             client.start_open_loop(_now_ns())
+
+    def _start_sample(self) -> None:
+        """hold --sample: pick the sampled connections and schedule their first echoes."""
+        self._recorded_at_run = self.recorded
+        numbers = sorted(self.clients)  # connection numbers: the same run, the same pick
+        picked = random.Random(self.sample_seed).sample(
+            numbers, min(self.sample_share, len(numbers))
+        )
+        # Only _Client is sampled: --sample is refused for UDP (hold is TCP only).
+        self.sampled = [self.clients[n] for n in sorted(picked)]  # type: ignore[misc]
+        start = self.loop.time()
+        count = len(self.sampled)
+        for i, client in enumerate(self.sampled):
+            due = start + SAMPLE_INTERVAL_S * i / count
+            self.loop.call_at(due, self._send_sample, client, due)
+
+    def _send_sample(self, client: _Client, due: float) -> None:
+        """One sampled echo, and the next one ``SAMPLE_INTERVAL_S`` later, while the hold runs."""
+        if self.phase != "run" or not client.alive():
+            return
+        client.send()
+        self.sample_sent += 1
+        due += SAMPLE_INTERVAL_S
+        self.loop.call_at(max(due, self.loop.time()), self._send_sample, client, due)
+
+    def _end_sample(self) -> None:
+        """The sample's last replies are in or overdue: count the sample, then probe."""
+        if self.phase != "drain":
+            return
+        self._fold()
+        for client in self.sampled:
+            client.give_up()  # still waiting after reply_timeout: missing
+        histogram = self.histogram
+        verified = self.recorded - self._recorded_at_run
+        self.sample = {
+            "conns": len(self.sampled),
+            "sent": self.sample_sent,
+            "verified": verified,
+            "late": self.errors[LATE],
+            "errors": {k: v for k, v in self.errors.items() if v > 0},
+            "histogram": histogram.encode() if histogram.get_total_count() else b"",
+        }
+        self._probe()
+
+    def _probe(self) -> None:
+        """hold: one echo on every connection still up proves that it is."""
+        self.phase = "probe"
+        for client in list(self.clients.values()):
+            client.probe()  # type: ignore[union-attr]  # hold is TCP only: _Client
+        self.loop.call_later(PROBE_S + self.config.conns * PROBE_S_PER_CONN, self._finish)
 
     def churn_done(self) -> None:
         """connect mode: one slot's connection has closed; open the next."""
@@ -607,11 +689,12 @@ class Worker:
                 usage.ru_stime - self._cpu_start[1],
             )
         self._fold()
-        if self.config.mode == "hold":  # TCP only: the clients are _Client
-            self.phase = "probe"
-            for client in list(self.clients.values()):
-                client.probe()  # type: ignore[union-attr]
-            self.loop.call_later(PROBE_S, self._finish)
+        if self.config.mode == "hold" and self.sampled:
+            self.phase = "drain"  # the sample's last echoes get reply_timeout
+            self.loop.call_later(self.config.reply_timeout, self._end_sample)
+            self._maybe_stop()
+        elif self.config.mode == "hold":
+            self._probe()
         else:
             self.phase = "drain"
             # Replies sent near the end get as long as any other: --timeout.
@@ -652,7 +735,10 @@ class Worker:
         """End the drain early once nothing is outstanding."""
         if self.phase != "drain":
             return
-        if self.config.mode == "connect":
+        if self.config.mode == "hold":
+            if not any(c._ledger.outstanding for c in self.sampled):
+                self.loop.call_soon(self._end_sample)
+        elif self.config.mode == "connect":
             if not self.connecting:
                 self.loop.call_soon(self._finish)
         elif not any(c._ledger.outstanding for c in self.clients.values()):
@@ -755,4 +841,5 @@ class Worker:
                 else None
             ),
             "rss_conns": self.rss_conns,
+            "sample": self.sample,
         }
