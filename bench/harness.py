@@ -634,3 +634,51 @@ def write_json(path: Path, data: Any, indent: int | None = 1) -> None:
 def note(message: str) -> None:
     """A progress line on stderr (stdout is for the report)."""
     print(message, file=sys.stderr, flush=True)
+
+
+# -- what /proc says about the machine (issue 14, bench/million.py) -------------------
+
+
+def meminfo_bytes() -> dict[str, int]:
+    """/proc/meminfo in bytes: ``MemTotal``, ``MemAvailable``, ``Slab``, ... (the kernel writes kB)."""
+    values: dict[str, int] = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields and fields[0].isdigit():
+            values[name] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return values
+
+
+def sockstat_tcp() -> dict[str, int]:
+    """The TCP line of /proc/net/sockstat: ``inuse``, ``orphan``, ``tw``, ``alloc``, ``mem`` (pages)."""
+    for line in Path("/proc/net/sockstat").read_text().splitlines():
+        if line.startswith("TCP:"):
+            fields = line.split()[1:]
+            return {fields[i]: int(fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
+    return {}
+
+
+def start_ticks(pid: int) -> int:
+    """When process ``pid`` started (clock ticks since boot, /proc/PID/stat field 22):
+    with the PID, it names one process even after the PID is reused.
+
+    Raises:
+        OSError: no such process.
+    """
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc/*/stat), sorted."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            found.append(int(name))
+    return sorted(found)

@@ -827,8 +827,9 @@ def bench(
              verified, and a wrong, missing, late or reordered one is an
              error; over UDP each connection is one socket, and a datagram
              not echoed within --timeout is lost
-    hold     open --conns connections, keep them idle for --duration, then
-             check with one echo each that they are still up (TCP only);
+    hold     open --conns connections, keep them idle for --duration once
+             all are up, then check with one echo each that they are still
+             up (TCP only);
              reports the connect rate, what stopped it, and memory per
              connection: the server's and the load's RSS, the kernel's;
              --sample N: N random connections echo during the hold

@@ -28,7 +28,7 @@ REPORT_KEYS = {
     "target", "mode", "conns", "size", "pipeline", "duration_s", "rate", "procs", "elapsed_s",
     "connections", "round_trips", "round_trips_per_s", "mb_per_s", "latency_us", "errors",
     "error_count", "cpu", "hold", "connects_per_s", "stopped_by", "protocol", "datagrams",
-    "not_echo", "plan", "memory", "connect",
+    "not_echo", "plan", "memory", "connect", "sample",
 }  # fmt: skip
 
 

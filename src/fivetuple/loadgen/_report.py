@@ -4,7 +4,7 @@ What fails a run (exit status 1, ``failed``): any error (``corrupted``,
 ``missing``, ``late``, ``reordered``, ``duplicated``, ``unexpected``, an ICMP
 ``refused``), a failed or lost connection, a limit that stopped it, a held
 connection that did not survive, a sampled echo of a hold that was not
-verified (``--sample``), a target that does not echo, and for UDP
+verified (``--sample``) or a sample that sent none, a target that does not echo, and for UDP
 more lost datagrams than ``max_loss_pct`` (0 by default: on loopback a lost
 datagram was dropped by a full socket buffer or by the server's own rate
 limit, and a benchmark should not pass quietly over either) or any
@@ -292,7 +292,7 @@ def failed(report: dict[str, Any]) -> bool:
         or report["stopped_by"]
         or report["not_echo"]
         or (hold and hold["still_up"] < hold["held"])
-        or (report.get("sample") and report["sample"]["failed"])
+        or (report.get("sample") and (report["sample"]["failed"] or not report["sample"]["sent"]))
         or (
             datagrams
             and (

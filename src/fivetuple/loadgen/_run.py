@@ -14,7 +14,9 @@ over (each says so at once, not at its next progress tick).
 ``hold --sample N``: the sample is split over the workers as the
 connections are (``_shares``), and worker K picks its part with the seed
 ``seed + K`` (``seed`` drawn here unless ``--seed`` gave it; said on stderr),
-so that a run can be repeated with the same pick.
+so that a run can be repeated with the same pick. A hold (and its
+sampled echoes) starts when the parent sets ``all_up`` (an Event): once
+every worker has said that its connect phase is over, or has exited.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import resource
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -198,12 +201,15 @@ def _child(
     pipe: Connection,
     sample: int = 0,
     seed: int = 0,
+    all_up: Callable[[], bool] | None = None,
 ) -> None:
     def report(progress: dict[str, Any]) -> None:
         pipe.send(("progress", progress))
 
     try:
-        worker = Worker(config, family, address, conns, sources, report, sample=sample, seed=seed)
+        worker = Worker(
+            config, family, address, conns, sources, report, sample=sample, seed=seed, all_up=all_up
+        )
         result = worker.run()
         pipe.send(("result", result))
     except BaseException as exc:  # reported to the parent, which says it in one line
@@ -254,13 +260,15 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
     )
     pipes: dict[Connection, int] = {}
     children = []
+    all_up = context.Event()  # set once every worker's connect phase is over
+    gone: set[int] = set()  # workers whose pipe has closed
     started = time.monotonic()
     for k, (conns, sources) in enumerate(_shares(config.conns, chosen.procs, config.source_addrs)):
         parent_end, child_end = context.Pipe(duplex=False)
         child = context.Process(
             target=_child,
             args=(config, family, address, conns, sources, child_end),
-            kwargs={"sample": samples[k], "seed": (config.seed or 0) + k},
+            kwargs={"sample": samples[k], "seed": (config.seed or 0) + k, "all_up": all_up.is_set},
             daemon=True,
         )
         child.start()
@@ -282,6 +290,7 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
                     kind, payload = pipe.recv()
                 except EOFError:
                     del pipes[pipe]
+                    gone.add(k)
                     continue
                 if kind == "progress":
                     progress[k] = payload
@@ -289,6 +298,10 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
                     results.append(payload)
                 else:
                     crashes.append(payload)
+            if not all_up.is_set() and all(
+                k in gone or (p and p.get("phase") != "connect") for k, p in enumerate(progress)
+            ):
+                all_up.set()
             if before is not None and after is None and _all_up(progress):
                 # Read memory once the server has accepted every connection
                 # (one descriptor each), or after SETTLE_S: see _memory.

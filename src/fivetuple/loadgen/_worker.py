@@ -15,10 +15,21 @@ Theory of operation. A worker runs in phases, each ended by a timer:
 3. drain: no new messages; replies still on their way get ``--timeout``
    (``reply_timeout``); then every message without its reply is counted
    missing (lost, for UDP);
-4. (hold) probe: one echoed message per connection proves it is still up.
+4. (hold) probe: one echoed message per connection proves it is still up,
+   at most ``PROBE_WINDOW`` probes in flight per worker (refilled every
+   ``TICK_S``): a million probes sent at once are a million messages in
+   socket queues at once, 2.6 GB of them at 1,000,000 connections, more
+   than the kernel's ``tcp_mem`` allows (/work/notes/million.md).
 
-Sampled echoes (hold, ``--sample``). When the run phase of a hold starts,
-the worker picks its share of the sample at random among the connections
+The hold. ``hold`` waits in its run phase until every worker has all its
+connections up (the parent says so through ``all_up``), then holds them for
+``duration``: every connection is held that long with all the others up,
+and the workers' holds end together (a worker that ended early would probe
+and close while the others still measure).
+
+Sampled echoes (hold, ``--sample``). When the hold starts (until then the
+machine is busy connecting, and an echo would measure that), the worker
+picks its share of the sample at random among the connections
 it holds (``random.Random(seed)``: the same seed and the same connections
 up give the same pick) and sends one verified echo on each every
 ``SAMPLE_INTERVAL_S``, the first ones spread over one interval so that
@@ -81,7 +92,11 @@ MAX_CONNECTING = 256
 PROBE_S = 5.0
 #: ... plus this much per connection of the whole run: every worker probes
 #: at about the same time, so a million probes queue on the same CPUs.
-PROBE_S_PER_CONN = 20e-6
+PROBE_S_PER_CONN = 50e-6
+#: Probes in flight per worker at most (see the module docstring, 4).
+PROBE_WINDOW = 1_000
+#: hold: the longest a worker waits for the others to have all their connections up.
+ALL_UP_WAIT_S = 300.0
 #: hold --sample: each sampled connection sends one echo this often.
 SAMPLE_INTERVAL_S = 1.0
 TICK_S = 0.25
@@ -422,6 +437,7 @@ class Worker:
         *,
         sample: int = 0,
         seed: int = 0,
+        all_up: Callable[[], bool] | None = None,
     ) -> None:
         self.config = config
         self.loop = Loop(config.backend)
@@ -468,6 +484,13 @@ class Worker:
         self.sample_seed = seed
         self.sampled: list[_Client] = []
         self.sample_sent = 0
+        #: Whether every worker of the run has its connections up (None: this is the only one).
+        self._all_up = all_up
+        self._hold_started = False
+        self._all_up_by = 0.0
+        #: hold: connections still to probe, and those whose probe is in flight.
+        self._to_probe: list[_Client] = []
+        self._probes_in_flight: list[_Client] = []
         self._recorded_at_run = 0
         #: The sample's counts once its last replies are in (``_end_sample``).
         self.sample: dict[str, Any] | None = None
@@ -607,9 +630,11 @@ class Worker:
             self.sending = True
             for _ in range(self.conns):
                 self._connect(_Churn(self))
-        elif mode == "hold" and self.sample_share:
-            self._start_sample()
-        self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
+        if mode == "hold":
+            self._all_up_by = self.run_started + ALL_UP_WAIT_S
+            self._maybe_start_hold()  # asked again every TICK_S (_tick)
+        else:
+            self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
         self._report_progress()  # at once: the parent measures memory when all are up
 
     def _start_sending(self, client: _Client | _DatagramClient) -> None:
@@ -617,6 +642,25 @@ class Worker:
             client.top_up()
         else:
             client.start_open_loop(_now_ns())
+
+    def _maybe_start_hold(self) -> None:
+        """hold: the hold (its ``duration``, and the sample) starts once every
+        worker has all its connections up (``all_up``), so that every
+        connection is held for ``duration`` with all the others up; or
+        ``ALL_UP_WAIT_S`` after this worker's were up, whatever the others do
+        (a parent that died must not leave it holding for ever)."""
+        if self._hold_started or self.phase != "run":
+            return
+        now = self.loop.time()
+        if self._all_up is not None and not self._all_up() and now < self._all_up_by:
+            return
+        self._hold_started = True
+        self.run_started = now
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self._cpu_start = (usage.ru_utime, usage.ru_stime)
+        if self.sample_share:
+            self._start_sample()
+        self._run_timer = self.loop.call_later(self.config.duration, self._end_run)
 
     def _start_sample(self) -> None:
         """hold --sample: pick the sampled connections and schedule their first echoes."""
@@ -664,9 +708,22 @@ class Worker:
     def _probe(self) -> None:
         """hold: one echo on every connection still up proves that it is."""
         self.phase = "probe"
-        for client in list(self.clients.values()):
-            client.probe()  # type: ignore[union-attr]  # hold is TCP only: _Client
+        # hold is TCP only: the clients are _Client; popped from the end
+        self._to_probe = list(reversed(self.clients.values()))  # type: ignore[arg-type]
+        self._probe_more()
         self.loop.call_later(PROBE_S + self.config.conns * PROBE_S_PER_CONN, self._finish)
+
+    def _probe_more(self) -> bool:
+        """Refill the probe window; whether every probe has been answered."""
+        waiting = [c for c in self._probes_in_flight if c.alive() and not c.probe_answered()]
+        to_probe = self._to_probe
+        while to_probe and len(waiting) < PROBE_WINDOW:
+            client = to_probe.pop()
+            if client.alive():
+                client.probe()
+                waiting.append(client)
+        self._probes_in_flight = waiting
+        return not waiting and not to_probe
 
     def churn_done(self) -> None:
         """connect mode: one slot's connection has closed; open the next."""
@@ -764,6 +821,8 @@ class Worker:
         if self.phase == "done":
             return
         self._fold()
+        if self.phase == "run" and self.config.mode == "hold" and not self._hold_started:
+            self._maybe_start_hold()
         if self.phase == "run" and self.config.mode == "echo":
             cutoff = _now_ns() - self.late_after_ns
             closed_loop = self.closed_loop
@@ -773,10 +832,7 @@ class Worker:
                     client.top_up()  # also retries a send that failed (UDP)
         elif self.phase == "drain":
             self._maybe_stop()
-        elif self.phase == "probe" and all(  # hold mode, TCP only: the clients are _Client
-            c.probe_answered()  # type: ignore[union-attr]
-            for c in self.clients.values()
-        ):
+        elif self.phase == "probe" and self._probe_more():
             self._finish()  # every held connection answered: no need to wait PROBE_S
             return
         self._report_progress()
