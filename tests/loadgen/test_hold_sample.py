@@ -100,7 +100,7 @@ def test_the_seed_picks_the_connections() -> None:
         with running_server(Counting) as server:
             status, report, stderr = hold(
                 f"tcp://127.0.0.1:{port_of(server)}", "--conns", "200", "--sample", "30",
-                "--seed", seed, "--duration", "1.5", "--procs", "1",
+                "--seed", seed, "--duration", "1.2", "--procs", "1",
             )  # fmt: skip
         assert status == 0, stderr
         assert report["sample"]["seed"] == int(seed) and report["sample"]["failed"] == 0
@@ -121,7 +121,7 @@ def test_an_echo_that_never_comes_back_fails_the_sample() -> None:
     with running_server(ForgetsTheSecond) as server:
         status, report, _ = hold(
             f"tcp://127.0.0.1:{port_of(server)}", "--conns", "100", "--sample", "20",
-            "--duration", "3", "--timeout", "0.5", "--procs", "1",
+            "--duration", "2.4", "--timeout", "0.5", "--procs", "1",
         )  # fmt: skip
     sample = report["sample"]
     assert status == 1
