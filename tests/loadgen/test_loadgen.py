@@ -82,7 +82,7 @@ class Recorder(BaseRecorder):
 def test_echo_against_the_echo_app_has_no_errors() -> None:
     with running_server(make_app("echo")) as server:
         status, report = bench(
-            port_of(server), "--conns", "20", "--duration", "1", "--pipeline", "4"
+            port_of(server), "--conns", "20", "--duration", "0.5", "--pipeline", "4"
         )
     assert status == 0
     assert report["connections"] == {"attempted": 20, "established": 20, "failed": {}, "lost": {}}
@@ -98,7 +98,9 @@ def test_echo_against_the_echo_app_has_no_errors() -> None:
 
 def test_corrupted_bytes_are_reported_not_counted_as_successes() -> None:
     with running_server(Corrupter) as server:
-        status, report = bench(port_of(server), "--conns", "2", "--duration", "1", "--size", "100")
+        status, report = bench(
+            port_of(server), "--conns", "2", "--duration", "0.5", "--size", "100"
+        )
     assert status == 1
     assert report["errors"].get("corrupted", 0) > 0
     # every 10th message of 100 bytes carries a flipped byte: those are not round trips
@@ -144,7 +146,9 @@ def test_echo_over_a_unix_socket(tmp_path: Path) -> None:
 def test_two_processes_merge_their_results() -> None:
     Recorder.peers.clear()
     with running_server(Recorder) as server:
-        status, report = bench(port_of(server), "--conns", "10", "--procs", "2", "--duration", "1")
+        status, report = bench(
+            port_of(server), "--conns", "10", "--procs", "2", "--duration", "0.5"
+        )
         served = sum(Recorder.peers.values())
     assert status == 0
     assert report["procs"] == 2 and served == 10 + 1  # and the probe before the run
@@ -158,7 +162,7 @@ def test_two_processes_merge_their_results() -> None:
 
 def test_connect_mode_counts_connections() -> None:
     with running_server(make_app("discard")) as server:
-        status, report = bench(port_of(server), "connect", "--conns", "4", "--duration", "1")
+        status, report = bench(port_of(server), "connect", "--conns", "4", "--duration", "0.5")
     assert status == 0
     assert report["connects_per_s"] > 0 and report["connections"]["failed"] == {}
     assert report["connections"]["established"] == report["connections"]["attempted"]
@@ -287,7 +291,7 @@ def test_an_open_loop_stall_over_the_timeout_is_late_with_every_due_time() -> No
 def test_replies_that_really_come_out_of_order_are_reordered() -> None:
     with running_server(Swapper) as server:
         status, report = bench(
-            port_of(server), "--conns", "1", "--duration", "1", "--pipeline", "2",
+            port_of(server), "--conns", "1", "--duration", "0.5", "--pipeline", "2",
             "--timeout", "0.5",
         )  # fmt: skip
     assert status == 1
@@ -302,7 +306,7 @@ def test_duplicated_replies_are_counted_and_the_pipeline_stays_put() -> None:
     in flight at every round trip)."""
     Doubler.largest_read = 0
     with running_server(Doubler) as server:
-        status, report = bench(port_of(server), "--conns", "1", "--duration", "1")
+        status, report = bench(port_of(server), "--conns", "1", "--duration", "0.5")
     assert status == 1
     assert report["errors"] == {"duplicated": report["round_trips"]}
     assert report["round_trips"] > 100
