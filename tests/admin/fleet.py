@@ -33,11 +33,13 @@ def worker_servers(directory: Path, n: int) -> Iterator[dict[str, tuple[Server, 
 
 
 @contextmanager
-def gathering(workers: Callable[[], Mapping[str, str]]) -> Iterator[str]:
+def gathering(workers: Callable[[], Mapping[str, str]], **options: float) -> Iterator[str]:
     """A gathering endpoint over ``workers`` on a loop of its own (a supervisor's
-    stand-in) in a thread: its address, ``127.0.0.1:PORT``."""
+    stand-in) in a thread: its address, ``127.0.0.1:PORT``. ``options`` are
+    start_gathering_admin's (a short ``worker_timeout`` or ``history_interval``
+    keeps a test from waiting out real seconds)."""
     loop = Loop()
-    admin = start_gathering_admin(loop, workers, "127.0.0.1", 0)
+    admin = start_gathering_admin(loop, workers, "127.0.0.1", 0, **options)
     thread = threading.Thread(target=loop.run, name="fivetuple-gatherer", daemon=True)
     thread.start()
     try:

@@ -58,7 +58,7 @@ from .._protocol import Protocol
 from .._server import Server
 from .._timers import Timer
 from .._transport import Transport
-from ._history import History, label_order
+from ._history import HISTORY_INTERVAL_S, History, label_order
 from ._http import (
     JSON_TYPE,
     REQUEST_ROWS,
@@ -156,9 +156,9 @@ class _WorkerGet(Protocol):
             elif isinstance(event, h11.ConnectionClosed):
                 self._finish("closed the connection before answering")
 
-    def timed_out(self) -> None:
+    def timed_out(self, timeout: float) -> None:
         self._timer = None
-        self._finish(f"did not answer within {WORKER_TIMEOUT_S:g}s")
+        self._finish(f"did not answer within {timeout:g}s")
 
     def failed(self, exc: OSError) -> None:
         self._finish(f"cannot connect ({exc.strerror or exc})")
@@ -185,7 +185,7 @@ def ask_worker(
     (never before this returns), with the decoded JSON object or a reason.
     """
     get = _WorkerGet(target, done)
-    get._timer = loop.call_later(timeout, get.timed_out)
+    get._timer = loop.call_later(timeout, get.timed_out, timeout)
     # open_connection may fail before it returns: defer, so that the caller's
     # bookkeeping is done before any answer comes.
     open_connection(
@@ -555,6 +555,8 @@ def start_gathering_admin(
     *,
     public: bool = False,
     shared: bool = False,
+    worker_timeout: float = WORKER_TIMEOUT_S,
+    history_interval: float = HISTORY_INTERVAL_S,
 ) -> Server:
     """Serve one admin endpoint for many workers on ``host:port``, on the supervisor's loop.
 
@@ -569,6 +571,8 @@ def start_gathering_admin(
         public: allow a non-loopback ``host`` (with a warning).
         shared: the workers share their listening sockets (``--balance
             shared``): their accept queues are one queue, not added up.
+        worker_timeout: the deadline of each question to a worker, in seconds.
+        history_interval: seconds between two samples of ``/history``.
 
     Returns:
         The admin listener, started (``addresses`` say where). It samples the
@@ -578,7 +582,13 @@ def start_gathering_admin(
         SetupError: a non-loopback address without ``public``, or the address is in use.
     """
     check_admin_address(host, public)
-    gatherer = Gatherer(loop, workers, shared=shared)
+    gatherer = Gatherer(
+        loop,
+        workers,
+        shared=shared,
+        timeout=worker_timeout,
+        history=History(interval=history_interval),
+    )
     endpoint = AdminEndpoint(None, loop=loop, history=gatherer.history)
     admin = admin_server(endpoint, lambda: GatherProtocol(endpoint, gatherer), host, port)
     gatherer.admin = admin
