@@ -394,8 +394,7 @@ def serve(
             try:
                 admin = start_admin(observed, host, port, public=admin_public)
             except SetupError as exc:  # its host and port are --admin's, not the server's
-                names = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
-                raise SetupError(exc.naming(names)) from None
+                raise SetupError(exc.naming(_ADMIN_FLAGS)) from None
         if status_every is not None:
             _print_status_every(observed, status_every)
     server.start()
@@ -457,10 +456,13 @@ def _serve_workers(
     backlog: int,
     grace: float,
     *,
+    udp: bool = False,
     admin: tuple[str, int, bool] | None = None,
     app: str = "",
     codec: str = "raw",
 ) -> int:
+    """Serve with a supervisor and ``workers`` forked workers (TCP, Unix, or
+    ``udp``); returns the exit status."""
     import shutil
     import tempfile
 
@@ -509,8 +511,7 @@ def _serve_workers(
                     )
                 )
             except SetupError as exc:  # its host and port are --admin's, not the server's
-                names = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
-                raise SetupError(exc.naming(names)) from None
+                raise SetupError(exc.naming(_ADMIN_FLAGS)) from None
 
         def on_worker_start(server: Any, slot: int, generation: int) -> None:
             # A TCP or Unix worker: --admin is refused with --udp.
@@ -527,6 +528,7 @@ def _serve_workers(
         backlog=backlog,
         balance=balance,
         grace=grace,
+        udp=udp,
         on_ready=ready,
         on_loop=on_loop,
         on_worker_start=on_worker_start,
@@ -603,27 +605,10 @@ def _serve_udp(
     server = make_server()  # checks the options (one line, exit 2) before any fork
     if workers > 1:
         server.loop.close()
-        from ._supervisor import Supervisor
-
-        def announce(banner: str) -> None:
-            print(banner, flush=True)
-            _log_start(banner)
-
-        supervisor = Supervisor(
-            make_server,
-            workers=workers,
-            label=app,
-            host=host if host is not None else DEFAULT_HOST,
-            port=port if port is not None else DEFAULT_PORT,
-            balance=balance,
-            grace=0.0,
+        return _serve_workers(
+            make_server, workers, balance, app, host, port, None, None, DEFAULT_BACKLOG, 0.0,
             udp=True,
-            on_ready=announce,
-        )
-        supervisor.start()
-        status = supervisor.run()
-        _log_stop(status)
-        return status
+        )  # fmt: skip
 
     def ready() -> None:
         print(server.banner(app), flush=True)
@@ -955,6 +940,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(1)
 
 
+#: start_admin's parameters as the command line spells them: its host and port
+#: are --admin's, not the server's.
+_ADMIN_FLAGS = {"host": "--admin", "port": "--admin port", "public": "--admin-public"}
 #: Library parameters whose flag is not ``--`` + the name with dashes.
 _FLAG_FOR_PARAM = {"peer_rate": "--udp-rate", "peer_burst": "--udp-burst"}
 

@@ -434,17 +434,8 @@ class GatherProtocol(AdminProtocol):
             self._send(400, TEXT_TYPE, f"{exc}\n".encode())
             self._answered()
             return REQUEST_ROWS
-        http = self._http
-        head = http.send(
-            h11.Response(
-                status_code=200,
-                headers=[("Content-Type", JSON_TYPE), ("Cache-Control", "no-store")],
-                reason=b"OK",
-            )
-        )
-        if request.method == b"HEAD":
-            self._write(head + http.send(h11.EndOfMessage()))
-            self._answered()
+        head = self._stream_head(request)
+        if head is None:
             return REQUEST_ROWS
         queue = []
         for name, path in sorted(self._gatherer.workers().items(), key=lambda w: label_order(w[0])):
@@ -455,7 +446,7 @@ class GatherProtocol(AdminProtocol):
         self._walk = _Walk(queue, limit)
         self._endpoint.busy(self)
         opening = json.dumps({"time": time.time()})[:-1] + ', "connections": ['
-        self._write(head + http.send(h11.Data(data=opening.encode())))
+        self._write(head + self._http.send(h11.Data(data=opening.encode())))
         self._endpoint.schedule(self)
         return REQUEST_ROWS
 

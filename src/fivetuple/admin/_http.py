@@ -470,16 +470,14 @@ class AdminProtocol(Protocol):
 
     # -- GET /connections, a batch of rows per turn --------------------------
 
-    def _begin_listing(self, request: h11.Request, query: str, budget: int) -> int:
-        try:
-            after, limit = listing_query(query)
-        except ValueError as exc:
-            self._send(400, TEXT_TYPE, f"{exc}\n".encode())
-            self._answered()
-            return REQUEST_ROWS
+    def _stream_head(self, request: h11.Request) -> bytes | None:
+        """The head of a streamed JSON answer, to be written with its first rows;
+        None after answering a HEAD request whole (nothing is to follow).
+
+        No Content-Length: h11 sends chunks to an HTTP/1.1 client and closes
+        the connection after the answer for an HTTP/1.0 one.
+        """
         http = self._http
-        # No Content-Length: h11 sends chunks to an HTTP/1.1 client and closes
-        # the connection after the answer for an HTTP/1.0 one.
         head = http.send(
             h11.Response(
                 status_code=200,
@@ -490,6 +488,18 @@ class AdminProtocol(Protocol):
         if request.method == b"HEAD":
             self._write(head + http.send(h11.EndOfMessage()))
             self._answered()
+            return None
+        return head
+
+    def _begin_listing(self, request: h11.Request, query: str, budget: int) -> int:
+        try:
+            after, limit = listing_query(query)
+        except ValueError as exc:
+            self._send(400, TEXT_TYPE, f"{exc}\n".encode())
+            self._answered()
+            return REQUEST_ROWS
+        head = self._stream_head(request)
+        if head is None:
             return REQUEST_ROWS
         # One copy of the server's list (a C-level copy of pointers, about
         # 5 us per 1,000 connections); the rows are built from it in turns.
@@ -500,7 +510,7 @@ class AdminProtocol(Protocol):
         self._listing = _Listing(transports[start:end], next_after)
         self._endpoint.busy(self)
         opening = json.dumps({"time": time.time()})[:-1] + ', "connections": ['
-        self._write(head + http.send(h11.Data(data=opening.encode())))
+        self._write(head + self._http.send(h11.Data(data=opening.encode())))
         left = budget - REQUEST_ROWS
         if left > 0 and not self._write_paused:
             return REQUEST_ROWS + self._list_rows(left)
