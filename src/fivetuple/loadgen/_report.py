@@ -84,20 +84,10 @@ def _sample(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any
     if config.mode != "hold" or not config.sample:
         return None
     parts = [r["sample"] for r in results if r.get("sample")]
-    histogram: HdrHistogram | None = None
-    for part in parts:
-        if part["histogram"]:
-            decoded = HdrHistogram.decode(part["histogram"])
-            if histogram is None:
-                histogram = decoded
-            else:
-                histogram.add(decoded)
+    histogram = _merged_histogram(parts)
     sent = sum(p["sent"] for p in parts)
     verified = sum(p["verified"] for p in parts)
-    latency: dict[str, float] | None = None
-    if histogram is not None and histogram.get_total_count():
-        latency = {name: histogram.get_value_at_percentile(q) for name, q in PERCENTILES}
-        latency["max"] = histogram.get_max_value()
+    latency = _latency(histogram)
     return {
         "asked": config.sample,
         "seed": config.seed,
@@ -112,6 +102,30 @@ def _sample(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any
     }
 
 
+def _merged_histogram(parts: list[dict[str, Any]]) -> HdrHistogram | None:
+    """The HDR histograms of ``parts`` (each's encoded ``histogram``, if any) added up."""
+    histogram: HdrHistogram | None = None
+    for part in parts:
+        if part["histogram"]:
+            decoded = HdrHistogram.decode(part["histogram"])
+            if histogram is None:
+                histogram = decoded
+            else:
+                histogram.add(decoded)
+    return histogram
+
+
+def _latency(histogram: HdrHistogram | None) -> dict[str, float] | None:
+    """The percentiles and maximum of ``histogram`` in microseconds; None if it is empty."""
+    if histogram is None or not histogram.get_total_count():
+        return None
+    latency: dict[str, float] = {
+        name: histogram.get_value_at_percentile(q) for name, q in PERCENTILES
+    }
+    latency["max"] = histogram.get_max_value()
+    return latency
+
+
 def merge(
     config: BenchConfig, results: list[dict[str, Any]], started: float = 0.0
 ) -> dict[str, Any]:
@@ -119,14 +133,7 @@ def merge(
 
     ``plan`` and ``memory`` are None here: ``run_bench`` fills them in.
     """
-    histogram: HdrHistogram | None = None
-    for result in results:
-        if result["histogram"]:
-            part = HdrHistogram.decode(result["histogram"])
-            if histogram is None:
-                histogram = part
-            else:
-                histogram.add(part)
+    histogram = _merged_histogram(results)
     elapsed = max((r["elapsed_s"] for r in results), default=0.0) or config.duration
     trips = sum(r["round_trips"] for r in results)
     connects = sum(r["connects"] for r in results)
@@ -147,11 +154,9 @@ def merge(
         }
     not_echo = next((r["not_echo"] for r in results if r["not_echo"]), None)
     stopped = [r["stopped_by"] for r in results if r["stopped_by"]]
-    latency: dict[str, float] | None = None  # microseconds; the mean is not whole
-    if histogram is not None and histogram.get_total_count():
-        latency = {name: histogram.get_value_at_percentile(p) for name, p in PERCENTILES}
-        latency["max"] = histogram.get_max_value()
-        latency["mean"] = round(histogram.get_mean_value(), 1)
+    latency = _latency(histogram)
+    if latency is not None and histogram is not None:
+        latency["mean"] = round(histogram.get_mean_value(), 1)  # not whole microseconds
     per = trips or connects
     return {
         "target": config.target,
