@@ -424,7 +424,10 @@ class PtyProcess:
         deadline = time.monotonic() + timeout
         while self.proc.poll() is None:
             if time.monotonic() > deadline:
-                raise AssertionError(f"still running {timeout}s after being asked to quit")
+                raise AssertionError(
+                    f"still running {timeout}s after being asked to quit; "
+                    f"output ends: {self.output[-1500:]!r}"
+                )
             self._read(0.05)
         self._read(0.0)
         return self.proc.returncode

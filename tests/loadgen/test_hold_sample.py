@@ -91,27 +91,31 @@ def test_sampled_echoes_are_verified_on_every_load_process() -> None:
     assert f"sampled echoes (50 conns, seed {seed})" in console.export_text()
 
 
+def test_the_pick_follows_the_seed_alone() -> None:
+    numbers = range(200)
+    first = _worker.pick_sample(numbers, 30, seed=7)
+    assert len(first) == len(set(first)) == 30 and set(first) <= set(numbers)
+    assert _worker.pick_sample(reversed(numbers), 30, seed=7) == first  # order is not the seed
+    assert _worker.pick_sample(numbers, 30, seed=8) != first
+    assert _worker.pick_sample(range(10), 30, seed=7) == list(range(10))  # fewer: all of them
+
+
 def test_the_seed_picks_the_connections() -> None:
-    """Which connections are sampled follows the seed: the same seed, the
-    same 30 of 200 (numbers below 256, so each one's first byte names it)."""
-
-    def sampled(seed: str) -> set[int]:
-        Counting.received.clear()
-        with running_server(Counting) as server:
-            status, report, stderr = hold(
-                f"tcp://127.0.0.1:{port_of(server)}", "--conns", "200", "--sample", "30",
-                "--seed", seed, "--duration", "1.2", "--procs", "1",
-            )  # fmt: skip
-        assert status == 0, stderr
-        assert report["sample"]["seed"] == int(seed) and report["sample"]["failed"] == 0
-        assert len(Counting.received) == 200  # every connection sent its probe
-        # a sampled connection sent one echo or more before its probe
-        return {number for number, got in Counting.received.items() if got > SIZE}
-
-    first = sampled("7")
-    assert len(first) == 30
-    assert sampled("7") == first
-    assert sampled("8") != first
+    """The connections a run samples are the seed's pick: with one process
+    (seed + 0), the 30 of 200 that pick_sample names (numbers below 256, so
+    each connection's first byte names it)."""
+    Counting.received.clear()
+    with running_server(Counting) as server:
+        status, report, stderr = hold(
+            f"tcp://127.0.0.1:{port_of(server)}", "--conns", "200", "--sample", "30",
+            "--seed", "7", "--duration", "1.2", "--procs", "1",
+        )  # fmt: skip
+    assert status == 0, stderr
+    assert report["sample"]["seed"] == 7 and report["sample"]["failed"] == 0
+    assert len(Counting.received) == 200  # every connection sent its probe
+    # a sampled connection sent one echo or more before its probe
+    sampled = {number for number, got in Counting.received.items() if got > SIZE}
+    assert sampled == set(_worker.pick_sample(range(200), 30, seed=7))
 
 
 def test_an_echo_that_never_comes_back_fails_the_sample() -> None:

@@ -330,8 +330,11 @@ def run_top(
             f"for a script use: fivetuple conns {addr} [--json]"
         )
     # SIGTERM (and SIGHUP, a closed terminal) end it like Ctrl-C: through the
-    # finally clauses that give the terminal back its mode and screen.
-    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # finally clauses that give the terminal back its mode and screen. SIGINT is
+    # set too: a shell starts background jobs with it ignored, which Python keeps,
+    # and Ctrl-C typed at top must quit it all the same.
+    quitting = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    previous = {sig: signal.signal(sig, _interrupt) for sig in quitting}
     try:
         with (
             _cbreak(sys.stdin) as keys,

@@ -73,7 +73,7 @@ import socket
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -202,6 +202,13 @@ class _Sender:
 
     def close(self) -> None:
         raise NotImplementedError
+
+
+def pick_sample(numbers: Iterable[int], share: int, seed: int) -> list[int]:
+    """The connection numbers that ``hold --sample`` verifies: ``share`` of ``numbers``
+    (all of them if fewer), chosen by ``seed`` alone, so ``--seed`` repeats a pick."""
+    ordered = sorted(numbers)
+    return sorted(random.Random(seed).sample(ordered, min(share, len(ordered))))
 
 
 class _Client(_Sender, Protocol):
@@ -665,10 +672,7 @@ class Worker:
     def _start_sample(self) -> None:
         """hold --sample: pick the sampled connections and schedule their first echoes."""
         self._recorded_at_run = self.recorded
-        numbers = sorted(self.clients)  # connection numbers: the same run, the same pick
-        picked = random.Random(self.sample_seed).sample(
-            numbers, min(self.sample_share, len(numbers))
-        )
+        picked = pick_sample(self.clients, self.sample_share, self.sample_seed)
         # Only _Client is sampled: --sample is refused for UDP (hold is TCP only).
         self.sampled = [self.clients[n] for n in sorted(picked)]  # type: ignore[misc]
         start = self.loop.time()
