@@ -4,6 +4,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +21,11 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
     yield a, b
     a.close()
     b.close()
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Test certificates and keys (helpers.TLSFiles), made once per session."""
+    from helpers import make_tls_files
+
+    return make_tls_files(tmp_path_factory.mktemp("tls"))

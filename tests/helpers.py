@@ -19,6 +19,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -380,6 +381,30 @@ def rss(pid: int, field: str = "VmRSS") -> int:
 # A TCP protocol that keeps every callback it saw, and a factory that keeps every one.
 
 
+class Background:
+    """Run ``fn`` in a thread; ``result()`` joins it and re-raises its error."""
+
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self._box: list[tuple[bool, Any]] = []
+
+        def run() -> None:
+            try:
+                self._box.append((True, fn()))
+            except BaseException as exc:
+                self._box.append((False, exc))
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def result(self, timeout: float = 20.0) -> Any:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "background thread did not finish"
+        ok, value = self._box[0]
+        if not ok:
+            raise value
+        return value
+
+
 class Recorder(Protocol):
     """Records every callback with its argument; optionally echoes.
 
@@ -737,3 +762,112 @@ def ss_pairs(port: int) -> set[tuple[int, int]]:
         local, remote = fields[-2], fields[-1]
         pairs.add((int(local.rsplit(":", 1)[1]), int(remote.rsplit(":", 1)[1])))
     return pairs
+
+
+# -- TLS certificates and handshakes ------------------------------------------------
+# Test certificates made with trustme (the test-certificate library of Python's
+# TLS projects), written once per session by the ``tls_files`` fixture
+# (conftest.py), and a handshake of two SSLObjects pumped into each other in memory.
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for TLS tests; every path is a str.
+
+    ``cert``/``key``: a server valid for localhost, 127.0.0.1 and ::1, signed by
+    ``ca``; ``expired_cert``/``expired_key``: the same, expired yesterday;
+    ``other_cert``/``other_key``: the same names, signed by ``other_ca``;
+    ``client_cert``/``client_key``: client "alice", signed by ``ca``;
+    ``stranger_cert``/``stranger_key``: client "mallory", signed by ``other_ca``;
+    ``sni_cert``/``sni_key``: a server valid for other.example, signed by ``ca``.
+    """
+
+    ca: str
+    cert: str
+    key: str
+    expired_cert: str
+    expired_key: str
+    other_ca: str
+    other_cert: str
+    other_key: str
+    client_cert: str
+    client_key: str
+    stranger_cert: str
+    stranger_key: str
+    sni_cert: str
+    sni_key: str
+
+
+def make_tls_files(directory: Path) -> TLSFiles:
+    """Write the certificates and keys of ``TLSFiles`` into ``directory``."""
+    import datetime
+
+    import trustme  # here, so that tests without TLS do not import cryptography
+
+    loopback = ("localhost", "127.0.0.1", "::1")
+    now = datetime.datetime.now(datetime.UTC)
+    ca, other_ca = trustme.CA(), trustme.CA()
+
+    def write(stem: str, leaf: trustme.LeafCert) -> tuple[str, str]:
+        cert, key = directory / f"{stem}.pem", directory / f"{stem}-key.pem"
+        cert.write_bytes(b"".join(pem.bytes() for pem in leaf.cert_chain_pems))
+        leaf.private_key_pem.write_to_path(str(key))
+        return str(cert), str(key)
+
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    other_ca.cert_pem.write_to_path(str(directory / "other-ca.pem"))
+    expired = ca.issue_cert(
+        *loopback,
+        not_before=now - datetime.timedelta(days=30),
+        not_after=now - datetime.timedelta(days=1),
+    )
+    return TLSFiles(
+        str(directory / "ca.pem"),
+        *write("server", ca.issue_cert(*loopback)),
+        *write("expired", expired),
+        str(directory / "other-ca.pem"),
+        *write("other", other_ca.issue_cert(*loopback)),
+        *write("alice", ca.issue_cert("alice@example.org", common_name="alice")),
+        *write("mallory", other_ca.issue_cert("mallory@example.org", common_name="mallory")),
+        *write("sni", ca.issue_cert("other.example")),
+    )
+
+
+def tls_handshake(
+    client_ctx: ssl.SSLContext,
+    server_ctx: ssl.SSLContext,
+    server_hostname: str | None = "localhost",
+    rounds: int = 10,
+) -> tuple[ssl.SSLObject, ssl.SSLObject]:
+    """Handshake a client and a server SSLObject over memory BIOs, no socket.
+
+    Each round lets each side that has not finished step its handshake, then
+    moves what each wrote to the other. The first side to fail raises its
+    ``ssl.SSLError``; not done after ``rounds`` fails the test.
+
+    Returns:
+        (client, server), both with their handshake done.
+    """
+    to_server, to_client = ssl.MemoryBIO(), ssl.MemoryBIO()
+    from_client, from_server = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = client_ctx.wrap_bio(to_client, from_client, server_hostname=server_hostname)
+    server = server_ctx.wrap_bio(to_server, from_server, server_side=True)
+    pending = [client, server]
+    for _ in range(rounds):
+        for side in list(pending):
+            try:
+                side.do_handshake()
+                pending.remove(side)
+            except ssl.SSLWantReadError:
+                pass
+        to_server.write(from_client.read())
+        to_client.write(from_server.read())
+        if not pending:
+            # TLS 1.3: the server's tickets, and a verdict on the client's certificate.
+            for side in (client, server):
+                try:
+                    side.read(1)
+                except ssl.SSLWantReadError:
+                    pass
+            return client, server
+    raise AssertionError(f"TLS handshake not done after {rounds} rounds")

@@ -50,6 +50,8 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_datagram",
             "_connector",
             "_messages",
+            "_tls",
+            "_tls_context",
         },
     ),
     ("servers and shells", {"_server", "_supervisor", "_reliable_shell", "testing"}),

@@ -32,8 +32,12 @@ from ._stats import (
     DatagramStats,
     ListenerStats,
     ServerStats,
+    TLSStats,
 )
 from ._timers import Timer
+from ._tls import TLSTransport
+from ._tls_context import client_context as tls_client_context
+from ._tls_context import server_context as tls_server_context
 from ._transport import Transport
 from .errors import (
     BrokenResourceError,
@@ -71,10 +75,14 @@ __all__ = [
     "Server",
     "ServerStats",
     "SetupError",
+    "TLSStats",
+    "TLSTransport",
     "Timer",
     "Transport",
     "available_backends",
     "connect_reliable",
     "open_connection",
     "serve_reliable",
+    "tls_client_context",
+    "tls_server_context",
 ]

@@ -28,8 +28,9 @@ _AF_UNIX = getattr(socket, "AF_UNIX", None)
 
 
 def parse_target(target: str) -> tuple[int, Any]:
-    """``tcp://HOST:PORT``, ``udp://HOST:PORT`` (IPv6 in brackets) or ``unix://PATH``
-    -> (family, address). Whether it is UDP is ``is_udp(target)``.
+    """``tcp://HOST:PORT``, ``tls://HOST:PORT``, ``udp://HOST:PORT`` (IPv6 in
+    brackets) or ``unix://PATH`` -> (family, address). Whether it is UDP is
+    ``is_udp(target)``, TLS (over TCP) ``is_tls(target)``.
 
     The family is ``AF_INET6`` for a bracketed host, ``AF_UNIX`` for a path and
     ``AF_UNSPEC`` for any other host (a name or an IPv4 address: resolving
@@ -40,7 +41,7 @@ def parse_target(target: str) -> tuple[int, Any]:
     """
     if target.startswith("unix://") and len(target) > 7:
         return socket.AF_UNIX, target[7:]
-    if target.startswith(("tcp://", "udp://")):
+    if target.startswith(("tcp://", "udp://", "tls://")):
         rest = target[6:]
         host, sep, port = rest.rpartition(":")
         if sep and port.isdigit() and host and int(port) <= 65535:
@@ -48,7 +49,8 @@ def parse_target(target: str) -> tuple[int, Any]:
                 return socket.AF_INET6, (host[1:-1], int(port))
             return socket.AF_UNSPEC, (host, int(port))
     raise SetupError(
-        f"target {target!r} is not tcp://HOST:PORT, udp://HOST:PORT or unix://PATH; "
+        f"target {target!r} is not tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT "
+        "or unix://PATH; "
         "e.g. tcp://127.0.0.1:7000"
     )
 
@@ -56,6 +58,11 @@ def parse_target(target: str) -> tuple[int, Any]:
 def is_udp(target: str) -> bool:
     """Whether ``target`` names a UDP port (``udp://HOST:PORT``)."""
     return target.startswith("udp://")
+
+
+def is_tls(target: str) -> bool:
+    """Whether ``target`` names a TLS server (``tls://HOST:PORT``, TLS over TCP)."""
+    return target.startswith("tls://")
 
 
 def resolve_address(

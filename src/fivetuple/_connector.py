@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -30,12 +31,15 @@ from ._loop import Loop
 from ._poller import ERROR, WRITE
 from ._protocol import Protocol as AppProtocol
 from ._timers import Timer
+from ._tls import HANDSHAKE_TIMEOUT_S, TLSTransport
 from ._transport import Transport
 
 #: Linux's value; the socket module names it only from Python 3.12.
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 CONNECT_TIMEOUT_S = 10.0
 
+#: (context, server_hostname, session, handshake timeout) of a TLS connection.
+_TLSOptions = tuple[ssl.SSLContext, str | None, ssl.SSLSession | None, float]
 OnConnected = Callable[[Transport], None]
 OnFailed = Callable[[OSError], None]
 
@@ -43,7 +47,16 @@ OnFailed = Callable[[OSError], None]
 class _Connecting:
     """One connect() in flight, watched for WRITE until it resolves."""
 
-    __slots__ = ("_loop", "_on_connected", "_on_failed", "_protocol", "_sock", "_timer", "conn_id")
+    __slots__ = (
+        "_loop",
+        "_on_connected",
+        "_on_failed",
+        "_protocol",
+        "_sock",
+        "_timer",
+        "_tls",
+        "conn_id",
+    )
 
     def __init__(
         self,
@@ -53,7 +66,9 @@ class _Connecting:
         on_connected: OnConnected | None,
         on_failed: OnFailed,
         conn_id: int,
+        tls: _TLSOptions | None = None,
     ) -> None:
+        self._tls = tls
         self._loop = loop
         self._sock = sock
         self._protocol = protocol
@@ -73,7 +88,17 @@ class _Connecting:
     def _established(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
-        transport = Transport(self._loop, self._sock, self._protocol, conn_id=self.conn_id)
+        transport: Transport
+        if self._tls is None:
+            transport = Transport(self._loop, self._sock, self._protocol, conn_id=self.conn_id)
+        else:
+            context, server_hostname, session, handshake_timeout = self._tls
+            transport = TLSTransport(
+                self._loop, self._sock, self._protocol, context=context, server_side=False,
+                server_hostname=server_hostname, session=session,
+                handshake_timeout=handshake_timeout, on_handshake_failed=self._on_failed,
+                conn_id=self.conn_id,
+            )  # fmt: skip
         if self._on_connected is not None:
             self._on_connected(transport)
         transport.start()
@@ -102,6 +127,10 @@ def open_connection(
     source: str | None = None,
     timeout: float = CONNECT_TIMEOUT_S,
     conn_id: int = 0,
+    tls: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+    tls_session: ssl.SSLSession | None = None,
+    tls_handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
 ) -> None:
     """Start connecting to ``address``; ``protocol`` gets ``connection_made`` once it is up.
 
@@ -114,6 +143,14 @@ def open_connection(
         source: a local address to connect from (TCP only; the port is chosen
             at connect time, so that each source address has its own ports).
         timeout: seconds before a handshake that has not finished fails with ETIMEDOUT.
+        tls: speak TLS with this client-side ``ssl.SSLContext``: the protocol's
+            ``connection_made`` comes after the TLS handshake, and a failed
+            handshake goes to ``on_failed`` (an ``ssl.SSLError``, or
+            TimeoutError after ``tls_handshake_timeout`` seconds).
+        server_hostname: the name sent in SNI and checked against the
+            server's certificate (needed when the context checks host names).
+        tls_session: a session from an earlier connection to resume
+            (``transport.get_extra_info("ssl_object").session``).
 
     Errors from socket() and bind() (EMFILE, EADDRNOTAVAIL) go to
     ``on_failed`` too, before this returns.
@@ -136,7 +173,8 @@ def open_connection(
         sock.close()
         on_failed(exc)
         return
-    pending = _Connecting(loop, sock, protocol, on_connected, on_failed, conn_id)
+    options = None if tls is None else (tls, server_hostname, tls_session, tls_handshake_timeout)
+    pending = _Connecting(loop, sock, protocol, on_connected, on_failed, conn_id, options)
     if code == 0:  # a Unix socket (or a very quick loopback) is up already
         loop.call_soon(pending._established)
     elif code in (errno.EINPROGRESS, errno.EWOULDBLOCK) and family != socket.AF_UNIX:

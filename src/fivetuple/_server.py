@@ -30,6 +30,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -54,6 +55,7 @@ from ._loop import Loop
 from ._protocol import DatagramProtocol, Protocol
 from ._stats import DatagramStats, ServerStats
 from ._timers import Timer
+from ._tls import HANDSHAKE_TIMEOUT_S, TLSTransport
 from ._transport import Transport
 from .errors import LocalProtocolError, SetupError
 
@@ -110,6 +112,10 @@ class Server:
         rcvbuf: cap every accepted socket's kernel receive buffer (SO_RCVBUF).
         unix_mode: permission bits of the Unix socket file (e.g. ``0o660``);
             None leaves them to the umask.
+        tls: serve TLS with this server-side ``ssl.SSLContext`` (see
+            ``fivetuple.tls_server_context``); the protocol sees plaintext.
+        tls_handshake_timeout: seconds a TLS handshake may take
+            (``tls-handshake-timeout``).
         loop: run on this loop instead of creating one.
     """
 
@@ -130,6 +136,8 @@ class Server:
         sndbuf: int | None = None,
         rcvbuf: int | None = None,
         unix_mode: int | None = None,
+        tls: ssl.SSLContext | None = None,
+        tls_handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
         loop: Loop | None = None,
     ) -> None:
         if backlog < 0:
@@ -149,6 +157,12 @@ class Server:
                 raise _bad(name, f"must be at least 1 byte, not {size}")
         if unix_mode is not None and not 0 <= unix_mode <= 0o777:
             raise _bad("unix_mode", f"must be octal permission bits such as 660, not {unix_mode:o}")
+        if tls_handshake_timeout <= 0:
+            raise _bad(
+                "tls_handshake_timeout", f"must be more than 0 seconds, not {tls_handshake_timeout}"
+            )
+        self.tls = tls
+        self.tls_handshake_timeout = tls_handshake_timeout
         self._factory = protocol_factory
         self._host = host
         self._port = port
@@ -249,8 +263,11 @@ class Server:
 
     @property
     def addresses(self) -> list[str]:
-        """Where the server listens: ``tcp://host:port`` or ``unix://path``."""
-        return [listener.address for listener in self.listeners]
+        """Where the server listens: ``tcp://host:port`` (``tls://`` with TLS) or ``unix://path``."""
+        addresses = [listener.address for listener in self.listeners]
+        if self.tls is not None:
+            addresses = [a.replace("tcp://", "tls://", 1) for a in addresses]
+        return addresses
 
     @property
     def sockname(self) -> Any:
@@ -422,9 +439,17 @@ class Server:
             sock.close()
             self.closed_by_reason["app-error"] += 1
             return
-        transport = Transport(
-            self.loop, sock, protocol, conn_id=conn_id, owner=self, ledger=self.ledger
-        )
+        transport: Transport
+        if self.tls is None:
+            transport = Transport(
+                self.loop, sock, protocol, conn_id=conn_id, owner=self, ledger=self.ledger
+            )
+        else:
+            transport = TLSTransport(
+                self.loop, sock, protocol, context=self.tls, server_side=True,
+                handshake_timeout=self.tls_handshake_timeout,
+                conn_id=conn_id, owner=self, ledger=self.ledger,
+            )  # fmt: skip
         self._conns[conn_id] = transport
         if EVENTS.isEnabledFor(INFO):
             self._log_accept(transport, sock, addr)

@@ -25,6 +25,9 @@ CLOSE_REASONS = (
     "shutdown",  # the server stopped (graceful or not)
     "unwatchable",  # the poller cannot watch this fd (select, fd >= FD_SETSIZE)
     "memory-budget",  # the server's buffers passed their budget; it held the most
+    "tls-error",  # the TLS handshake or a record failed (plaintext, garbage, a bad certificate)
+    "tls-handshake-timeout",  # the TLS handshake did not finish in time
+    "tls-unexpected-eof",  # the peer closed TCP without TLS's close_notify
 )
 
 
@@ -59,6 +62,33 @@ class ConnectionStats:
     rtt_us: int
     reading_paused: bool
     writing_paused: bool
+    #: What the TLS handshake negotiated; None on a plain connection.
+    tls: TLSStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TLSStats:
+    """What a TLS connection negotiated (``ConnectionStats.tls``).
+
+    Every field but ``handshake_done`` is None until the handshake is done,
+    and stays None where nothing was negotiated (no ALPN offered, no SNI sent,
+    no client certificate asked for).
+    """
+
+    #: False while the handshake runs.
+    handshake_done: bool
+    #: ``TLSv1.3``, ``TLSv1.2``.
+    version: str | None
+    #: The cipher suite's OpenSSL name, e.g. ``TLS_AES_256_GCM_SHA384``.
+    cipher: str | None
+    #: The application protocol agreed by ALPN, e.g. ``h2``.
+    alpn: str | None
+    #: The server name the client asked for (SNI).
+    sni: str | None
+    #: The peer certificate's subject, ``CN=...`` (mutual TLS on a server).
+    peer_cert: str | None
+    #: Seconds from the first handshake byte to its end.
+    handshake_s: float | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,6 @@ import select
 import socket
 import stat
 import struct
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +42,7 @@ from fivetuple._transport import HIGH_WATER_BYTES, RECV_BYTES, CountingTransport
 from fivetuple.apps import Echo
 from helpers import (
     CLIENT_TIMEOUT_S,
+    Background,
     CliServer,
     Recorder,
     Recorders,
@@ -166,30 +166,6 @@ def small_buffer_client(
     sock.settimeout(CLIENT_TIMEOUT_S)
     sock.connect(("127.0.0.1", port))
     return sock
-
-
-class Background:
-    """Run ``fn`` in a thread; ``result()`` joins it and re-raises its error."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self._box: list[tuple[bool, Any]] = []
-
-        def run() -> None:
-            try:
-                self._box.append((True, fn()))
-            except BaseException as exc:
-                self._box.append((False, exc))
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def result(self, timeout: float = 20.0) -> Any:
-        self._thread.join(timeout)
-        assert not self._thread.is_alive(), "background thread did not finish"
-        ok, value = self._box[0]
-        if not ok:
-            raise value
-        return value
 
 
 # -- 1. the callback grammar ---------------------------------------------------------
