@@ -234,7 +234,9 @@ class TLSTransport(Transport):
             self._handshake_timer.cancel()
             self._handshake_timer = None
         callback, self._on_handshake_failed = self._on_handshake_failed, None
-        self.abort(reason)
+        if self.state != CLOSED:
+            self.close_reason = reason
+            self._finish(exc)  # connection_lost(exc), if the protocol saw connection_made
         if callback is not None and not self._made:
             callback(exc)
 
@@ -466,7 +468,17 @@ class TLSTransport(Transport):
             super()._connection_lost(exc)
             return
         # The protocol never saw connection_made: it does not see the end either.
+        # A client's opener still has to hear that the handshake failed (a reset
+        # or a write error ended it: _fatal, not _tls_failed).
+        callback, self._on_handshake_failed = self._on_handshake_failed, None
         try:
+            if callback is not None:
+                cause = exc.__cause__ if exc is not None else None
+                callback(
+                    cause
+                    if isinstance(cause, OSError)
+                    else ConnectionError(f"the connection ended during the TLS handshake: {exc}")
+                )
             if self._owner is not None:
                 self._owner.transport_closed(self)
         finally:

@@ -26,6 +26,7 @@ from fivetuple import Loop, Protocol, Server, Transport, _tls, open_connection
 from fivetuple.apps import Echo
 from helpers import (
     CLIENT_TIMEOUT_S,
+    Background,
     Recorder,
     Recorders,
     closed,
@@ -521,3 +522,20 @@ def test_open_connection_speaks_tls_and_reports_a_failed_handshake(files: Any) -
         assert error is None and data == b"from fivetuple"
         data, error = run_client(server.port or 0, client_context(files, ca=files.other_ca), b"x")
         assert isinstance(error, ssl.SSLCertVerificationError) and data == b""
+
+
+def test_open_connection_hears_of_a_reset_during_the_handshake(files: Any) -> None:
+    """A server that reads the ClientHello and resets: the opener's on_failed
+    is told (not left waiting for a connection_made that never comes)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+
+        def reset_after_hello() -> None:
+            conn, _ = listener.accept()
+            conn.recv(100)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+        server = Background(reset_after_hello)
+        data, error = run_client(listener.getsockname()[1], client_context(files), b"x")
+        server.result()
+    assert isinstance(error, ConnectionResetError) and data == b""
