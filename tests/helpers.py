@@ -300,7 +300,11 @@ class CliServer:
             _, err = self.proc.communicate(timeout=5)
             raise AssertionError(f"server did not start: {self.banner!r} {err!r}")
         self.address = self.banner.split()[2]
-        self.port = int(self.address.rsplit(":", 1)[1]) if self.address.startswith("tcp") else None
+        self.port = (
+            int(self.address.rsplit(":", 1)[1])
+            if self.address.startswith(("tcp:", "tls:"))
+            else None
+        )
 
     def signal(self, sig: int) -> None:
         self.proc.send_signal(sig)

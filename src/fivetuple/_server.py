@@ -34,6 +34,7 @@ import ssl
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from logging import INFO, WARNING
 from typing import Any
 
@@ -525,6 +526,11 @@ class Server:
         ledger = self.ledger
         bytes_in, bytes_out = self._bytes.totals()
         listeners = tuple(listener.statistics() for listener in self.listeners)
+        if self.tls is not None:
+            listeners = tuple(
+                replace(each, address=each.address.replace("tcp://", "tls://", 1))
+                for each in listeners
+            )
         accept_errors: Counter[str] = Counter()
         accept_pauses: Counter[str] = Counter()
         for each in listeners:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -19,6 +20,8 @@ from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES
 from ._log import configure as configure_logging
 from ._log import event
 from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, DEFAULT_SEND_TIMEOUT_S, Server
+from ._tls import HANDSHAKE_TIMEOUT_S
+from ._tls_context import MIN_VERSIONS
 from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
 
@@ -246,6 +249,58 @@ def cli() -> None:
     f"[default: {PEER_BURST}].",
 )
 @click.option(
+    "--tls-cert",
+    metavar="FILE",
+    default=None,
+    help="Serve TLS with this PEM certificate chain (the server's certificate first).",
+)
+@click.option(
+    "--tls-key",
+    metavar="FILE",
+    default=None,
+    help="The PEM private key of --tls-cert [default: the one in the --tls-cert file].",
+)
+@click.option(
+    "--tls-sni",
+    metavar="NAME=CERT,KEY",
+    multiple=True,
+    help="Another certificate, for clients that ask for NAME (SNI); repeatable. Other "
+    "names get --tls-cert.",
+)
+@click.option(
+    "--tls-alpn",
+    metavar="PROTO",
+    multiple=True,
+    help="Offer PROTO in ALPN (h2, http/1.1, ...); repeatable, most preferred first.",
+)
+@click.option(
+    "--tls-client-ca",
+    metavar="FILE",
+    default=None,
+    help="Mutual TLS: a client must present a certificate signed by a CA in FILE (PEM).",
+)
+@click.option(
+    "--tls-min-version",
+    type=click.Choice(sorted(MIN_VERSIONS)),
+    default="1.2",
+    show_default=True,
+    help="The oldest TLS version accepted.",
+)
+@click.option(
+    "--tls-handshake-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HANDSHAKE_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="Close a client whose TLS handshake takes longer.",
+)
+@click.option(
+    "--tls-self-signed",
+    is_flag=True,
+    help="Serve TLS with a throwaway self-signed certificate for localhost, 127.0.0.1 and "
+    "::1 (made with openssl, deleted at exit); logs its SHA-256 fingerprint.",
+)
+@click.option(
     "--workers",
     type=WorkerCount(),
     default="1",
@@ -269,6 +324,11 @@ def cli() -> None:
 )
 @click.option(
     "--admin-public", is_flag=True, help="Allow --admin on a non-loopback address (warns)."
+)
+@click.option(
+    "--admin-tls",
+    is_flag=True,
+    help="Serve --admin over HTTPS, with the certificate of --tls-cert (or --tls-self-signed).",
 )
 @click.option(
     "--status",
@@ -309,10 +369,19 @@ def serve(
     udp: bool,
     udp_rate: float | None,
     udp_burst: int,
+    tls_cert: str | None,
+    tls_key: str | None,
+    tls_sni: tuple[str, ...],
+    tls_alpn: tuple[str, ...],
+    tls_client_ca: str | None,
+    tls_min_version: str,
+    tls_handshake_timeout: float,
+    tls_self_signed: bool,
     workers: int,
     balance: str | None,
     admin_addr: str | None,
     admin_public: bool,
+    admin_tls: bool,
     status_every: float | None,
     verbose: bool,
     quiet: bool,
@@ -324,6 +393,10 @@ def serve(
     stops accepting and lets queued bytes flush for --grace seconds, a second
     exits at once. Logs go to stderr, one line per event (key=value, or JSON):
     starts, stops and faults; with -v every connection's accept and close too.
+
+    With --tls-cert FILE (or --tls-self-signed) every client speaks TLS and the
+    banner says tls://HOST:PORT. With --workers each worker reads the
+    certificate files itself, so a SIGHUP reload serves renewed ones.
     """
     if verbose and quiet:
         raise click.UsageError("-v and -q contradict each other; choose one")
@@ -339,50 +412,96 @@ def serve(
             f"--codec {codec} applies to: {', '.join(MESSAGE_APPS)}; {app} speaks raw bytes"
         )
     _refuse_what_workers_cannot_do(ctx, app, workers, balance, unix_path, udp)
+    _refuse_what_tls_cannot_do(ctx, udp, tls_cert, tls_key, tls_self_signed, admin_addr)
     configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
     if udp:
         sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst, workers, balance))
+    tls = None
+    if tls_cert is not None or tls_self_signed:
+        tls = _ServeTLS(
+            tls_cert, tls_key, tls_sni, tls_alpn, tls_client_ca, tls_min_version, admin_tls
+        )
+    try:
+        if tls is not None and tls_self_signed:
+            tls.make_self_signed(host)
+        status = _serve_tcp(
+            app, codec, host, port, unix_path, unix_mode, backlog, grace, workers, balance,
+            admin_addr, admin_public, status_every, tls, tls_handshake_timeout,
+            dict(
+                backend=backend, max_conns=max_conns, idle_timeout=idle_timeout,
+                max_buffer_memory=max_buffer_memory, send_timeout=send_timeout,
+                sndbuf=sndbuf, rcvbuf=rcvbuf,
+            ),
+        )  # fmt: skip
+    finally:
+        if tls is not None:
+            tls.close()
+    sys.exit(status)
+
+
+def _serve_tcp(
+    app: str,
+    codec: str,
+    host: str | None,
+    port: int | None,
+    unix_path: str | None,
+    unix_mode: int | None,
+    backlog: int,
+    grace: float,
+    workers: int,
+    balance: str | None,
+    admin_addr: str | None,
+    admin_public: bool,
+    status_every: float | None,
+    tls: _ServeTLS | None,
+    tls_handshake_timeout: float,
+    options: dict[str, Any],
+) -> int:
+    """serve over TCP or a Unix socket, with or without TLS; returns the exit status."""
 
     def make_server() -> Server:
+        # The TLS context is made here, so that each worker (and each one a
+        # SIGHUP reload starts) reads the certificate files anew: renewed
+        # certificates are served from the next reload on.
         return Server(
             make_app(app, None if codec == "raw" else codec),
             host if host is not None else DEFAULT_HOST,
             port if port is not None else DEFAULT_PORT,
             unix=unix_path,
-            backend=backend,
             backlog=backlog,
-            max_conns=max_conns,
-            idle_timeout=idle_timeout,
             grace=grace,
-            max_buffer_memory=max_buffer_memory,
-            send_timeout=send_timeout,
-            sndbuf=sndbuf,
-            rcvbuf=rcvbuf,
             unix_mode=unix_mode,
+            tls=None if tls is None else tls.context(),
+            tls_handshake_timeout=tls_handshake_timeout,
+            **options,
         )
 
     label = app if codec == "raw" else f"{app} codec={codec}"
+    if tls is not None and unix_path is not None:
+        label += " tls=on"  # a unix:// address does not say so by itself
     server = make_server()
+    admin_tls = None if tls is None else tls.admin_context()
     if workers > 1:
         # The server above only checked the options (one line, exit 2, before
         # any fork); each worker builds its own.
         server.loop.close()
-        sys.exit(
-            _serve_workers(
-                make_server,
-                workers,
-                balance,
-                label,
-                host,
-                port,
-                unix_path,
-                unix_mode,
-                backlog,
-                grace,
-                admin=(*_host_port(admin_addr, "--admin"), admin_public) if admin_addr else None,
-                app=app,
-                codec=codec,
-            )
+        return _serve_workers(
+            make_server,
+            workers,
+            balance,
+            label,
+            host,
+            port,
+            unix_path,
+            unix_mode,
+            backlog,
+            grace,
+            admin=(*_host_port(admin_addr, "--admin"), admin_public, admin_tls)
+            if admin_addr
+            else None,
+            app=app,
+            codec=codec,
+            announce=None if tls is None else tls.announce,
         )
     admin = None
     if admin_addr is not None or status_every is not None:
@@ -390,9 +509,11 @@ def serve(
 
         observed = Observed(server, app, codec)
         if admin_addr is not None:  # checked and bound before the banner says "listening"
-            host, port = _host_port(admin_addr, "--admin")
+            admin_host, admin_port = _host_port(admin_addr, "--admin")
             try:
-                admin = start_admin(observed, host, port, public=admin_public)
+                admin = start_admin(
+                    observed, admin_host, admin_port, public=admin_public, tls=admin_tls
+                )
             except SetupError as exc:  # its host and port are --admin's, not the server's
                 raise SetupError(exc.naming(_ADMIN_FLAGS)) from None
         if status_every is not None:
@@ -402,12 +523,181 @@ def serve(
     def ready() -> None:
         print(server.banner(label), flush=True)
         if admin is not None:
-            print(f"admin on {admin.addresses[0].replace('tcp://', 'http://')}", flush=True)
+            print(f"admin on {_admin_url(admin.addresses[0])}", flush=True)
         _log_start(server.banner(label))
+        if tls is not None:
+            tls.announce(server.addresses[0])
 
     status = server.serve_forever(ready=ready)
     _log_stop(status)
-    sys.exit(status)
+    return status
+
+
+def _admin_url(address: str) -> str:
+    """The admin listener's address as a URL: ``http://`` (``https://`` over TLS)."""
+    return address.replace("tcp://", "http://", 1).replace("tls://", "https://", 1)
+
+
+#: serve's TLS options (the admin's included): all need a certificate, none goes with --udp.
+_TLS_OPTIONS = (
+    "tls_cert", "tls_key", "tls_sni", "tls_alpn", "tls_client_ca", "tls_min_version",
+    "tls_handshake_timeout", "tls_self_signed", "admin_tls",
+)  # fmt: skip
+
+
+def _refuse_what_tls_cannot_do(
+    ctx: click.Context,
+    udp: bool,
+    cert: str | None,
+    key: str | None,
+    self_signed: bool,
+    admin_addr: str | None,
+) -> None:
+    """One line for TLS options that cannot work together (or at all, with --udp)."""
+    given = [
+        name
+        for name in _TLS_OPTIONS
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if not given:
+        return
+    flags = ", ".join(_flag(ctx, name) for name in given)
+    if udp:
+        raise click.UsageError(
+            f"{flags}: TLS runs over TCP (or --unix); over UDP it would be DTLS, which "
+            "fivetuple does not serve: leave out --udp or the TLS options"
+        )
+    if self_signed and (cert is not None or key is not None):
+        raise click.UsageError(
+            "--tls-self-signed makes its own certificate and key: leave out --tls-cert and "
+            "--tls-key, or --tls-self-signed"
+        )
+    if cert is None and not self_signed:
+        if key is not None:
+            raise click.UsageError(
+                "--tls-key was given without --tls-cert; pass the certificate with --tls-cert FILE"
+            )
+        raise click.UsageError(
+            f"{flags}: TLS options, but no certificate; add --tls-cert FILE --tls-key FILE "
+            "(or --tls-self-signed to try things out)"
+        )
+    if "admin_tls" in given and admin_addr is None:
+        raise click.UsageError("--admin-tls applies to --admin HOST:PORT; add it")
+
+
+class _ServeTLS:
+    """serve's TLS options: the contexts they make, and a throwaway certificate's life.
+
+    The contexts are made from the files every time they are asked for (each
+    worker makes its own). ``--tls-self-signed`` writes its certificate and key
+    into a private temporary directory, which ``close`` removes.
+    """
+
+    def __init__(
+        self,
+        cert: str | None,
+        key: str | None,
+        sni: tuple[str, ...],
+        alpn: tuple[str, ...],
+        client_ca: str | None,
+        min_version: str,
+        admin: bool,
+    ) -> None:
+        from ._tls_context import parse_sni_spec
+
+        self.cert, self.key = cert, key
+        self.sni: dict[str, tuple[str, str]] = {}
+        for spec in sni:
+            name, pair = parse_sni_spec(spec)
+            if name.lower() in (known.lower() for known in self.sni):
+                raise SetupError(
+                    f"{{tls_sni}} names {name} twice; give each server name one certificate",
+                    params=("tls_sni",),
+                )
+            self.sni[name] = pair
+        self.alpn, self.client_ca, self.min_version = alpn, client_ca, min_version
+        self.admin = admin
+        self.self_signed: Any = None  # a _tls_context.SelfSigned
+        self.directory: str | None = None
+
+    def make_self_signed(self, host: str | None) -> None:
+        """Make the throwaway certificate (for loopback, and ``host`` if it names one machine).
+
+        Raises:
+            SetupError: openssl is missing or fails (params: --tls-self-signed ...).
+        """
+        import tempfile
+
+        from ._tls_context import SELF_SIGNED_NAMES, self_signed
+
+        names = list(SELF_SIGNED_NAMES)
+        if host and host not in names and host not in ("0.0.0.0", "::"):
+            names.append(host)
+        self.directory = tempfile.mkdtemp(prefix="fivetuple-tls-")
+        self.self_signed = self_signed(self.directory, names)
+        self.cert, self.key = self.self_signed.cert, self.self_signed.key
+
+    def context(self) -> Any:
+        """A new server ``ssl.SSLContext`` from the files.
+
+        Raises:
+            SetupError: a file is missing, unreadable, or not a matching PEM cert and key.
+        """
+        from ._tls_context import server_context
+
+        return server_context(
+            self.cert,
+            self.key,
+            sni=self.sni,
+            alpn=self.alpn,
+            client_ca=self.client_ca,
+            min_version=self.min_version,
+        )
+
+    def admin_context(self) -> Any:
+        """The admin endpoint's context with --admin-tls (the same certificate; HTTP/1.1
+        in ALPN; no client certificate asked for), or None without it."""
+        if not self.admin:
+            return None
+        from ._tls_context import server_context
+
+        return server_context(self.cert, self.key, alpn=("http/1.1",), min_version=self.min_version)
+
+    def announce(self, address: str) -> None:
+        """Log the throwaway certificate's fingerprint and how to connect to ``address``."""
+        made = self.self_signed
+        if made is None:
+            return
+        event(
+            logger,
+            logging.WARNING,
+            "tls-self-signed",
+            f"serving a throwaway self-signed certificate for {', '.join(made.names)}; "
+            f"SHA-256 fingerprint {made.fingerprint}",
+            fingerprint=made.fingerprint,
+            cert=made.cert,
+        )
+        if address.startswith("unix://"):
+            how = f"openssl s_client -unix {address[7:]} -CAfile {made.cert}"
+        else:
+            target = address.replace("tls://0.0.0.0:", "tls://127.0.0.1:", 1)
+            target = target.replace("tls://[::]:", "tls://[::1]:", 1)
+            how = f"fivetuple client {target} --ca {made.cert} (or --insecure)"
+        event(
+            logger,
+            logging.WARNING,
+            "tls-connect",
+            f"connect with: {how}; the certificate is deleted when the server stops",
+            ca=made.cert,
+        )
+
+    def close(self) -> None:
+        """Delete the throwaway certificate, if one was made."""
+        if self.directory is not None:
+            import shutil
+
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
 
 
 #: serve's options that mean something for TCP only, and for UDP only.
@@ -457,12 +747,19 @@ def _serve_workers(
     grace: float,
     *,
     udp: bool = False,
-    admin: tuple[str, int, bool] | None = None,
+    admin: tuple[str, int, bool, Any] | None = None,
     app: str = "",
     codec: str = "raw",
+    announce: Callable[[str], None] | None = None,
 ) -> int:
     """Serve with a supervisor and ``workers`` forked workers (TCP, Unix, or
-    ``udp``); returns the exit status."""
+    ``udp``); returns the exit status.
+
+    Args:
+        admin: the admin endpoint's host, port, whether it may be public, and
+            its ``ssl.SSLContext`` (None: plain HTTP).
+        announce: called with the first address once the banner is out (TLS's notes).
+    """
     import shutil
     import tempfile
 
@@ -473,8 +770,10 @@ def _serve_workers(
     def ready(banner: str) -> None:
         print(banner, flush=True)
         if gathering:
-            print(f"admin on {gathering[0].addresses[0].replace('tcp://', 'http://')}", flush=True)
+            print(f"admin on {_admin_url(gathering[0].addresses[0])}", flush=True)
         _log_start(banner)
+        if announce is not None:
+            announce(banner.split()[2])
 
     on_loop = on_worker_start = None
     admin_dir = None
@@ -485,7 +784,7 @@ def _serve_workers(
         from .admin import Observed, start_gathering_admin, start_worker_admin
 
         admin_dir = tempfile.mkdtemp(prefix="fivetuple-admin-")
-        admin_host, admin_port, admin_public = admin
+        admin_host, admin_port, admin_public, admin_tls = admin
 
         def socket_path(slot: int, generation: int) -> str:
             return os.path.join(admin_dir or "", f"{slot}.{generation}.sock")
@@ -508,6 +807,7 @@ def _serve_workers(
                         admin_port,
                         public=admin_public,
                         shared=supervisor.balance == "shared",
+                        tls=admin_tls,
                     )
                 )
             except SetupError as exc:  # its host and port are --admin's, not the server's
@@ -671,16 +971,67 @@ def _print_status_every(observed: Any, seconds: float) -> None:
     help="With --send: how long to wait for the echo [default: 30]. udp:// lines: how "
     "long to wait for the missing replies once stdin ends [default: 2].",
 )
-def client(target: str, codec: str, send_file: str | None, timeout: float | None) -> None:
-    """Connect to TARGET (tcp://HOST:PORT, udp://HOST:PORT or unix://PATH) and talk.
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="tls://: accept any certificate for any name (trying things out only).",
+)
+@click.option(
+    "--ca",
+    metavar="FILE",
+    default=None,
+    help="tls://: trust the CAs in FILE (PEM) instead of the system's.",
+)
+@click.option(
+    "--cert",
+    metavar="FILE",
+    default=None,
+    help="tls://: present this client certificate (PEM) to a server that asks (mutual TLS).",
+)
+@click.option(
+    "--key",
+    metavar="FILE",
+    default=None,
+    help="tls://: the private key of --cert [default: the one in the --cert file].",
+)
+@click.option(
+    "--sni",
+    metavar="NAME",
+    default=None,
+    help="tls://: ask for NAME (SNI) and check the certificate against it [default: the "
+    "target's host if it is a name; for an address no SNI, and the address is checked].",
+)
+@click.option(
+    "--alpn",
+    metavar="PROTO",
+    multiple=True,
+    help="tls://: offer PROTO in ALPN; repeatable, most preferred first.",
+)
+def client(
+    target: str,
+    codec: str,
+    send_file: str | None,
+    timeout: float | None,
+    insecure: bool,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    sni: str | None,
+    alpn: tuple[str, ...],
+) -> None:
+    """Connect to TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or
+    unix://PATH) and talk.
 
     Each stdin line is sent (one message per line with a codec; one datagram
     per line over UDP) and every reply is printed. With --send, exits 0 if the
-    echo matches the file, 1 if not.
+    echo matches the file, 1 if not. Over TLS, what the handshake negotiated
+    is printed on stderr once connected; a certificate that cannot be trusted
+    is one line and exit status 2.
     """
-    from .client import run_client
+    from .client import TLSClientOptions, run_client
 
-    sys.exit(run_client(target, codec, send_file, timeout))
+    tls = TLSClientOptions(insecure, ca, cert, key, sni, alpn)
+    sys.exit(run_client(target, codec, send_file, timeout, tls))
 
 
 @cli.command()
@@ -780,6 +1131,43 @@ def client(target: str, codec: str, send_file: str | None, timeout: float | None
     metavar="S",
     help="The seed of the --sample pick [default: random, printed on stderr].",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="tls://: accept any server certificate for any name (trying things out only).",
+)
+@click.option(
+    "--ca", type=click.Path(), default=None, metavar="FILE", help="tls://: trust these CAs (PEM)."
+)
+@click.option(
+    "--cert",
+    type=click.Path(),
+    default=None,
+    metavar="FILE",
+    help="tls://: client certificate (PEM) for mutual TLS; with --key.",
+)
+@click.option(
+    "--key", type=click.Path(), default=None, metavar="FILE", help="tls://: its private key (PEM)."
+)
+@click.option(
+    "--sni",
+    default=None,
+    metavar="NAME",
+    help="tls://: the server name to ask for and check the certificate against "
+    "[default: the target's host].",
+)
+@click.option(
+    "--alpn",
+    multiple=True,
+    metavar="PROTO",
+    help="tls://: offer this protocol for ALPN (repeatable, most preferred first).",
+)
+@click.option(
+    "--tls-resume",
+    is_flag=True,
+    help="tls://, connect: offer each connection the session of the last one "
+    "(reports how many handshakes were resumed).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--progress/--no-progress",
@@ -801,10 +1189,18 @@ def bench(
     max_loss: float,
     sample: int,
     seed: int | None,
+    insecure: bool,
+    ca: str | None,
+    cert: str | None,
+    key: str | None,
+    sni: str | None,
+    alpn: tuple[str, ...],
+    tls_resume: bool,
     as_json: bool,
     progress: bool | None,
 ) -> None:
-    """Load TARGET (tcp://HOST:PORT, udp://HOST:PORT or unix://PATH) and report what it did.
+    """Load TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix://PATH)
+    and report what it did.
 
     \b
     echo     each connection sends a numbered, checksummed message and waits
@@ -819,7 +1215,11 @@ def bench(
              connection: the server's and the load's RSS, the kernel's;
              --sample N: N random connections echo during the hold
     connect  open and close connections, --conns at a time: connections/s
-             (TCP only)
+             (TCP only); over tls:// each also sends one message and
+             waits for its echo: full handshakes/s (--tls-resume: resumed)
+
+    Over tls:// the report adds the TLS versions and ciphers seen, handshake
+    times, and failed handshakes by reason (each a failed connection).
 
     Exit status: 0 if all went well, 1 if anything failed (an error, a failed
     or lost connection, a limit, a target that does not echo, UDP loss over
@@ -859,6 +1259,13 @@ def bench(
         max_loss_pct=max_loss,
         sample=sample,
         seed=seed,
+        insecure=insecure,
+        ca=ca,
+        cert=cert,
+        key=key,
+        sni=sni,
+        alpn=alpn,
+        tls_resume=tls_resume,
     )
     report = run_bench(config, show_progress=progress)
     if as_json:
@@ -868,6 +1275,34 @@ def bench(
 
         Console().print(render(report))
     sys.exit(1 if failed(report) else 0)
+
+
+def _admin_client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of the commands that read an admin endpoint (``top``, ``conns``)."""
+    options = [
+        click.option(
+            "--timeout",
+            type=click.FloatRange(min=0, min_open=True),
+            default=5.0,
+            show_default=True,
+            metavar="SECONDS",
+            help="How long to wait for the admin endpoint to connect and to answer.",
+        ),
+        click.option(
+            "--ca",
+            metavar="FILE",
+            default=None,
+            help="For an https:// address: trust the CAs in FILE (PEM) instead of the system's.",
+        ),
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="For an https:// address: accept any certificate (trying things out only).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @cli.command()
@@ -887,37 +1322,52 @@ def bench(
     show_default=True,
     help="Sort the table (keys b, i, a while running).",
 )
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for the admin endpoint to connect and to answer.",
-)
-def top(admin_addr: str, interval: float, sort: str, timeout: float) -> None:
-    """A live view of a server's connections (its --admin address); q quits."""
+@_admin_client_options
+def top(
+    admin_addr: str, interval: float, sort: str, timeout: float, ca: str | None, insecure: bool
+) -> None:
+    """A live view of a server's connections (its --admin address); q quits.
+
+    ADMIN_ADDR is HOST:PORT, or https://HOST:PORT for a server started with --admin-tls.
+    """
     from .admin._top import run_top
 
-    sys.exit(run_top(admin_addr, interval, sort, timeout))
+    tls = _admin_client_tls(admin_addr, ca, insecure)
+    sys.exit(run_top(admin_addr, interval, sort, timeout, tls))
 
 
 @cli.command()
 @click.argument("admin_addr", default="127.0.0.1:7001", required=False, metavar="[ADMIN_ADDR]")
 @click.option("--json", "as_json", is_flag=True, help="Print the table as JSON.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
-    default=5.0,
-    show_default=True,
-    metavar="SECONDS",
-    help="How long to wait for the admin endpoint to connect and to answer.",
-)
-def conns(admin_addr: str, as_json: bool, timeout: float) -> None:
-    """Print a server's connection table once (from its --admin address)."""
+@_admin_client_options
+def conns(admin_addr: str, as_json: bool, timeout: float, ca: str | None, insecure: bool) -> None:
+    """Print a server's connection table once (from its --admin address).
+
+    ADMIN_ADDR is HOST:PORT, or https://HOST:PORT for a server started with --admin-tls.
+    """
     from .admin._conns import run_conns
 
-    sys.exit(run_conns(admin_addr, as_json, timeout))
+    tls = _admin_client_tls(admin_addr, ca, insecure)
+    sys.exit(run_conns(admin_addr, as_json, timeout, tls))
+
+
+def _admin_client_tls(admin_addr: str, ca: str | None, insecure: bool) -> Any:
+    """The ``ssl.SSLContext`` to read an https:// admin address with (None: plain HTTP).
+
+    Raises:
+        click.UsageError: --ca or --insecure with an address that is not https://.
+        SetupError: an unreadable CA file, --ca with --insecure.
+    """
+    from ._tls_context import client_context
+
+    if not admin_addr.startswith("https://"):
+        if ca is not None or insecure:
+            raise click.UsageError(
+                "--ca and --insecure apply to an https:// admin address (a server started "
+                "with --admin-tls); give https://HOST:PORT"
+            )
+        return None
+    return client_context(insecure=insecure, ca=ca)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,18 @@ line's bytes without one) and every reply is printed. ``--send FILE`` sends
 the file as one message and checks that the echo is byte for byte the same.
 The client is a Protocol on a Transport like any server connection.
 
+TLS (``tls://HOST:PORT``): the same, over a ``TLSTransport`` on the socket.
+The certificate is checked against the CAs of ``--ca`` (or the system's) and
+against the name asked for: ``--sni NAME``, else the target's host. For a
+host that is an address no SNI is sent (RFC 6066 section 3 allows names
+only) and the address is checked against the certificate's subjectAltName.
+Input is read only once the handshake is done, so that a short stdin (or
+``--send``) cannot half-close TCP before TLS is up. What was negotiated is
+printed on stderr; a certificate that cannot be trusted, or a server that
+refuses us, is one line naming why and exit status 2. Reasons come from
+OpenSSL (the engine logs them as ``tls-error`` events; the client catches
+those records and prints one line of its own instead).
+
 UDP (``udp://HOST:PORT``): one connected UDP socket. Each stdin line, without
 its newline, is one datagram, and each datagram that comes back is printed as
 it comes, followed by a newline. UDP has no end of stream to tell the server
@@ -20,18 +32,24 @@ exit 1).
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+import logging
 import os
 import select
 import socket
+import ssl
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from ._address import is_udp, parse_target
+from ._address import is_tls, is_udp, parse_target
 from ._loop import Loop
 from ._messages import CODECS
 from ._poller import READ
 from ._protocol import Protocol
+from ._tls import TLSTransport
 from ._transport import Transport
 from .codecs._base import CodecBase
 from .errors import LocalProtocolError, SetupError
@@ -72,16 +90,50 @@ def connect(target: str) -> socket.socket:
     return sock
 
 
-class _Client(Protocol):
-    """Prints replies; counts and hashes them for --send."""
+@dataclass(frozen=True)
+class TLSClientOptions:
+    """``fivetuple client``'s TLS options (each applies to a ``tls://`` target only).
 
-    def __init__(self, codec: CodecBase | None, on_message: Callable[[bytes], None]) -> None:
+    Attributes:
+        insecure: accept any certificate for any name.
+        ca: PEM file of the CAs to trust instead of the system's.
+        cert: PEM client certificate, for a server that asks (mutual TLS).
+        key: its private key (None: in ``cert``).
+        sni: the server name to ask for and check (None: the target's host).
+        alpn: protocols to offer in ALPN, most preferred first.
+    """
+
+    insecure: bool = False
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+
+    def given(self) -> tuple[str, ...]:
+        """The names of the options that were set."""
+        values = (self.insecure, self.ca, self.cert, self.key, self.sni, self.alpn)
+        names = ("insecure", "ca", "cert", "key", "sni", "alpn")
+        return tuple(name for name, value in zip(names, values, strict=True) if value)
+
+
+class _Client(Protocol):
+    """Prints replies; counts and hashes them for --send. ``on_made`` starts the input."""
+
+    def __init__(
+        self,
+        codec: CodecBase | None,
+        on_message: Callable[[bytes], None],
+        on_made: Callable[[Transport], None] = lambda transport: None,
+    ) -> None:
         self.codec = codec
         self.on_message = on_message
+        self.on_made = on_made
         self.error: BaseException | None = None
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
+        self.on_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if self.codec is None:
@@ -181,6 +233,7 @@ def run_client(
     codec_name: str = "raw",
     send_file: str | None = None,
     timeout: float | None = None,
+    tls: TLSClientOptions | None = None,
 ) -> int:
     """Run the client; returns the exit status (0 ok, 1 echo mismatch, lost, no reply).
 
@@ -188,11 +241,23 @@ def run_client(
         timeout: with ``send_file``, how long to wait for the echo
             (``ECHO_TIMEOUT_S`` if None); over UDP without it, how long to wait
             for the missing replies once stdin has ended (``UDP_REPLY_TIMEOUT_S``).
+        tls: the TLS options, for a ``tls://`` target.
 
     Raises:
         SetupError: a bad target, a refused connection or unreachable port, an
-            unreadable file, a file that cannot go as one message.
+            unreadable file, a file that cannot go as one message; TLS options
+            for a target that is not ``tls://``, a bad CA or certificate file,
+            a certificate that cannot be trusted, a failed handshake, a server
+            that refused our certificate (or our lack of one).
     """
+    tls = tls or TLSClientOptions()
+    if not is_tls(target) and tls.given():
+        params = tls.given()
+        raise SetupError(
+            f"{', '.join('{' + name + '}' for name in params)}: TLS options, for a tls:// "
+            "target; write the target as tls://HOST:PORT, or leave them out",
+            params=params,
+        )
     if is_udp(target):
         return _run_udp(target, codec_name, send_file, timeout)
     file_data = None
@@ -201,7 +266,23 @@ def run_client(
         if codec_name != "raw":
             _check_fits(send_file, file_data, codec_name)
     codec = None if codec_name == "raw" else CODECS[codec_name]()
+    context = _tls_context(tls) if is_tls(target) else None
     sock = connect(target)
+    if context is None:
+        return _talk(target, sock, codec, file_data, timeout, None)
+    with _tls_failures() as failures:
+        return _talk(target, sock, codec, file_data, timeout, (context, tls, failures))
+
+
+def _talk(
+    target: str,
+    sock: socket.socket,
+    codec: CodecBase | None,
+    file_data: bytes | None,
+    timeout: float | None,
+    tls: tuple[ssl.SSLContext, TLSClientOptions, list[logging.LogRecord]] | None,
+) -> int:
+    """The TCP (or TLS, or Unix) conversation on the connected ``sock``; the exit status."""
     loop = Loop()
     received: list[bytes] = []
     out = sys.stdout.buffer
@@ -215,25 +296,203 @@ def run_client(
         out.write(message if codec is None else message + b"\n")
         out.flush()
 
-    client = _Client(codec, show)
-    transport = Transport(loop, sock, client)
-    transport.start()
-    if file_data is not None:
-        client.send(file_data)
-        if codec is None:
-            transport.write_eof()
-        loop.call_later(ECHO_TIMEOUT_S if timeout is None else timeout, loop.stop)
+    def begin(transport: Transport) -> None:
+        # Once connected (over TLS: once the handshake is done).
+        if tls is not None:
+            _print_negotiated(target, transport, tls[1])
+        if file_data is not None:
+            client.send(file_data)
+            if codec is None:
+                transport.write_eof()
+        else:
+            _Stdin(loop, client.send, transport.write_eof, raw=codec is None).start()
+
+    handshake_failure: list[OSError] = []
+
+    def handshake_failed(exc: OSError) -> None:
+        handshake_failure.append(exc)
+        loop.call_soon(loop.stop)  # (a stop() before loop.run() would be forgotten)
+
+    client = _Client(codec, show, begin)
+    transport: Transport
+    if tls is None:
+        transport = Transport(loop, sock, client)
     else:
-        _Stdin(loop, client.send, transport.write_eof, raw=codec is None).start()
+        transport = TLSTransport(
+            loop, sock, client, context=tls[0], server_side=False,
+            server_hostname=_server_hostname(target, tls[1]),
+            on_handshake_failed=handshake_failed,
+        )  # fmt: skip
+    if file_data is not None:
+        loop.call_later(ECHO_TIMEOUT_S if timeout is None else timeout, loop.stop)
+    transport.start()
     try:
         loop.run()
     finally:
         transport.abort()
         loop.run_once(0)
         loop.close()
+    if handshake_failure:
+        raise SetupError(_handshake_failure(target, handshake_failure[0]))
+    if tls is not None and transport.close_reason == "tls-error":
+        raise SetupError(_session_failure(target, tls[2]))
     if file_data is None:
         return 1 if client.error is not None and codec is not None else 0
     return _verdict(file_data, b"".join(received), "message")
+
+
+# -- TLS ----------------------------------------------------------------------
+
+#: OpenSSL's reason for a failure -> what to do about it.
+_TLS_FIXES = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the server asks for a client certificate: "
+    "pass --cert FILE --key FILE",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the server refused the handshake (a client "
+    "certificate it wants? --cert FILE --key FILE; no cipher or ALPN in common?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the server does not trust the CA that signed --cert: "
+    "use a certificate signed by a CA in its --tls-client-ca",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the server refused the certificate of --cert",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the server says the certificate of --cert has expired",
+    "TLSV1_ALERT_PROTOCOL_VERSION": "the server and this client have no TLS version in "
+    "common (its --tls-min-version?)",
+    "UNSUPPORTED_PROTOCOL": "the server and this client have no TLS version in common",
+    "TLSV1_ALERT_NO_APPLICATION_PROTOCOL": "the server offers none of the --alpn protocols",
+    "WRONG_VERSION_NUMBER": "is it a TLS server? for a plain one use tcp://",
+    "UNEXPECTED_MESSAGE": "is it a TLS server? (a plain echo server sends the hello back) "
+    "for a plain one use tcp://",
+    "UNEXPECTED_EOF_WHILE_READING": "the server hung up: is it a TLS server, and does it "
+    "want a client certificate (--cert FILE --key FILE)?",
+    "RECORD_LAYER_FAILURE": "is it a TLS server? for a plain one use tcp://",
+    "PACKET_LENGTH_TOO_LONG": "is it a TLS server? for a plain one use tcp://",
+}
+
+
+def _tls_context(tls: TLSClientOptions) -> ssl.SSLContext:
+    """The client context ``tls`` asks for.
+
+    Raises:
+        SetupError: a bad file, --insecure with --ca, --key without --cert, a bad --sni.
+    """
+    from ._tls_context import client_context
+
+    if tls.sni is not None:
+        try:
+            ipaddress.ip_address(tls.sni)
+        except ValueError:
+            pass
+        else:
+            raise SetupError(
+                f"{{sni}} {tls.sni} is an address, and SNI carries names only (RFC 6066 "
+                "section 3); leave out --sni, and the address in the target is checked",
+                params=("sni",),
+            )
+        try:
+            tls.sni.encode("idna")
+        except UnicodeError:
+            raise SetupError(
+                f"{{sni}} {tls.sni!r} is not a host name; give one such as example.com",
+                params=("sni",),
+            ) from None
+    return client_context(
+        insecure=tls.insecure, ca=tls.ca, cert=tls.cert, key=tls.key, alpn=tls.alpn
+    )
+
+
+def _server_hostname(target: str, tls: TLSClientOptions) -> str:
+    """The name to ask for and check: ``--sni``, else the target's host.
+
+    An address given as ``server_hostname`` is not sent as SNI by the ssl
+    module; it is checked against the certificate's subjectAltName.
+    """
+    if tls.sni is not None:
+        return tls.sni
+    host: str = parse_target(target)[1][0]
+    return host
+
+
+def _print_negotiated(target: str, transport: Transport, tls: TLSClientOptions) -> None:
+    """One line on stderr: the version, cipher, ALPN and whom the certificate names."""
+    stats = transport.statistics().tls
+    if stats is None:  # pragma: no cover - a TLSTransport always has them
+        return
+    if tls.insecure:
+        checked = "certificate not checked (--insecure)"
+    else:
+        checked = f"certificate {stats.peer_cert or '(no subject)'} verified"
+        if stats.sni is not None:
+            checked += f" for {stats.sni}"
+    print(
+        f"connected to {target}: {stats.version}, {stats.cipher}, "
+        f"ALPN {stats.alpn or 'none'}, {checked}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _handshake_failure(target: str, exc: OSError) -> str:
+    """The one line for a handshake that failed: what went wrong, and what to do."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        why = str(exc.verify_message or exc.reason)
+        lowered = why.lower()
+        if "expired" in lowered:
+            fix = "the server must renew it (or --insecure to connect anyway)"
+        elif "mismatch" in lowered:
+            fix = (
+                "connect by a name the certificate holds, or give that name with --sni NAME "
+                "(or --insecure)"
+            )
+        else:
+            fix = "pass the CA that signed it with --ca FILE (or --insecure to skip the check)"
+        return f"cannot trust the certificate of {target}: {why.rstrip('.')}; {fix}"
+    if isinstance(exc, ssl.SSLError):
+        reason = str(exc.reason or exc)
+        fix = _TLS_FIXES.get(reason, "")
+        return f"the TLS handshake with {target} failed: {reason}" + (f"; {fix}" if fix else "")
+    if isinstance(exc, TimeoutError):
+        return (
+            f"{target} did not finish the TLS handshake in time: is it a TLS server? "
+            "for a plain one use tcp://"
+        )
+    return (
+        f"{target} closed the connection during the TLS handshake ({exc}): is it a TLS "
+        "server, and does it want a client certificate (--cert FILE --key FILE)?"
+    )
+
+
+def _session_failure(target: str, records: list[logging.LogRecord]) -> str:
+    """The one line for a TLS session the server ended after the handshake (TLS 1.3
+    checks a client certificate after the client has finished its handshake)."""
+    whys = [str(getattr(r, "fields", {}).get("why", "")) for r in records]
+    why = next((w for w in reversed(whys) if w), "a TLS error")
+    fix = _TLS_FIXES.get(why, "")
+    return f"{target} ended the TLS session: {why}" + (f"; {fix}" if fix else "")
+
+
+class _Records(logging.Handler):
+    """Keeps the engine's log records (the client prints its own lines instead);
+    errors, which are bugs, are still printed."""
+
+    def __init__(self, records: list[logging.LogRecord]) -> None:
+        super().__init__(logging.WARNING)
+        self.records = records
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        if record.levelno >= logging.ERROR:
+            print(f"fivetuple: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _tls_failures() -> Iterator[list[logging.LogRecord]]:
+    """The engine's warnings (a TLS failure's reason) while in the block, kept rather than shown."""
+    records: list[logging.LogRecord] = []
+    handler = _Records(records)
+    logger = logging.getLogger("fivetuple")
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
 
 
 def _verdict(sent: bytes, echo: bytes, unit: str) -> int:

@@ -21,6 +21,13 @@ JSON without the document's fields          JSON, but not the admin's
 an answer that ends before its end          cut short (a server that is stopping)
 ==========================================  ========================================
 
+Over TLS (a server started with ``--admin-tls``): the address is
+``https://HOST:PORT`` and the caller gives the client ``ssl.SSLContext``
+(``fivetuple conns --ca FILE`` or ``--insecure``); the handshake and the
+certificate check come right after the connect, and their failures are one
+line too. Plain HTTP sent to an HTTPS endpoint, and HTTPS to a plain one, are
+named as such, with the address to give instead.
+
 ``timeout`` bounds each wait (to connect, and for each read), not the whole
 answer: a big ``/connections`` is streamed over many loop iterations and may
 take longer than that in all, but it never goes silent for long. The answer
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import urllib.parse
 from typing import Any
 
@@ -57,6 +65,14 @@ STATUS_START = b"HTTP/"
 ADMIN_HINT = (
     "the admin endpoint is the address given to --admin "
     "(the server prints it as 'admin on http://...')"
+)
+#: The first bytes of a TLS alert record (RFC 8446 section 5.1: type 21, version 3.x):
+#: what a TLS server sends to a client that does not speak TLS.
+TLS_ALERT_START = b"\x15\x03"
+#: The end of the message when plain HTTP went to an endpoint that speaks HTTPS.
+USE_HTTPS = (
+    "it speaks HTTPS (the server was started with --admin-tls): give "
+    "https://HOST:PORT, with --ca FILE (or --insecure)"
 )
 #: The end of the message when something answered that does not speak HTTP.
 NOT_ADMIN = "is it the server's own port? " + ADMIN_HINT
@@ -91,18 +107,36 @@ def parse_admin_addr(addr: str) -> tuple[str, int]:
     return host, port
 
 
+def parse_admin_url(addr: str) -> tuple[str, int, bool]:
+    """``HOST:PORT``, ``http://HOST:PORT`` or ``https://HOST:PORT`` -> (host, port, https).
+
+    Raises:
+        SetupError: not an address of one of these forms.
+    """
+    if addr.startswith("https://"):
+        host, port = parse_admin_addr("http://" + addr[8:])
+        return host, port, True
+    host, port = parse_admin_addr(addr)
+    return host, port, False
+
+
 def format_addr(host: str, port: int) -> str:
     """``host:port``, with brackets around an IPv6 host."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def fetch(addr: str, path: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
+def fetch(
+    addr: str, path: str, timeout: float = TIMEOUT_S, tls: ssl.SSLContext | None = None
+) -> dict[str, Any]:
     """GET ``path`` from the admin endpoint at ``addr`` and decode its JSON document.
 
     Args:
-        addr: the admin endpoint, ``HOST:PORT`` (or ``http://HOST:PORT``).
+        addr: the admin endpoint, ``HOST:PORT`` (or ``http://HOST:PORT``), or
+            ``https://HOST:PORT`` for one served with ``--admin-tls``.
         path: ``/stats`` or ``/connections``, with a query string if wanted.
         timeout: seconds to wait to connect, and for each read of the answer.
+        tls: the client context an ``https://`` address is spoken to with
+            (which CAs to trust); required for one, refused for any other.
 
     Returns:
         The document, checked to have the fields of ``DOCUMENT_FIELDS[path]``.
@@ -111,11 +145,22 @@ def fetch(addr: str, path: str, timeout: float = TIMEOUT_S) -> dict[str, Any]:
         SetupError: one line naming the address, what went wrong and the fix:
             nothing listens there, it does not answer, it is not an admin
             endpoint (not HTTP, not 200, not JSON, not our document), or the
-            answer was cut short. Nothing is left open.
+            answer was cut short; its TLS handshake failed or its certificate
+            is not trusted. Nothing is left open.
     """
-    host, port = parse_admin_addr(addr)
+    if addr.startswith("https://") and tls is None:
+        raise SetupError(
+            f"{addr!r}: an https:// address needs a TLS context (fetch(..., tls=...)); "
+            "without one the admin endpoint is spoken to in plain HTTP: give HOST:PORT"
+        )
+    host, port, https = parse_admin_url(addr)
+    if tls is not None and not https:
+        raise SetupError(
+            f"{addr!r}: TLS options apply to an https:// address (a server started with "
+            "--admin-tls); give https://HOST:PORT, or leave them out"
+        )
     where = format_addr(host, port)
-    body = _get(host, port, where, path, timeout)
+    body = _get(host, port, where, path, timeout, tls)
     try:
         doc = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -141,9 +186,13 @@ def _check_document(doc: Any, where: str, path: str) -> None:
     )
 
 
-def _get(host: str, port: int, where: str, path: str, timeout: float) -> bytes:
+def _get(
+    host: str, port: int, where: str, path: str, timeout: float, tls: ssl.SSLContext | None
+) -> bytes:
     """The body of a 200 ``application/json`` answer to ``GET path``, whole."""
     sock = _connect(host, port, where, timeout)
+    if tls is not None:
+        sock = _handshake(sock, tls, host, where, timeout)
     with sock:
         http = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD_BYTES)
         events = (
@@ -200,6 +249,8 @@ class _Reading:
             data = self.sock.recv(RECV_BYTES)
         except TimeoutError:
             raise self._silent() from None
+        except ssl.SSLError:  # a broken record or an alert: the end, as a reset is
+            data = b""
         except OSError:  # a reset: the same as an end, for what we tell the person
             data = b""
         if not data:
@@ -257,6 +308,7 @@ class _Reading:
             return SetupError(
                 f"{self.where} closed the connection without answering GET {self.path}; "
                 + NOT_ADMIN
+                + ("" if isinstance(self.sock, ssl.SSLSocket) else "; or " + USE_HTTPS)
             )
         if _could_be_http(self.head):
             return SetupError(
@@ -266,6 +318,10 @@ class _Reading:
         return self._not_http()
 
     def _not_http(self) -> SetupError:
+        if self.head.startswith(TLS_ALERT_START):
+            return SetupError(
+                f"{self.where} answered GET {self.path} with a TLS alert: " + USE_HTTPS
+            )
         if self.request.startswith(self.head):
             said = "it sent the request back, as an echo server does"
         else:
@@ -294,6 +350,45 @@ def _connect(host: str, port: int, where: str, timeout: float) -> socket.socket:
     except OSError as exc:
         raise SetupError(
             f"cannot reach the admin endpoint at {where} ({exc.strerror or exc}); {ADMIN_HINT}"
+        ) from None
+
+
+def _handshake(
+    sock: socket.socket, tls: ssl.SSLContext, host: str, where: str, timeout: float
+) -> ssl.SSLSocket:
+    """``sock`` with its TLS handshake done and the certificate checked, or a one-line error.
+
+    The certificate must name ``host`` (an address is checked against its
+    subjectAltName) unless ``tls`` does not check host names.
+    """
+    try:
+        return tls.wrap_socket(sock, server_hostname=host)
+    except ssl.SSLCertVerificationError as exc:
+        sock.close()
+        raise SetupError(
+            f"cannot trust the admin endpoint at {where}: {exc.verify_message or exc.reason}; "
+            "pass the CA that signed its certificate with --ca FILE (for --tls-self-signed: "
+            "the certificate it printed), or --insecure to skip the check"
+        ) from None
+    except ssl.SSLError as exc:
+        sock.close()
+        reason = exc.reason or _first_line(exc)
+        if reason in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"):
+            raise SetupError(
+                f"{where} does not speak TLS ({reason}); it serves plain HTTP: give "
+                "HOST:PORT, without https:// and the TLS options"
+            ) from None
+        raise SetupError(f"the TLS handshake with {where} failed ({reason})") from None
+    except TimeoutError:
+        sock.close()
+        raise SetupError(
+            f"{where} did not finish the TLS handshake within {timeout:g}s: " + NOT_ADMIN
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise SetupError(
+            f"{where} closed the connection during the TLS handshake "
+            f"({exc.strerror or _first_line(exc)}): " + NOT_ADMIN
         ) from None
 
 

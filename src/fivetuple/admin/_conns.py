@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -115,11 +116,38 @@ _WORKER_COLUMN: tuple[str, JustifyMethod, Callable[[Row], str]] = (
 )
 
 
+def _tls(row: Row, field: str) -> str:
+    """A field of a TLS row's ``tls`` object; ``-`` for a plain connection or none negotiated."""
+    tls = row.get("tls")
+    if not isinstance(tls, dict):
+        return "-"
+    if not tls.get("handshake_done"):
+        return "handshake" if field == "version" else ""
+    value = tls.get(field)
+    if value is None:
+        return "-"
+    return str(value).removeprefix("TLSv") if field == "version" else str(value)
+
+
+#: Shown last when the rows have them: what each TLS connection negotiated.
+_TLS_COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] = (
+    ("tls", "left", lambda r: _tls(r, "version")),
+    ("cipher", "left", lambda r: _tls(r, "cipher")),
+    ("alpn", "left", lambda r: _tls(r, "alpn")),
+    ("sni", "left", lambda r: _tls(r, "sni")),
+    ("peer cert", "left", lambda r: _tls(r, "peer_cert")),
+)
+
+
 def _columns(rows: list[Row]) -> tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...]:
-    """The table's columns: ``worker`` first if any row has one, then the rest."""
+    """The table's columns: ``worker`` first if any row has one, then the rest, then
+    the TLS ones if any row is a TLS connection."""
+    columns = _COLUMNS
     if any("worker" in row for row in rows):
-        return (_WORKER_COLUMN, *_COLUMNS)
-    return _COLUMNS
+        columns = (_WORKER_COLUMN, *columns)
+    if any("tls" in row for row in rows):
+        columns = (*columns, *_TLS_COLUMNS)
+    return columns
 
 
 def _row_style(row: Row) -> str:
@@ -160,13 +188,16 @@ def render_conns(conns: dict[str, Any], sort: str | None = None, limit: int | No
     return table
 
 
-def run_conns(addr: str, as_json: bool, timeout: float = TIMEOUT_S) -> int:
+def run_conns(
+    addr: str, as_json: bool, timeout: float = TIMEOUT_S, tls: ssl.SSLContext | None = None
+) -> int:
     """Print the connection table of the server whose admin endpoint is ``addr``, once.
 
     Args:
-        addr: the admin endpoint, ``HOST:PORT``.
+        addr: the admin endpoint, ``HOST:PORT`` (``https://HOST:PORT`` over TLS).
         as_json: print the ``GET /connections`` JSON as one line instead of a table.
         timeout: seconds to wait to connect, and for each read of the answer.
+        tls: the client context for an ``https://`` address (see ``fetch``).
 
     Returns:
         The exit status, 0.
@@ -177,7 +208,7 @@ def run_conns(addr: str, as_json: bool, timeout: float = TIMEOUT_S) -> int:
     """
     if not timeout > 0:
         raise SetupError(f"--timeout must be above 0 seconds, not {timeout:g}")
-    conns = fetch(addr, "/connections", timeout)
+    conns = fetch(addr, "/connections", timeout, tls)
     if as_json:
         print(json.dumps(conns), flush=True)
         return 0

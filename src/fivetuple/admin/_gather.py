@@ -44,6 +44,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
+import ssl
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -548,6 +549,7 @@ def start_gathering_admin(
     shared: bool = False,
     worker_timeout: float = WORKER_TIMEOUT_S,
     history_interval: float = HISTORY_INTERVAL_S,
+    tls: ssl.SSLContext | None = None,
 ) -> Server:
     """Serve one admin endpoint for many workers on ``host:port``, on the supervisor's loop.
 
@@ -564,6 +566,8 @@ def start_gathering_admin(
             shared``): their accept queues are one queue, not added up.
         worker_timeout: the deadline of each question to a worker, in seconds.
         history_interval: seconds between two samples of ``/history``.
+        tls: serve HTTPS with this server-side ``ssl.SSLContext`` (None:
+            plain HTTP). The questions to the workers stay on their Unix sockets.
 
     Returns:
         The admin listener, started (``addresses`` say where). It samples the
@@ -581,7 +585,7 @@ def start_gathering_admin(
         history=History(interval=history_interval),
     )
     endpoint = AdminEndpoint(None, loop=loop, history=gatherer.history)
-    admin = admin_server(endpoint, lambda: GatherProtocol(endpoint, gatherer), host, port)
+    admin = admin_server(endpoint, lambda: GatherProtocol(endpoint, gatherer), host, port, tls=tls)
     gatherer.admin = admin
     gatherer.start_sampling()
     return admin

@@ -55,6 +55,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import ssl
 import time
 import urllib.parse
 from collections import deque
@@ -667,8 +668,12 @@ def admin_server(
     host: str = "127.0.0.1",
     port: int = 0,
     unix: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Server:
     """The listener of an admin endpoint, on the endpoint's loop, started.
+
+    Args:
+        tls: serve HTTPS with this server-side context (None: plain HTTP).
 
     Raises:
         SetupError: the address is in use (or cannot be used).
@@ -682,6 +687,7 @@ def admin_server(
         # One above the limit: the newcomer that makes room (AdminEndpoint.opened).
         max_conns=MAX_ADMIN_CONNS + 1,
         idle_timeout=IDLE_TIMEOUT_S,
+        tls=tls,
     )
     admin.start()
     return admin
@@ -718,6 +724,7 @@ def start_admin(
     *,
     public: bool = False,
     unix: str | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> Server:
     """Listen for admin clients on ``host:port`` (or a Unix socket), on the observed
     server's loop, and sample its ``/stats`` into ``/history`` every second.
@@ -730,9 +737,12 @@ def start_admin(
         unix: listen on this Unix socket path instead of TCP: a worker's
             private endpoint, which its supervisor's gathering endpoint asks
             (``start_worker_admin``).
+        tls: serve HTTPS with this server-side ``ssl.SSLContext``
+            (``fivetuple serve --admin-tls``); None: plain HTTP.
 
     Returns:
-        The admin listener, started (its ``addresses`` say where).
+        The admin listener, started (its ``addresses`` say where: ``tls://``
+        for HTTPS).
 
     Raises:
         SetupError: a non-loopback address without ``public``, or the address is in use.
@@ -741,7 +751,7 @@ def start_admin(
         check_admin_address(host, public)
     history = History()
     endpoint = AdminEndpoint(observed, history=history)
-    admin = admin_server(endpoint, lambda: AdminProtocol(endpoint), host, port, unix)
+    admin = admin_server(endpoint, lambda: AdminProtocol(endpoint), host, port, unix, tls)
     observed.server.loop.call_soon(_Sampler(observed, history, admin).tick)
     return admin
 

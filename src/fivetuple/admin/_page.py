@@ -132,6 +132,16 @@ function remote(c) {
   return (addr.includes(":") ? "[" + addr + "]" : addr) + ":" + c.remote_port;
 }
 
+// A field of a TLS connection's tls object ("handshake" while it runs).
+function tls(field) {
+  return (c) => {
+    if (c.tls == null) return null;
+    if (!c.tls.handshake_done) return field === "version" ? "handshake" : null;
+    const value = c.tls[field];
+    return field === "version" && value ? value.replace(/^TLSv/, "") : value;
+  };
+}
+
 function reasons(counts) {
   const parts = Object.entries(counts || {}).filter(([, n]) => n > 0)
     .sort((a, b) => b[1] - a[1]).map(([why, n]) => why + " " + nf.format(n));
@@ -154,12 +164,19 @@ const COLUMNS = [
   {key: "queued_bytes", label: "queued", num: true, show: bytes},
   {key: "app", label: "app"},
   {key: "codec", label: "codec"},
+  {key: "tls_version", label: "tls", get: tls("version"), onlyWithTLS: true},
+  {key: "tls_cipher", label: "cipher", get: tls("cipher"), onlyWithTLS: true},
+  {key: "tls_alpn", label: "alpn", get: tls("alpn"), onlyWithTLS: true},
+  {key: "tls_sni", label: "sni", get: tls("sni"), onlyWithTLS: true},
+  {key: "tls_peer_cert", label: "peer cert", get: tls("peer_cert"), onlyWithTLS: true},
 ];
 const valueOf = (col, c) => (col.get ? col.get(c) : c[col.key]);
 let sort = {key: "id", dir: 1};
 let lastConnections = [];
 let withWorkers = false;  // a supervisor's endpoint: rows have a worker column
-const shownColumns = () => COLUMNS.filter((col) => withWorkers || !col.onlyWithWorkers);
+let withTLS = false;  // a TLS server: rows have a tls object (kept once seen: no flicker)
+const shownColumns = () => COLUMNS.filter((col) =>
+  (withWorkers || !col.onlyWithWorkers) && (withTLS || !col.onlyWithTLS));
 
 function compare(col, a, b) {
   const x = valueOf(col, a), y = valueOf(col, b);
@@ -349,8 +366,10 @@ async function refresh() {
       getJSON("stats"), getJSON("connections"),
       getJSON("history?after=" + historyAfter).catch(() => null),  // charts only: not fatal
     ]);
-    if (withWorkers !== (stats.workers != null)) {
+    const tlsRows = conns.connections.some((c) => c.tls != null);
+    if (withWorkers !== (stats.workers != null) || (tlsRows && !withTLS)) {
       withWorkers = stats.workers != null;
+      withTLS = withTLS || tlsRows;
       drawHeader();
     }
     drawCounters(stats, conns.count);

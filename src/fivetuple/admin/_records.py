@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._server import Server
-from .._stats import CLOSE_REASONS, ConnectionStats
+from .._stats import CLOSE_REASONS, ConnectionStats, TLSStats
 from .._transport import CLOSED, Transport
 
 #: Why accepting pauses (``Listener.pause``): every one is shown, with 0 if it never did.
@@ -59,12 +59,15 @@ class Observed:
 def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, Any]:
     """One row of ``GET /connections``.
 
+    A TLS connection's row has a ``tls`` object too (``tls_fields``); a plain
+    connection's has none, so rows stay as they were for servers without TLS.
+
     Args:
         stats: the connection's statistics record.
         app: the application label.
         codec: the codec label.
     """
-    return {
+    row: dict[str, Any] = {
         "id": stats.id,
         "protocol": stats.protocol,
         "local_addr": stats.local_addr,
@@ -84,6 +87,27 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
         "writing_paused": stats.writing_paused,
         "app": app,
         "codec": codec,
+    }
+    if stats.tls is not None:
+        row["tls"] = tls_fields(stats.tls)
+    return row
+
+
+def tls_fields(tls: TLSStats) -> dict[str, Any]:
+    """A TLS connection's ``tls`` object: what its handshake negotiated.
+
+    ``handshake_done`` is false while the handshake runs, and every other field
+    is null then; after it, a field is null where nothing was negotiated (no
+    ALPN, no SNI, no client certificate).
+    """
+    return {
+        "handshake_done": tls.handshake_done,
+        "version": tls.version,
+        "cipher": tls.cipher,
+        "alpn": tls.alpn,
+        "sni": tls.sni,
+        "peer_cert": tls.peer_cert,
+        "handshake_s": None if tls.handshake_s is None else round(tls.handshake_s, 6),
     }
 
 
@@ -145,7 +169,7 @@ def stats_document(observed: Observed) -> dict[str, Any]:
     stats = server.statistics()
     listeners = [
         {
-            "address": listener.address,
+            "address": listener.address,  # tls:// on a TLS server, as its banner says
             "backlog": listener.backlog,
             "accepted": listener.accepted,
             "accept_queue": listener.accept_queue,

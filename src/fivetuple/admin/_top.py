@@ -31,6 +31,7 @@ import contextlib
 import os
 import select
 import signal
+import ssl
 import sys
 import termios
 import time
@@ -78,6 +79,8 @@ class View:
     error: str | None = None
     #: Seconds each fetch may wait to connect, and for each read.
     timeout: float = TIMEOUT_S
+    #: The client TLS context of an ``https://`` address (None: plain HTTP).
+    tls: ssl.SSLContext | None = None
 
 
 def apply_keys(sort: str, keys: str) -> tuple[str, bool]:
@@ -236,14 +239,16 @@ def render_screen(console: Console, view: View, now: float) -> Group:
     return Group(header, Text(""), render_conns(conns, view.sort, limit))
 
 
-def fetch_snapshot(addr: str, timeout: float = TIMEOUT_S) -> Snapshot:
-    """Read ``/stats`` and ``/connections`` once.
+def fetch_snapshot(
+    addr: str, timeout: float = TIMEOUT_S, tls: ssl.SSLContext | None = None
+) -> Snapshot:
+    """Read ``/stats`` and ``/connections`` once (over TLS with ``tls``: see ``fetch``).
 
     Raises:
         SetupError: the endpoint did not answer (or not as an admin endpoint).
     """
-    stats = fetch(addr, "/stats", timeout)
-    conns = fetch(addr, "/connections", timeout)
+    stats = fetch(addr, "/stats", timeout, tls)
+    conns = fetch(addr, "/connections", timeout, tls)
     return Snapshot(stats, conns, time.monotonic())
 
 
@@ -293,7 +298,11 @@ def _cbreak(stream: Any) -> Iterator[_Keys]:
 
 
 def run_top(
-    addr: str, interval: float = 1.0, sort: str = "bytes", timeout: float = TIMEOUT_S
+    addr: str,
+    interval: float = 1.0,
+    sort: str = "bytes",
+    timeout: float = TIMEOUT_S,
+    tls: ssl.SSLContext | None = None,
 ) -> int:
     """Show the server behind the admin endpoint ``addr`` live, like top, until ``q``.
 
@@ -305,6 +314,7 @@ def run_top(
         interval: seconds between refreshes.
         sort: ``bytes``, ``idle`` or ``age``.
         timeout: seconds each fetch may wait to connect, and for each read.
+        tls: the client context for an ``https://`` address (see ``fetch``).
 
     Returns:
         The exit status, 0. The terminal is left in the mode it was found in.
@@ -321,7 +331,7 @@ def run_top(
         raise SetupError(f"--interval must be above 0 seconds, not {interval:g}")
     if not timeout > 0:
         raise SetupError(f"--timeout must be above 0 seconds, not {timeout:g}")
-    view = View(addr, interval, sort, fetch_snapshot(addr, timeout), timeout=timeout)
+    view = View(addr, interval, sort, fetch_snapshot(addr, timeout, tls), timeout=timeout, tls=tls)
     console = Console(highlight=False)
     if not console.is_terminal:
         # Live draws nothing on a pipe: say so rather than run silently forever.
@@ -372,6 +382,10 @@ def _interrupt(signum: int, frame: object) -> None:
 def _refresh(view: View) -> View:
     """The view with fresh data, or with the old data and why there is none newer."""
     try:
-        return replace(view, snapshot=fetch_snapshot(view.addr, view.timeout), error=None)
+        if view.tls is None:
+            snapshot = fetch_snapshot(view.addr, view.timeout)
+        else:
+            snapshot = fetch_snapshot(view.addr, view.timeout, view.tls)
+        return replace(view, snapshot=snapshot, error=None)
     except SetupError as exc:
         return replace(view, error=str(exc))

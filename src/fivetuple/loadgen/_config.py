@@ -7,6 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 
+from .._address import is_tls
 from ..errors import SetupError
 from ._message import MIN_SIZE
 
@@ -43,11 +44,44 @@ class BenchConfig:
     sample: int = 0
     #: The seed of that pick; None: ``run_bench`` draws one and says it.
     seed: int | None = None
+    # TLS (tls:// targets). Options, not an ssl.SSLContext: a context cannot be
+    # pickled, so each worker builds its own from them (``_tls.client_context_for``).
+    #: Accept any certificate for any name.
+    insecure: bool = False
+    #: PEM file of the CAs to trust instead of the system's.
+    ca: str | None = None
+    #: PEM files of a client certificate and its key (mutual TLS).
+    cert: str | None = None
+    key: str | None = None
+    #: The name sent in SNI and checked against the certificate; None: the target's host.
+    sni: str | None = None
+    #: Protocols offered for ALPN, most preferred first.
+    alpn: tuple[str, ...] = ()
+    #: connect: offer each connection the session of the worker's last one.
+    tls_resume: bool = False
 
     @property
     def udp(self) -> bool:
         """Whether the target is ``udp://`` (one connected UDP socket per "connection")."""
         return self.target.startswith("udp://")
+
+    @property
+    def tls(self) -> bool:
+        """Whether the target is ``tls://`` (TLS over TCP)."""
+        return is_tls(self.target)
+
+    def tls_flags(self) -> list[str]:
+        """The TLS options given, as their flags (for the error that refuses them)."""
+        given = {
+            "--insecure": self.insecure,
+            "--ca": self.ca is not None,
+            "--cert": self.cert is not None,
+            "--key": self.key is not None,
+            "--sni": self.sni is not None,
+            "--alpn": bool(self.alpn),
+            "--tls-resume": self.tls_resume,
+        }
+        return [flag for flag, on in given.items() if on]
 
     def check(self) -> None:
         """Raises SetupError naming the first option that cannot work."""
@@ -83,6 +117,17 @@ class BenchConfig:
             raise SetupError(f"--sample {self.sample} is more than --conns {self.conns}")
         if not 0 <= self.max_loss_pct <= 100:
             raise SetupError("--max-loss must be a percentage from 0 to 100")
+        flags = self.tls_flags()
+        if flags and not self.tls:
+            raise SetupError(
+                f"{' '.join(flags)}: TLS options apply to tls:// targets, not {self.target}; "
+                "use tls://HOST:PORT or leave them out"
+            )
+        if self.tls_resume and self.mode != "connect":
+            raise SetupError(
+                f"--tls-resume applies to bench connect (a new connection each time), "
+                f"not bench {self.mode}, whose connections each shake hands once"
+            )
         if self.udp:
             if self.mode != "echo":
                 raise SetupError(

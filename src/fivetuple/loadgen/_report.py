@@ -11,6 +11,12 @@ limit, and a benchmark should not pass quietly over either) or any
 duplicate. UDP promises no order, so reordered echoes are counted, and are
 still round trips, but do not fail a run; and loss is reported as loss with
 its percentage, in ``datagrams``, not as an error of the server.
+
+A ``tls://`` run has one more key, ``tls`` (absent otherwise): the versions,
+ciphers and ALPN protocols the handshakes agreed on (counts), the handshake
+times (HDR percentiles, as the latency), the failed handshakes by reason
+(each also a failed connection, so it fails the run), handshakes per second
+in connect mode, and with ``--tls-resume`` how many were resumed.
 """
 
 from __future__ import annotations
@@ -126,6 +132,56 @@ def _latency(histogram: HdrHistogram | None) -> dict[str, float] | None:
     return latency
 
 
+def _tls(
+    config: BenchConfig, results: list[dict[str, Any]], elapsed: float, connects: int
+) -> dict[str, Any]:
+    """tls://: every worker's handshakes together (``_tls.TLSLoad.result``)."""
+    parts = [r["tls"] for r in results if r.get("tls")]
+    latency = _latency(_merged_histogram(parts))
+    failures: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for reason, count in part["failures"].items():
+            entry = failures.setdefault(
+                reason, {"count": 0, "detail": part["failure_details"].get(reason, "")}
+            )
+            entry["count"] += count
+    offered = sum(p["offered"] for p in parts)
+    resumed = sum(p["resumed"] for p in parts)
+    note = None
+    if config.tls_resume and not resumed:
+        note = _resume_note(parts, offered)
+    return {
+        "versions": _sum_counts(parts, "versions"),
+        "ciphers": _sum_counts(parts, "ciphers"),
+        "alpn": _sum_counts(parts, "alpn"),
+        "handshakes": sum(p["handshakes"] for p in parts),
+        "handshake_us": latency,
+        # connect mode: a handshake counts once its echo is back (``_TLSChurn``).
+        "handshakes_per_s": round(connects / elapsed, 1) if config.mode == "connect" else None,
+        "handshake_failures": dict(sorted(failures.items(), key=lambda kv: -kv[1]["count"])),
+        "resume": config.tls_resume,
+        "resume_offered": offered,
+        "resumed": resumed,
+        "resume_note": note,
+    }
+
+
+def _resume_note(parts: list[dict[str, Any]], offered: int) -> str:
+    """Why --tls-resume resumed nothing (the run does not fail for it)."""
+    kept = sum(p["sessions_kept"] for p in parts)
+    tls13 = any(v == "TLSv1.3" for p in parts for v in p["versions"])
+    if not kept:
+        return "no connection got its echo back, so no session was kept to offer"
+    if tls13 and not sum(p["tickets"] for p in parts):
+        return (
+            "the server sent no TLS 1.3 session ticket, and TLS 1.3 resumes only "
+            "with one (Python's ssl cannot resume otherwise)"
+        )
+    if not offered:
+        return "no connection was opened after a session was kept"
+    return "the server did not accept the sessions offered (no session cache, or tickets refused)"
+
+
 def merge(
     config: BenchConfig, results: list[dict[str, Any]], started: float = 0.0
 ) -> dict[str, Any]:
@@ -158,7 +214,7 @@ def merge(
     if latency is not None and histogram is not None:
         latency["mean"] = round(histogram.get_mean_value(), 1)  # not whole microseconds
     per = trips or connects
-    return {
+    report: dict[str, Any] = {
         "target": config.target,
         "protocol": _protocol(config.target),
         "mode": config.mode,
@@ -219,6 +275,9 @@ def merge(
             else None
         ),
     }
+    if config.tls:
+        report["tls"] = _tls(config, results, elapsed, connects)
+    return report
 
 
 def _connect_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -256,6 +315,40 @@ def _sample_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
                 " / ".join(f"{latency[k]:,}" for k in ("p50", "p99", "max")),
             )
         )
+    return rows
+
+
+def _tls_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    tls = report.get("tls")
+    if not tls:
+        return []
+
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v:,}" for k, v in d.items()) or "none"
+
+    rows = [
+        ("TLS handshakes done", f"{tls['handshakes']:,}"),
+        ("TLS versions", counts(tls["versions"])),
+        ("TLS ciphers", counts(tls["ciphers"])),
+    ]
+    if tls["alpn"]:
+        rows.append(("ALPN", counts(tls["alpn"])))
+    latency = tls["handshake_us"]
+    if latency:
+        rows.append(
+            (
+                "TLS handshake µs p50/p90/p99/p99.9/max",
+                " / ".join(f"{latency[k]:,}" for k in ("p50", "p90", "p99", "p99.9", "max")),
+            )
+        )
+    if tls["handshakes_per_s"] is not None:
+        rows.append(("TLS handshakes/s (each echoed once)", f"{tls['handshakes_per_s']:,.0f}"))
+    if tls["resume"]:
+        rows.append(("TLS sessions resumed", f"{tls['resumed']:,} of {tls['resume_offered']:,}"))
+        if tls["resume_note"]:
+            rows.append(("not resumed because", tls["resume_note"]))
+    for reason, entry in tls["handshake_failures"].items():
+        rows.append((f"handshake failed: {reason}", f"{entry['count']:,}: {entry['detail']}"))
     return rows
 
 
@@ -383,6 +476,7 @@ def render(report: dict[str, Any]) -> Any:
         stop = report["stopped_by"]
         rows.append(("stopped by", f"{stop['limit']} after {stop['reached']:,}: {stop['detail']}"))
     rows += _connect_rows(report)
+    rows += _tls_rows(report)
     rows += _memory_rows(report)
     if datagrams is not None and datagrams["lost"]:
         table.caption = (

@@ -17,10 +17,19 @@ connections are (``_shares``), and worker K picks its part with the seed
 so that a run can be repeated with the same pick. A hold (and its
 sampled echoes) starts when the parent sets ``all_up`` (an Event): once
 every worker has said that its connect phase is over, or has exited.
+
+``tls://``: the parent builds the client context once before any worker
+starts, only so that a bad certificate file is one line and exit status 2
+rather than a failure in every worker; each worker builds its own
+(``_tls``). The probe connect is plain TCP: whether the server's
+certificate is trusted is the run's to find out and report, per connection.
+A worker's engine logs nothing: a failed handshake is counted with its
+reason in the report, and the engine's warning would only repeat it.
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import random
@@ -40,6 +49,7 @@ from ._memory import SETTLE_S, Snapshot, find_server, open_fds, per_connection
 from ._message import MessageMaker
 from ._plan import Plan, make_plan
 from ._report import merge
+from ._tls import client_context_for
 from ._worker import SAMPLE_INTERVAL_S, Worker
 
 PROBE_TIMEOUT_S = 5.0
@@ -206,6 +216,9 @@ def _child(
     def report(progress: dict[str, Any]) -> None:
         pipe.send(("progress", progress))
 
+    # This process only: without a handler, Python's last resort would print
+    # the engine's warnings (a failed TLS handshake) on stderr.
+    logging.getLogger("fivetuple").addHandler(logging.NullHandler())
     try:
         worker = Worker(
             config, family, address, conns, sources, report, sample=sample, seed=seed, all_up=all_up
@@ -225,6 +238,8 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
         SetupError: a bad option, or a target that cannot be reached.
     """
     config.check()
+    if config.tls:
+        client_context_for(config)  # a bad file: SetupError now, not in every worker
     family, address = resolve(config.target, (config.source_addrs or (None,))[0], config.size)
     soft, _ = raise_nofile()
     chosen = plan(config, family, address, soft)

@@ -11,7 +11,8 @@ Theory of operation. A worker runs in phases, each ended by a timer:
    the time it was due, not the time it left, so that a stalled server
    cannot hide its stall by slowing the sender (no coordinated omission).
    ``hold`` sends nothing. ``connect`` opens and closes connections, as
-   many as ``conns`` at a time;
+   many as ``conns`` at a time (over TLS each also echoes one message
+   before it closes, ``_TLSChurn``);
 3. drain: no new messages; replies still on their way get ``--timeout``
    (``reply_timeout``); then every message without its reply is counted
    missing (lost, for UDP);
@@ -54,6 +55,10 @@ apply; a datagram whose echo has not come within ``reply_timeout`` is lost.
 There is nothing to hold and no handshake to count, so ``hold`` and
 ``connect`` are TCP only (refused in ``BenchConfig.check``).
 
+TLS (``tls://``): the same clients over a ``TLSTransport``, whose
+``connection_made`` comes after the handshake; the context, the handshakes'
+counts and the reasons of failed ones are ``_tls.TLSLoad``'s.
+
 A target that does not echo (its first ``NOT_ECHO_REPLIES`` replies on a
 connection, or whatever it sent before the first message timed out, match
 nothing sent) ends the run at once with that verdict: thousands of
@@ -82,10 +87,12 @@ from .._connector import open_connection
 from .._loop import Loop
 from .._poller import READ
 from .._protocol import Protocol
+from .._timers import Timer
 from .._transport import Transport
 from ._config import BenchConfig
 from ._memory import rss_bytes
-from ._message import LATE, DatagramLedger, MessageMaker, ReplyLedger
+from ._message import CORRUPTED, LATE, MISSING, DatagramLedger, MessageMaker, ReplyLedger
+from ._tls import UNFINISHED, TLSLoad
 
 MAX_CONNECTING = 256
 #: How long the probe at the end of a hold waits for every echo, at least ...
@@ -229,7 +236,10 @@ class _Client(_Sender, Protocol):
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
-        self._worker.established(self)
+        worker = self._worker
+        if worker.tls is not None:
+            worker.tls.made(transport)
+        worker.established(self)
 
     def alive(self) -> bool:
         return self.transport is not None and not self.transport.is_closing()
@@ -430,6 +440,91 @@ class _Churn(Protocol):
         self._worker.churn_done()
 
 
+class _TLSChurn(Protocol):
+    """connect mode over TLS: the handshake, then one message and its echo, then close.
+
+    The echo proves the server finished the handshake too: a TLS 1.3 client
+    is done one flight before the server is (RFC 8446, section 2), and a
+    server that then refuses (a client certificate it does not accept) says
+    so only after. It is also when a TLS 1.3 session ticket has come
+    (``TLSLoad.keep_session``). A connection counts once its echo is back;
+    the latency recorded is, as over TCP, from connect() to the handshake's end.
+    """
+
+    __slots__ = (
+        "_done",
+        "_made",
+        "_message",
+        "_reply",
+        "_started",
+        "_timer",
+        "_transport",
+        "_worker",
+    )
+
+    def __init__(self, worker: Worker, number: int) -> None:
+        self._worker = worker
+        self._started = _now_ns()
+        self._made = 0
+        self._message = worker.churn_maker.make(number)
+        self._reply = b""
+        self._done = False
+        self._timer: Timer | None = None
+        self._transport: Transport | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        worker = self._worker
+        self._made = _now_ns()
+        self._transport = transport
+        worker.tls.made(transport)  # type: ignore[union-attr]  # a TLS run: tls is set
+        transport.write(self._message)
+        self._timer = worker.loop.call_later(worker.config.reply_timeout, self._overdue)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._reply += data
+        message = self._message
+        if len(self._reply) < len(message):
+            return
+        worker = self._worker
+        transport = self._transport
+        assert transport is not None  # data comes after connection_made
+        if self._reply[: len(message)] == message:
+            worker.latencies_us.append((self._made - self._started) // 1000)
+            worker.tls.keep_session(transport)  # type: ignore[union-attr]  # as above
+        else:
+            worker.errors[CORRUPTED] += 1
+        self._end()
+        transport.close()
+
+    def _overdue(self) -> None:
+        self._timer = None
+        if not self._done and self._transport is not None:
+            self._worker.errors[MISSING] += 1
+            self._end()
+            self._transport.abort("local")
+
+    def _end(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        worker = self._worker
+        if not self._done:  # it ended before the echo came
+            self._end()
+            transport = self._transport
+            reason = (transport.close_reason if transport is not None else None) or "error"
+            if reason.startswith("tls-"):  # the server did not finish the handshake
+                worker.failed[reason] += 1
+                worker.tls.refused(reason)  # type: ignore[union-attr]  # a TLS run
+            else:
+                worker.lost_by[reason] += 1
+        worker.churn_done()
+
+
 class Worker:
     """Drives ``conns`` connections of one process and returns a result dict."""
 
@@ -448,6 +543,10 @@ class Worker:
     ) -> None:
         self.config = config
         self.loop = Loop(config.backend)
+        #: tls:// only: the client context, the session to resume, the handshakes' counts.
+        self.tls = TLSLoad(config) if config.tls else None
+        #: connect over TLS: the messages echoed once per connection.
+        self.churn_maker = MessageMaker(config.size, 0)
         self.family, self.address = family, address
         self.udp = config.udp
         self.conns = conns
@@ -545,6 +644,15 @@ class Worker:
         number = self.attempted
         self.attempted += 1
         self.connecting += 1
+        tls = self.tls
+        options: dict[str, Any] = {}
+        if tls is not None:
+            options = {
+                "tls": tls.context,
+                "server_hostname": tls.server_hostname,
+                "tls_session": tls.session_to_offer(),
+                "tls_handshake_timeout": self.config.connect_timeout,
+            }
         open_connection(
             self.loop,
             self.family,
@@ -554,7 +662,14 @@ class Worker:
             source=self._source(number),
             timeout=self.config.connect_timeout,
             conn_id=number,
+            **options,
         )
+
+    def _churn(self) -> Protocol:
+        """connect mode: the next connection's protocol (over TLS: handshake and one echo)."""
+        if self.tls is None:
+            return _Churn(self)
+        return _TLSChurn(self, self.attempted)
 
     def _open_datagram(self) -> None:
         """A UDP socket is up at once; ``established`` runs on the next
@@ -586,13 +701,18 @@ class Worker:
 
     def _failed(self, exc: OSError) -> None:
         self.connecting -= 1
-        name = errno.errorcode.get(exc.errno or 0, "timeout" if exc.errno is None else "error")
-        seen = self.failed_errno.setdefault(name, [0, self.loop.time()])
-        seen[0] += 1
-        reason, limit = _FAILURES.get(
-            exc.errno or 0, (errno.errorcode.get(exc.errno or 0, "error"), None)
-        )
-        self.failed[reason] += 1
+        tls_reason = self.tls.failed(exc) if self.tls is not None else None
+        limit: str | None = None
+        if tls_reason is not None:  # TCP was up; the handshake failed (``_tls``)
+            self.failed[tls_reason] += 1
+        else:
+            name = errno.errorcode.get(exc.errno or 0, "timeout" if exc.errno is None else "error")
+            seen = self.failed_errno.setdefault(name, [0, self.loop.time()])
+            seen[0] += 1
+            reason, limit = _FAILURES.get(
+                exc.errno or 0, (errno.errorcode.get(exc.errno or 0, "error"), None)
+            )
+            self.failed[reason] += 1
         if limit and self.stopped_by is None:
             nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             self.stopped_by = {
@@ -636,7 +756,7 @@ class Worker:
         elif mode == "connect":
             self.sending = True
             for _ in range(self.conns):
-                self._connect(_Churn(self))
+                self._connect(self._churn())
         if mode == "hold":
             self._all_up_by = self.run_started + ALL_UP_WAIT_S
             self._maybe_start_hold()  # asked again every TICK_S (_tick)
@@ -733,7 +853,7 @@ class Worker:
         """connect mode: one slot's connection has closed; open the next."""
         self.connecting -= 1
         if self.sending:
-            self._connect(_Churn(self))
+            self._connect(self._churn())
         else:
             self._maybe_stop()
 
@@ -773,6 +893,11 @@ class Worker:
                 if self.checking and client._ledger.never_matched and client._got_junk():
                     self.not_echo = self.not_echo or {"wrong_replies": client._ledger.strikes}
                 client.give_up()
+        if self.tls is not None and self.config.mode == "connect" and self.connecting:
+            # Still shaking hands (or awaiting the echo) --timeout after the run:
+            # a server that never answers a ClientHello must not pass as 0 failures.
+            self.failed[UNFINISHED] += self.connecting
+            self.tls.unfinished(self.connecting)
         self.phase = "done"
         self._closing = True
         for client in list(self.clients.values()):
@@ -843,7 +968,10 @@ class Worker:
         self._ticker = self.loop.call_later(TICK_S, self._tick)
 
     def _fold(self) -> None:
-        """Fold the round trip times gathered since the last fold into the histogram."""
+        """Fold the round trip times (and handshake times) gathered since the
+        last fold into the histogram."""
+        if self.tls is not None:
+            self.tls.fold()
         latencies = self.latencies_us
         if not latencies:
             return
@@ -902,4 +1030,5 @@ class Worker:
             ),
             "rss_conns": self.rss_conns,
             "sample": self.sample,
+            "tls": self.tls.result() if self.tls is not None else None,
         }
