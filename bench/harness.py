@@ -41,6 +41,7 @@ import math
 import os
 import re
 import resource
+import select
 import shlex
 import shutil
 import signal
@@ -69,7 +70,8 @@ LOAD_SLACK_S = 60.0
 #: How long to wait for a server to close a finished load's connections.
 DRAIN_WAIT_S = 2.0
 POLL_S = 0.02
-BANNER_RE = re.compile(r"listening on tcp://(\S+):(\d+)")
+#: A TLS server says tls:// (issue 15); the groups are the same.
+BANNER_RE = re.compile(r"listening on (?:tcp|tls)://(\S+):(\d+)")
 ADMIN_BANNER_RE = re.compile(r"admin on http://(\S+):(\d+)")
 #: How much of a failed process's output goes into the error message.
 TAIL_CHARS = 300
@@ -682,3 +684,257 @@ def children_of(pid: int) -> list[int]:
         if ppid == pid:
             found.append(int(name))
     return sorted(found)
+
+
+# -- TLS and the C load's marks (issue 15: bench/tls_compare.py, bench/tls_io.py) ------
+
+BUILD_DIR = BENCH_DIR / ".build"
+C_LOAD_SRC = BENCH_DIR / "echo_load.c"
+#: echo_load.c built with OpenSSL; the plain build (bench/echo_compare.py) stays without it.
+TLS_LOAD_BIN = BUILD_DIR / "echo_load_tls"
+#: A throwaway certificate lives this long.
+CERT_DAYS = 2
+
+
+def build_tls_load() -> Path:
+    """``echo_load.c`` with TLS, built as ``.build/echo_load_tls`` when missing or stale.
+
+    Returns:
+        The binary's path.
+
+    Raises:
+        BenchFailure: it did not compile (no C compiler, or no OpenSSL headers:
+            the message says which package to install).
+    """
+    if TLS_LOAD_BIN.exists() and TLS_LOAD_BIN.stat().st_mtime >= C_LOAD_SRC.stat().st_mtime:
+        return TLS_LOAD_BIN
+    BUILD_DIR.mkdir(exist_ok=True)
+    argv = ["cc", "-O2", "-DECHO_LOAD_TLS", "-o", str(TLS_LOAD_BIN), str(C_LOAD_SRC)]
+    try:
+        done = subprocess.run(
+            [*argv, "-lssl", "-lcrypto"], capture_output=True, text=True, check=False
+        )
+    except FileNotFoundError:
+        raise BenchFailure("no C compiler (cc): install gcc and libssl-dev") from None
+    if done.returncode != 0:
+        raise BenchFailure(
+            f"building {C_LOAD_SRC.name} with TLS failed (install libssl-dev?): "
+            f"{' '.join(done.stderr.strip()[-TAIL_CHARS:].split())}"
+        )
+    return TLS_LOAD_BIN
+
+
+def throwaway_cert(directory: Path, key_type: str = "ec") -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl command.
+
+    Args:
+        directory: where ``cert.pem`` and ``key.pem`` are written (a temporary directory).
+        key_type: ``"ec"`` (ECDSA P-256, what a server would pick today, and a cheap
+            signature) or ``"rsa"`` (2048 bits: each full handshake then costs the server
+            about a millisecond of RSA signing).
+
+    Returns:
+        The paths of the certificate and of its unencrypted key.
+
+    Raises:
+        BenchFailure: openssl is missing or failed.
+    """
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    keyopts = {
+        "ec": ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"],
+        "rsa": ["-newkey", "rsa:2048"],
+    }[key_type]
+    argv = [
+        "openssl", "req", "-x509", *keyopts, "-nodes", "-days", str(CERT_DAYS),
+        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        "-keyout", str(key), "-out", str(cert),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise BenchFailure("no openssl command: install openssl") from None
+    if done.returncode != 0:
+        raise BenchFailure(f"openssl req failed: {' '.join(done.stderr.strip().split())}")
+    return cert, key
+
+
+class MarkedLoad:
+    """A load that prints marks (``START``, ``END``, ``HELD``) and then one result line.
+
+    That is echo_load.c's output. Its stdout is a pipe read with a deadline, so
+    that the caller reads the server's CPU time the moment a mark arrives; its
+    stderr goes to a temporary file. It runs pinned to ``LOAD_CPU`` in a
+    session of its own; ``close()`` kills it. Use as a context manager.
+
+    Args:
+        argv: the load's command.
+        cpu: the CPU to pin it to; None runs it unpinned.
+        pin: whether to pin (None: ``pinning_available()``).
+    """
+
+    def __init__(
+        self, argv: Sequence[str], *, cpu: int | None = LOAD_CPU, pin: bool | None = None
+    ) -> None:
+        # Open as long as the load is: close() closes it.
+        self._stderr = tempfile.TemporaryFile(prefix="bench-load-")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            pinned(cpu, argv, pin),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            start_new_session=True,
+        )
+        self.pid = self.proc.pid
+        self._buffer = b""
+
+    def __enter__(self) -> MarkedLoad:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def stderr(self) -> str:
+        """What the load wrote to stderr so far, on one line, shortened."""
+        self._stderr.seek(0)
+        text = self._stderr.read().decode(errors="replace").strip()
+        return " ".join(text[-TAIL_CHARS:].split())
+
+    def read_line(self, timeout: float) -> str:
+        """The next line of the load's stdout.
+
+        Raises:
+            BenchFailure: it exited first, or nothing came for ``timeout`` seconds.
+        """
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise BenchFailure(f"the load printed nothing for {timeout:g} s: {self.stderr()}")
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                status = self.proc.wait()
+                raise BenchFailure(f"the load exited with status {status}: {self.stderr()}")
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def wait_mark(self, mark: str, timeout: float) -> None:
+        """Wait for the line ``mark``.
+
+        Raises:
+            BenchFailure: another line came first, or none in time (see ``read_line``).
+        """
+        line = self.read_line(timeout).strip()
+        if line != mark:
+            raise BenchFailure(f"the load printed {line!r} instead of {mark}: {self.stderr()}")
+
+    def result(self, timeout: float) -> dict[str, str]:
+        """The ``key=value ...`` line that follows the last mark, as a mapping.
+
+        Raises:
+            BenchFailure: no such line in time.
+        """
+        line = self.read_line(timeout)
+        try:
+            return dict(pair.split("=", 1) for pair in line.split())
+        except ValueError:
+            raise BenchFailure(f"the load printed {line!r}: {self.stderr()}") from None
+
+    def cpu_times(self) -> CpuTimes:
+        """CPU time the load has used so far."""
+        return cpu_times(self.pid)
+
+    def close(self) -> None:
+        """Kill the load's session if it still runs; close its pipe and stderr file."""
+        kill_group(self.proc)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._stderr.close()
+
+
+@dataclass(frozen=True, slots=True)
+class MarkedRun:
+    """One load run between its START and END marks."""
+
+    #: The load's result line.
+    result: dict[str, str]
+    #: CPU the server used between the marks.
+    server: CpuTimes
+    #: CPU the load used between the marks (is the load the bottleneck?).
+    load: CpuTimes
+
+
+def run_marked(server: RunningServer, argv: Sequence[str], timeout: float) -> MarkedRun:
+    """Run a load with START/END marks against ``server``; CPU of both between the marks.
+
+    Args:
+        server: the server under load.
+        argv: the load's command (echo_load.c, ping-pong or ``--handshakes``).
+        timeout: the longest wait for each line of the load's output.
+
+    Raises:
+        BenchFailure: the load failed, or the server died.
+    """
+    with MarkedLoad(argv) as load:
+        load.wait_mark("START", timeout)
+        server_before, load_before = server.cpu_times(), load.cpu_times()
+        load.wait_mark("END", timeout)
+        server_after, load_after = server.cpu_times(), load.cpu_times()
+        result = load.result(timeout)
+        server.alive()
+        return MarkedRun(result, server_after.since(server_before), load_after.since(load_before))
+
+
+class SyscallCount:
+    """System calls of one process, all threads, counted by ``strace -c -f`` in a with block.
+
+    strace slows the process a lot: time nothing under it. After the block,
+    ``calls`` maps each system call's name (and ``total``) to its count.
+
+    Raises:
+        BenchFailure: strace is missing or could not attach (ptrace not allowed).
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.calls: dict[str, int] = {}
+        self._dir = tempfile.TemporaryDirectory(prefix="bench-strace-")
+        self._out = Path(self._dir.name) / "strace"
+        self._tracer: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> SyscallCount:
+        if shutil.which("strace") is None:
+            self._dir.cleanup()
+            raise BenchFailure("no strace: install it (apt-get install -y strace)")
+        argv = ["strace", "-c", "-f", "-p", str(self.pid), "-o", str(self._out)]
+        self._tracer = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        assert self._tracer.stderr is not None
+        line = self._tracer.stderr.readline()
+        if "attached" not in line:
+            self._stop()
+            raise BenchFailure(f"strace could not attach to {self.pid}: {line.strip()}")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        tracer = self._tracer
+        if tracer is not None and tracer.poll() is None:
+            tracer.send_signal(signal.SIGINT)
+            try:
+                tracer.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                tracer.kill()
+                tracer.communicate()
+        if self._out.exists():
+            for line in self._out.read_text().splitlines():
+                # "% time  seconds  usecs/call  calls  [errors]  syscall", and the total line.
+                parts = line.split()
+                if len(parts) >= 5 and parts[3].isdigit():
+                    self.calls[parts[-1]] = int(parts[3])
+        self._dir.cleanup()

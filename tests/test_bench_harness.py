@@ -54,6 +54,9 @@ SCRIPTS = (
     "matrix.py",
     "reliable_bench.py",
     "reliable_listener_bench.py",
+    "tls_compare.py",
+    "tls_first_byte.py",
+    "tls_io.py",
     "under_attack.py",
 )
 

@@ -275,16 +275,21 @@ class TLSTransport(Transport):
             self._write_ready()
 
     def _read_plain(self) -> None:
-        """Decrypt what the incoming BIO holds and hand it to the protocol."""
+        """Decrypt what the incoming BIO holds and hand it to the protocol.
+
+        Called with bytes (or EOF) in the BIO. Each ``SSLObject.read`` returns
+        one record's plaintext (asked for 64 KiB, more than a record holds, so
+        OpenSSL never keeps plaintext back: ``pending()`` stays 0); the loop
+        stops when the BIO is empty rather than on the SSLWantReadError a
+        further read would raise, which costs more than the read itself.
+        """
         incoming = self._incoming
-        sslobj = self._ssl
-        while incoming.pending or sslobj.pending() or incoming.eof:
-            if self._read_paused or self.state not in (OPEN, LOCAL_EOF):
-                break
+        read = self._ssl.read
+        while not self._read_paused and (self.state == OPEN or self.state == LOCAL_EOF):
             try:
-                data = sslobj.read(RECV_BYTES)
+                data = read(RECV_BYTES)
             except _WANT_READ:
-                break
+                break  # a partial record: the rest comes with a later read
             except ssl.SSLEOFError:
                 self._tls_eof("tls-unexpected-eof")
                 return
@@ -306,8 +311,12 @@ class TLSTransport(Transport):
                 self._app_error(exc, "data_received")
                 return
             self._in_callback = False
-        self._flush_plain()
-        self._send_records()  # TLS 1.3 may answer by itself (key update)
+            if not incoming.pending and not incoming.eof:
+                break
+        if self._plain:
+            self._flush_plain()
+        if self._outgoing.pending:
+            self._send_records()  # TLS 1.3 may answer by itself (key update)
         held = incoming.pending
         if held != self._bio_held and self.state != CLOSED:
             self._charge(held - self._bio_held)
