@@ -54,7 +54,7 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_tls_context",
         },
     ),
-    ("servers and shells", {"_server", "_supervisor", "_reliable_shell", "testing"}),
+    ("servers and shells", {"_server", "_supervisor", "_reliable_shell", "testing", "_impair"}),
     (
         "apps, observability, load, command line",
         {"apps", "admin", "loadgen", "client", "cli", "__init__", "__main__"},

@@ -1277,6 +1277,83 @@ def bench(
     sys.exit(1 if failed(report) else 0)
 
 
+def _impairment_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """netsim's link model as options (``fivetuple link`` and ``fivetuple proxy``).
+
+    The command gets ``delay``, ``jitter``, ``loss``, ``burst_enter``, ``burst_exit``,
+    ``burst_loss``, ``duplicate``, ``reorder``, ``reorder_delay``, ``corrupt``,
+    ``rate``, ``queue``, ``mtu``, ``blackout`` and ``seed``; ``_link_config_of``
+    turns them into a ``netsim.LinkConfig``.
+    """
+    probability = click.FloatRange(0.0, 1.0)
+    milliseconds = click.FloatRange(min=0.0)
+    options = [
+        click.option("--delay", type=milliseconds, default=0.0, metavar="MS",
+                     help="One-way delay added to every packet, each way."),
+        click.option("--jitter", type=milliseconds, default=0.0, metavar="MS",
+                     help="Extra delay drawn from 0..MS (keeps order)."),
+        click.option("--loss", type=probability, default=0.0, metavar="P",
+                     help="Probability that a packet is lost, independently."),
+        click.option("--burst-enter", type=probability, default=0.0, metavar="P",
+                     help="Per-packet probability of entering a loss burst (Gilbert-Elliott)."),
+        click.option("--burst-exit", type=probability, default=0.25, metavar="P",
+                     help="Per-packet probability of a burst ending (mean burst 1/P packets)."),
+        click.option("--burst-loss", type=probability, default=1.0, metavar="P",
+                     help="Loss probability inside a burst."),
+        click.option("--duplicate", type=probability, default=0.0, metavar="P",
+                     help="Probability that a packet is delivered twice."),
+        click.option("--reorder", type=probability, default=0.0, metavar="P",
+                     help="Probability that a packet is held back --reorder-delay."),
+        click.option("--reorder-delay", type=milliseconds, default=10.0, metavar="MS",
+                     help="How long a reordered packet is held back."),
+        click.option("--corrupt", type=probability, default=0.0, metavar="P",
+                     help="Probability that one bit of a packet is flipped."),
+        click.option("--rate", type=click.FloatRange(min=0.0, min_open=True), default=None,
+                     metavar="MBIT", help="Link rate in Mbit/s (a queue forms in front of it)."),
+        click.option("--queue", type=click.IntRange(min=1), default=None, metavar="BYTES",
+                     help="Bytes the queue in front of --rate holds; more are tail-dropped."),
+        click.option("--mtu", type=click.IntRange(min=68), default=None, metavar="BYTES",
+                     help="Largest packet carried; longer ones are dropped."),
+        click.option("--blackout", multiple=True, metavar="START-END",
+                     help="Lose everything sent from START to END seconds after start; repeatable."),
+        click.option("--seed", type=int, default=None, metavar="S",
+                     help="Seed of the random choices (the same seed, the same fates)."),
+    ]  # fmt: skip
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _link_config_of(options: dict[str, Any], overhead_bytes: int = 0) -> Any:
+    """The ``netsim.LinkConfig`` that ``_impairment_options``' values describe.
+
+    Raises:
+        SetupError: a --blackout that is not START-END, or a value netsim refuses.
+    """
+    from ._impair import link_config
+
+    blackouts = []
+    for text in options.get("blackout", ()):
+        start, sep, end = text.partition("-")
+        try:
+            window = (float(start), float(end))
+        except ValueError:
+            window = (1.0, 0.0)
+        if not sep or window[0] > window[1] or window[0] < 0:
+            raise SetupError(
+                f"--blackout {text!r} is not START-END in seconds with START <= END, e.g. 5-7"
+            )
+        blackouts.append(window)
+    return link_config(
+        delay_ms=options["delay"], jitter_ms=options["jitter"], loss=options["loss"],
+        burst_enter=options["burst_enter"], burst_exit=options["burst_exit"],
+        burst_loss=options["burst_loss"], duplicate=options["duplicate"],
+        reorder=options["reorder"], reorder_delay_ms=options["reorder_delay"],
+        corrupt=options["corrupt"], rate_mbit=options["rate"], queue_bytes=options["queue"],
+        mtu=options["mtu"], blackouts=tuple(blackouts), overhead_bytes=overhead_bytes,
+    )  # fmt: skip
+
+
 def _admin_client_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options of the commands that read an admin endpoint (``top``, ``conns``)."""
     options = [

@@ -247,6 +247,7 @@ class Link:
         "corrupted",
         "delivered",
         "duplicated",
+        "in_flight_bytes",
         "lost_blackout",
         "lost_burst",
         "lost_random",
@@ -275,6 +276,8 @@ class Link:
         self.lost_random = self.lost_burst = self.lost_blackout = 0
         self.queue_drops = self.mtu_drops = 0
         self.duplicated = self.reordered = self.corrupted = 0
+        #: Bytes scheduled to arrive and not yet delivered (what the link holds).
+        self.in_flight_bytes = 0
 
     def send(self, datagram: bytes, now: float) -> None:
         """Put a datagram on the link at time ``now``; it is dropped or scheduled at once.
@@ -310,6 +313,7 @@ class Link:
         for _ in range(copies):
             heapq.heappush(self._arrivals, (arrival, self._seq, self._maybe_corrupt(data)))
             self._seq += 1
+        self.in_flight_bytes += copies * len(data)
 
     def next_delivery(self) -> float | None:
         """The earliest scheduled arrival time, or None when nothing is in flight."""
@@ -321,8 +325,10 @@ class Link:
         out: list[bytes] = []
         while arrivals and arrivals[0][0] <= now:
             out.append(heapq.heappop(arrivals)[2])
+        delivered = sum(map(len, out))
         self.delivered += len(out)
-        self.bytes_delivered += sum(map(len, out))
+        self.bytes_delivered += delivered
+        self.in_flight_bytes -= delivered
         return out
 
     def statistics(self) -> LinkStats:
