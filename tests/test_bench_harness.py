@@ -57,6 +57,7 @@ SCRIPTS = (
     "tls_compare.py",
     "tls_first_byte.py",
     "tls_io.py",
+    "tls_stall.py",
     "under_attack.py",
 )
 
