@@ -21,17 +21,49 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fivetuple import RemoteProtocolError
-from fivetuple.codecs import LengthPrefixed, Lines, Packets
+from fivetuple.codecs import (
+    NEED_DATA,
+    LengthPrefixed,
+    Lines,
+    Packets,
+    ProxyParser,
+    parse_proxy_datagram,
+)
 from fivetuple.codecs._packets import TRAILER
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 
-MAKERS: dict[str, Callable[[], LengthPrefixed | Lines | Packets]] = {
+
+class ProxyFeed:
+    """The PROXY header parser fed as the harness feeds a codec.
+
+    Each piece goes to the stream parser until it returns the header; at the
+    end (``statistics``) the whole input is also split as one datagram.
+    """
+
+    def __init__(self) -> None:
+        self.parser = ProxyParser(max_header_bytes=512)
+        self.fed = bytearray()
+        self.done = False
+
+    def receive_messages(self, data: bytes) -> list[bytes]:
+        self.fed += data
+        self.parser.receive_data(data)
+        if not self.done:
+            self.done = self.parser.next_event() is not NEED_DATA
+        return []
+
+    def statistics(self) -> None:
+        parse_proxy_datagram(bytes(self.fed), max_header_bytes=512)
+
+
+MAKERS: dict[str, Callable[[], LengthPrefixed | Lines | Packets | ProxyFeed]] = {
     "length": lambda: LengthPrefixed(max_message_bytes=4096),
     "lines": lambda: Lines(max_line_bytes=256),
     "packets": lambda: Packets(
         max_payload_bytes=512, max_message_bytes=8192, max_partial_messages=8
     ),
+    "proxy": ProxyFeed,
 }
 
 

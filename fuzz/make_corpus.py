@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from fivetuple.codecs import LengthPrefixed, Lines, Packets
+from fivetuple.codecs import LengthPrefixed, Lines, Packets, SSLInfo, TLVType, proxy_v1, proxy_v2
 from fivetuple.codecs._packets import HEADER, TRAILER
 from harness import CORPUS
 
@@ -56,6 +56,27 @@ def main() -> None:
             packet(b"a", count=2) + packet(b"b", count=3),
             packet(b"a", count=2) + packet(b"a", count=2),
             packet(b"abc")[:-1] + b"\x00",
+        ],
+        "proxy": [
+            proxy_v1(("192.0.2.1", 56324), ("192.0.2.11", 443)) + b"GET / HTTP/1.0\r\n\r\n",
+            proxy_v1(("2001:db8::1", 1), ("::1", 2)),
+            b"PROXY UNKNOWN\r\n",
+            proxy_v2(("203.0.113.9", 4242), ("10.0.0.1", 7000), crc32c=True) + b"hello\n",
+            proxy_v2(("2001:db8::9", 1), ("2001:db8::2", 2), transport="dgram"),
+            proxy_v2("/run/client.sock", "/run/server.sock"),
+            proxy_v2(None, None, command="local"),
+            proxy_v2(
+                ("192.0.2.1", 1),
+                ("192.0.2.2", 2),
+                tlvs=(
+                    (TLVType.ALPN, b"h2"),
+                    (TLVType.AUTHORITY, b"example.com"),
+                    (TLVType.UNIQUE_ID, b"id-1"),
+                    SSLInfo(1, 0, ((0x21, b"TLSv1.3"), (0x23, b"TLS_AES_128_GCM_SHA256"))).to_tlv(),
+                ),
+                crc32c=True,
+            ),
+            b"GET / HTTP/1.1\r\n",
         ],
     }
     for name, streams in corpus.items():

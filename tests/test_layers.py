@@ -50,14 +50,29 @@ LAYERS: list[tuple[str, set[str]]] = [
             "_datagram",
             "_connector",
             "_messages",
+            "_proxied",
             "_tls",
             "_tls_context",
         },
     ),
-    ("servers and shells", {"_server", "_supervisor", "_reliable_shell", "testing", "_impair"}),
+    (
+        "servers and shells",
+        {"_server", "_supervisor", "_reliable_shell", "testing", "_impair", "models"},
+    ),
     (
         "apps, observability, load, command line",
-        {"apps", "admin", "loadgen", "client", "cli", "__init__", "__main__"},
+        {
+            "apps",
+            "admin",
+            "loadgen",
+            "lab",
+            "proxy",
+            "client",
+            "cli",
+            "link",
+            "__init__",
+            "__main__",
+        },
     ),
 ]
 

@@ -5,7 +5,8 @@ here, so that the command line, the logs, the admin table and the load
 generator spell them alike:
 
 - a *target* is what a person types to reach something: ``tcp://HOST:PORT``,
-  ``udp://HOST:PORT`` (an IPv6 host in brackets) or ``unix://PATH``;
+  ``udp://HOST:PORT``, ``rudp://HOST:PORT`` (reliable UDP; an IPv6 host in
+  brackets) or ``unix://PATH``;
 - ``resolve_address`` turns a host and port into the (family, sockaddr) the
   socket calls take, through getaddrinfo, with one clear line on failure;
 - ``format_address`` writes a local address with its scheme
@@ -23,14 +24,15 @@ from typing import Any
 from .errors import SetupError
 
 #: The schemes a target may have.
-SCHEMES = ("tcp", "udp", "unix")
+SCHEMES = ("tcp", "udp", "rudp", "unix")
 _AF_UNIX = getattr(socket, "AF_UNIX", None)
 
 
 def parse_target(target: str) -> tuple[int, Any]:
-    """``tcp://HOST:PORT``, ``tls://HOST:PORT``, ``udp://HOST:PORT`` (IPv6 in
-    brackets) or ``unix://PATH`` -> (family, address). Whether it is UDP is
-    ``is_udp(target)``, TLS (over TCP) ``is_tls(target)``.
+    """``tcp://HOST:PORT``, ``tls://HOST:PORT``, ``udp://HOST:PORT``,
+    ``rudp://HOST:PORT`` (IPv6 in brackets) or ``unix://PATH`` -> (family,
+    address). Whether it is UDP is ``is_udp(target)``, TLS (over TCP)
+    ``is_tls(target)``, reliable UDP ``is_rudp(target)``.
 
     The family is ``AF_INET6`` for a bracketed host, ``AF_UNIX`` for a path and
     ``AF_UNSPEC`` for any other host (a name or an IPv4 address: resolving
@@ -41,16 +43,16 @@ def parse_target(target: str) -> tuple[int, Any]:
     """
     if target.startswith("unix://") and len(target) > 7:
         return socket.AF_UNIX, target[7:]
-    if target.startswith(("tcp://", "udp://", "tls://")):
-        rest = target[6:]
+    if target.startswith(("tcp://", "udp://", "tls://", "rudp://")):
+        rest = target.partition("://")[2]
         host, sep, port = rest.rpartition(":")
         if sep and port.isdigit() and host and int(port) <= 65535:
             if host.startswith("[") and host.endswith("]"):
                 return socket.AF_INET6, (host[1:-1], int(port))
             return socket.AF_UNSPEC, (host, int(port))
     raise SetupError(
-        f"target {target!r} is not tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT "
-        "or unix://PATH; "
+        f"target {target!r} is not tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT, "
+        "rudp://HOST:PORT or unix://PATH; "
         "e.g. tcp://127.0.0.1:7000"
     )
 
@@ -58,6 +60,11 @@ def parse_target(target: str) -> tuple[int, Any]:
 def is_udp(target: str) -> bool:
     """Whether ``target`` names a UDP port (``udp://HOST:PORT``)."""
     return target.startswith("udp://")
+
+
+def is_rudp(target: str) -> bool:
+    """Whether ``target`` names a reliable-UDP server (``rudp://HOST:PORT``, fivetuple.reliable)."""
+    return target.startswith("rudp://")
 
 
 def is_tls(target: str) -> bool:

@@ -475,6 +475,8 @@ class Server:
         self.closed_by_reason[transport.close_reason or "error"] += 1
         self._bytes.closed(transport)
         remote = self._remotes.pop(transport.id, None)
+        if remote is not None and transport.proxied_peer is not None:
+            remote = format_peer(transport.proxied_peer)  # the client behind a balancer
         if remote is not None and EVENTS.isEnabledFor(INFO):
             reason = transport.close_reason or "error"
             event(

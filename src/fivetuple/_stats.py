@@ -28,6 +28,9 @@ CLOSE_REASONS = (
     "tls-error",  # the TLS handshake or a record failed (plaintext, garbage, a bad certificate)
     "tls-handshake-timeout",  # the TLS handshake did not finish in time
     "tls-unexpected-eof",  # the peer closed TCP without TLS's close_notify
+    "proxy-untrusted",  # --proxy-protocol: a connection from an address not trusted to send a header
+    "proxy-error",  # --proxy-protocol: no PROXY header, or a malformed or cut one
+    "proxy-timeout",  # --proxy-protocol: the PROXY header did not arrive whole in time
 )
 
 
@@ -64,6 +67,10 @@ class ConnectionStats:
     writing_paused: bool
     #: What the TLS handshake negotiated; None on a plain connection.
     tls: TLSStats | None = None
+    #: The balancer's address and port when a PROXY header named the client
+    #: (``remote_addr`` and ``remote_port`` are then the client's); else None.
+    via_addr: str | None = None
+    via_port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,7 @@ class Transport:
         "close_reason",
         "id",
         "opened_at",
+        "proxied_peer",
         "state",
     )
 
@@ -214,6 +215,9 @@ class Transport:
         self.close_reason: str | None = None
         self.id = conn_id
         self.opened_at = loop.now
+        #: The client's address as a PROXY header gave it (``fivetuple._proxied``),
+        #: or None: then ``peer`` is the socket's own.
+        self.proxied_peer: Any = None
 
     def start(self) -> None:
         """Register with the loop and call ``protocol.connection_made``.
@@ -613,11 +617,31 @@ class Transport:
 
         Asked of the kernel, not stored: at 10,000 connections a stored
         address tuple would be a fifth of the server's memory per connection.
+        Behind a balancer that sent a PROXY header it is the client's address
+        the header gave (``proxied_peer``): that is who a person means.
         """
+        if self.proxied_peer is not None:
+            return self.proxied_peer
         try:
             return self._sock.getpeername()
         except OSError:
             return None
+
+    def set_protocol(self, protocol: AppProtocol) -> None:
+        """Hand the connection's callbacks to ``protocol`` from now on (asyncio's name).
+
+        For a protocol that reads a preamble and then steps aside (the PROXY
+        header): the application's protocol gets every later callback
+        directly, with no forwarding on its data path. ``connection_made`` is
+        not called here: the caller does that.
+        """
+        holder = self._protocol
+        if not isinstance(holder, (_Linger, _CountingProtocol)):
+            self._protocol = protocol
+            return
+        while isinstance(holder._app, (_Linger, _CountingProtocol)):
+            holder = holder._app
+        holder._app = protocol
 
     @property
     def protocol(self) -> AppProtocol:
@@ -764,6 +788,13 @@ class Transport:
             local = None
         lhost, lport = split_address(local)
         rhost, rport = split_address(self.peer)
+        vhost: str | None = None  # behind a PROXY header: the balancer's address
+        vport: int | None = None
+        if self.proxied_peer is not None:
+            try:
+                vhost, vport = split_address(self._sock.getpeername())
+            except OSError:
+                vhost, vport = split_address(None)
         counters = self.counters()
         now = self._loop.time()
         idle = min(counters.idle_in_s, counters.idle_out_s)
@@ -787,6 +818,8 @@ class Transport:
             rtt_us=counters.rtt_us,
             reading_paused=self._read_paused,
             writing_paused=self._write_paused,
+            via_addr=vhost,
+            via_port=vport,
         )
 
     def __repr__(self) -> str:

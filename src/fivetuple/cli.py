@@ -19,11 +19,13 @@ from ._datagram import PEER_BURST, PEER_RATE_PER_S
 from ._ledger import DEFAULT_MEMORY_BUDGET_BYTES
 from ._log import configure as configure_logging
 from ._log import event
+from ._proxied import DEFAULT_TRUSTED, HEADER_TIMEOUT_S, ProxyPolicy, parse_trusted, proxied
 from ._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, DEFAULT_SEND_TIMEOUT_S, Server
 from ._tls import HANDSHAKE_TIMEOUT_S
 from ._tls_context import MIN_VERSIONS
 from .apps import APPS, MESSAGE_APPS, make_app
 from .errors import SetupError
+from .models import BLOCKING_MODELS, MODELS
 
 logger = logging.getLogger("fivetuple")
 
@@ -31,6 +33,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7000
 USAGE_EXIT = 2
 OFF = "off"
+#: bench --bulk: the longest a transfer may take, unless --duration says.
+BULK_DURATION_S = 60.0
 
 if TYPE_CHECKING:  # generic for the type checker (click 8.5); not subscriptable in click 8.2.0
     _ParamType = click.ParamType[Any]
@@ -113,6 +117,32 @@ def _usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def _proxy_trusted(ctx: Any, param: Any, value: tuple[str, ...]) -> tuple[str, ...]:
+    try:
+        parse_trusted(value)
+    except SetupError as exc:
+        raise click.BadParameter(exc.naming({"trusted": "CIDR"})) from None
+    return value
+
+
+def _backplane(ctx: Any, param: Any, value: str | None) -> Any:
+    """--backplane: a well-formed redis:// URL whose Redis answers PING now."""
+    if value is None:
+        return None
+    from .apps._backplane import check_reachable, parse_backplane_url
+
+    try:
+        config = parse_backplane_url(value)
+        check_reachable(config)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    except OSError as exc:
+        raise click.BadParameter(
+            f"no Redis answers at {value} ({exc}); start redis-server or fix the URL"
+        ) from None
+    return config
+
+
 def _unix_mode(ctx: Any, param: Any, value: str | None) -> int | None:
     if value is None:
         return None
@@ -156,6 +186,15 @@ def cli() -> None:
     type=click.Choice(available_backends()),
     default=None,
     help=f"Readiness multiplexer [default: {available_backends()[0]}].",
+)
+@click.option(
+    "--model",
+    type=click.Choice(MODELS),
+    default=None,
+    help="Concurrency model. iterative: one client at a time; threads: a thread per client; "
+    "processes: a forked process per client (all three with blocking sockets, echo and "
+    "discard only, one line for options they cannot honour). select, poll, epoll: the "
+    "engine with that --backend (--model epoll is the default server).",
 )
 @click.option(
     "--backlog",
@@ -233,6 +272,12 @@ def cli() -> None:
     "--udp", is_flag=True, help="Serve UDP datagrams on --host/--port instead of TCP (echo)."
 )
 @click.option(
+    "--reliable",
+    is_flag=True,
+    help="Serve APP over reliable UDP (fivetuple.reliable) on --host/--port: each client a "
+    "connection, in order and exactly once; the banner says rudp://HOST:PORT. Implies --udp.",
+)
+@click.option(
     "--udp-rate",
     type=PositiveOrOff("datagrams a second"),
     default=PEER_RATE_PER_S,
@@ -301,6 +346,36 @@ def cli() -> None:
     "::1 (made with openssl, deleted at exit); logs its SHA-256 fingerprint.",
 )
 @click.option(
+    "--proxy-protocol",
+    is_flag=True,
+    help="Every connection must begin with a PROXY protocol header (v1 or v2: HAProxy's "
+    "send-proxy, send-proxy-v2) from a --proxy-trusted address; the client it names is then "
+    "the peer everywhere (chat, admin, logs). docs/proxy-protocol.md.",
+)
+@click.option(
+    "--proxy-trusted",
+    metavar="CIDR",
+    multiple=True,
+    callback=_proxy_trusted,
+    help="With --proxy-protocol: a balancer's network or address (10.0.0.0/8, 192.0.2.7); "
+    "repeatable; connections from anywhere else are closed [default: 127.0.0.0/8 and ::1].",
+)
+@click.option(
+    "--proxy-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=HEADER_TIMEOUT_S,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --proxy-protocol: close a connection whose PROXY header is not whole by then.",
+)
+@click.option(
+    "--backplane",
+    metavar="redis://HOST:PORT/PREFIX",
+    callback=_backplane,
+    help="chat only: join other chat nodes through this Redis (pub/sub per room, presence "
+    "with a TTL); keys and channels start with PREFIX. docs/cluster.md.",
+)
+@click.option(
     "--workers",
     type=WorkerCount(),
     default="1",
@@ -356,6 +431,7 @@ def serve(
     port: int | None,
     unix_path: str | None,
     backend: str | None,
+    model: str | None,
     backlog: int,
     max_conns: int | None,
     idle_timeout: float | None,
@@ -367,6 +443,7 @@ def serve(
     unix_mode: int | None,
     codec: str,
     udp: bool,
+    reliable: bool,
     udp_rate: float | None,
     udp_burst: int,
     tls_cert: str | None,
@@ -377,6 +454,10 @@ def serve(
     tls_min_version: str,
     tls_handshake_timeout: float,
     tls_self_signed: bool,
+    proxy_protocol: bool,
+    proxy_trusted: tuple[str, ...],
+    proxy_timeout: float,
+    backplane: Any,
     workers: int,
     balance: str | None,
     admin_addr: str | None,
@@ -397,9 +478,26 @@ def serve(
     With --tls-cert FILE (or --tls-self-signed) every client speaks TLS and the
     banner says tls://HOST:PORT. With --workers each worker reads the
     certificate files itself, so a SIGHUP reload serves renewed ones.
+
+    With --reliable the app is served over reliable UDP (fivetuple.reliable:
+    a byte stream per client, in order and exactly once) and the banner says
+    rudp://HOST:PORT; talk to it with fivetuple client rudp://HOST:PORT.
     """
     if verbose and quiet:
         raise click.UsageError("-v and -q contradict each other; choose one")
+    if model is not None:
+        backend = _check_model(ctx, model, app, backend, codec)
+    _refuse_what_proxy_cannot_do(ctx)
+    if backplane is not None and (app != "chat" or reliable or udp or model is not None):
+        raise click.UsageError("--backplane: serve chat over TCP only; leave it out")
+    if reliable:
+        _refuse_what_reliable_cannot_do(ctx, workers)
+        configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
+        status = _serve_reliable(
+            app, host, port, backend, grace, max_conns, idle_timeout,
+            admin_addr, admin_public, status_every,
+        )  # fmt: skip
+        sys.exit(status)
     _refuse_options_that_do_not_apply(ctx, udp)
     if unix_path is not None and (host is not None or port is not None):
         raise click.UsageError(
@@ -414,6 +512,14 @@ def serve(
     _refuse_what_workers_cannot_do(ctx, app, workers, balance, unix_path, udp)
     _refuse_what_tls_cannot_do(ctx, udp, tls_cert, tls_key, tls_self_signed, admin_addr)
     configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
+    if model in BLOCKING_MODELS:
+        sys.exit(
+            _serve_model(
+                model, app, host, port, unix_path, unix_mode, backlog, grace, admin_addr,
+                admin_public,
+                dict(max_conns=max_conns, idle_timeout=idle_timeout, sndbuf=sndbuf, rcvbuf=rcvbuf),
+            )
+        )  # fmt: skip
     if udp:
         sys.exit(_serve_udp(app, host, port, backend, udp_rate, udp_burst, workers, balance))
     tls = None
@@ -432,6 +538,9 @@ def serve(
                 max_buffer_memory=max_buffer_memory, send_timeout=send_timeout,
                 sndbuf=sndbuf, rcvbuf=rcvbuf,
             ),
+            proxy=ProxyPolicy(proxy_trusted or DEFAULT_TRUSTED, header_timeout=proxy_timeout)
+            if proxy_protocol else None,
+            backplane=backplane,
         )  # fmt: skip
     finally:
         if tls is not None:
@@ -456,6 +565,8 @@ def _serve_tcp(
     tls: _ServeTLS | None,
     tls_handshake_timeout: float,
     options: dict[str, Any],
+    proxy: ProxyPolicy | None = None,
+    backplane: Any = None,
 ) -> int:
     """serve over TCP or a Unix socket, with or without TLS; returns the exit status."""
 
@@ -464,7 +575,7 @@ def _serve_tcp(
         # SIGHUP reload starts) reads the certificate files anew: renewed
         # certificates are served from the next reload on.
         return Server(
-            make_app(app, None if codec == "raw" else codec),
+            _app_factory(app, codec, proxy, backplane),
             host if host is not None else DEFAULT_HOST,
             port if port is not None else DEFAULT_PORT,
             unix=unix_path,
@@ -479,6 +590,8 @@ def _serve_tcp(
     label = app if codec == "raw" else f"{app} codec={codec}"
     if tls is not None and unix_path is not None:
         label += " tls=on"  # a unix:// address does not say so by itself
+    if proxy is not None:
+        label += " proxy-protocol=on"
     server = make_server()
     admin_tls = None if tls is None else tls.admin_context()
     if workers > 1:
@@ -529,6 +642,132 @@ def _serve_tcp(
             tls.announce(server.addresses[0])
 
     status = server.serve_forever(ready=ready)
+    _log_stop(status)
+    return status
+
+
+def _app_factory(
+    app: str, codec: str, proxy: ProxyPolicy | None, backplane: Any = None
+) -> Callable[[], Any]:
+    """The app's protocol factory; behind ``proxied`` with --proxy-protocol."""
+    factory = make_app(app, None if codec == "raw" else codec)
+    if backplane is not None:  # chat's room, joined to the others through Redis
+        from .apps.chat import ChatRoom
+
+        factory = ChatRoom(backplane=backplane).protocol
+    return factory if proxy is None else proxied(factory, proxy)
+
+
+def _refuse_what_proxy_cannot_do(ctx: click.Context) -> None:
+    """One line for a --proxy-* option that cannot apply (docs/proxy-protocol.md)."""
+    given = [
+        _flag(ctx, name)
+        for name in ("proxy_trusted", "proxy_timeout")
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    params = ctx.params
+    if not params.get("proxy_protocol"):
+        if given:
+            raise click.UsageError(f"{', '.join(given)}: applies to --proxy-protocol; add it")
+        return
+    if params.get("udp") or params.get("reliable"):
+        raise click.UsageError(
+            "--proxy-protocol: TCP connections only, not --udp or --reliable; leave one out"
+        )
+    if params.get("tls_cert") is not None or params.get("tls_self_signed"):
+        raise click.UsageError(
+            "--proxy-protocol with TLS: not yet (the PROXY header comes before the TLS "
+            "handshake, which this server reads from the first byte); terminate TLS at the "
+            "balancer, or leave out --proxy-protocol"
+        )
+
+
+def _check_model(
+    ctx: click.Context, model: str, app: str, backend: str | None, codec: str
+) -> str | None:
+    """--model: the engine's backend it names, or one line for what a blocking model cannot do."""
+    from .models import BLOCKING_APPS, ENGINE_MODELS, refused
+
+    if model in ENGINE_MODELS:
+        if backend is not None and backend != model:
+            raise click.UsageError(
+                f"--model {model} is the engine with --backend {model}, which --backend "
+                f"{backend} contradicts; give one of them"
+            )
+        return model
+    if app not in BLOCKING_APPS:
+        raise click.UsageError(
+            f"--model {model} serves {' or '.join(BLOCKING_APPS)}, not {app}: {app} keeps one "
+            f"room for every client, which only the engine has (--model {'|'.join(ENGINE_MODELS)})"
+        )
+    given = [
+        param.name
+        for param in ctx.command.params
+        if param.name
+        and ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+        and not (param.name == "codec" and codec == "raw")
+    ]
+    refusals = refused(model, given)
+    if refusals:
+        flags = ", ".join(_flag(ctx, name) for name, _ in refusals)
+        them = "it" if len(refusals) == 1 else "them"
+        raise click.UsageError(
+            f"{flags}: not with --model {model}: {refusals[0][1]}; leave {them} out, or use "
+            f"the engine (--model {ENGINE_MODELS[-1]})"
+        )
+    return backend
+
+
+def _serve_model(
+    model: str,
+    app: str,
+    host: str | None,
+    port: int | None,
+    unix_path: str | None,
+    unix_mode: int | None,
+    backlog: int,
+    grace: float,
+    admin_addr: str | None,
+    admin_public: bool,
+    options: dict[str, Any],
+) -> int:
+    """serve with a blocking model (iterative, threads, processes); returns the exit status."""
+    from .models import start_model_admin
+
+    server = BLOCKING_MODELS[model](
+        app,
+        host if host is not None else DEFAULT_HOST,
+        port if port is not None else DEFAULT_PORT,
+        unix=unix_path,
+        unix_mode=unix_mode,
+        backlog=backlog,
+        grace=grace,
+        **options,
+    )
+    server.start()
+    admin = None
+    if admin_addr is not None:  # checked and bound before the banner says "listening"
+        from .admin._http import check_admin_address
+
+        admin_host, admin_port = _host_port(admin_addr, "--admin")
+        try:
+            check_admin_address(admin_host, admin_public)
+            admin = start_model_admin(server, admin_host, admin_port)
+        except SetupError as exc:  # its host and port are --admin's, not the server's
+            server.close()
+            raise SetupError(exc.naming(_ADMIN_FLAGS)) from None
+
+    def ready() -> None:
+        print(server.banner(app), flush=True)
+        if admin is not None:
+            print(f"admin on {_admin_url(admin.addresses[0])}", flush=True)
+        _log_start(server.banner(app))
+
+    try:
+        status = server.serve_forever(ready=ready)
+    finally:
+        if admin is not None:
+            admin.close()
     _log_stop(status)
     return status
 
@@ -919,6 +1158,99 @@ def _serve_udp(
     return status
 
 
+#: serve's options that --reliable cannot honour (yet), and why, in a few words.
+_NOT_RELIABLE = {
+    "unix_path": "reliable UDP runs on a UDP port",
+    "unix_mode": "reliable UDP runs on a UDP port",
+    "backlog": "reliable UDP has no listen backlog (its handshake is a stateless cookie)",
+    "max_buffer_memory": "each reliable connection caps its own buffers",
+    "send_timeout": "a reliable connection's peer-vanished timeout plays its part",
+    "sndbuf": "one UDP socket serves every reliable connection",
+    "rcvbuf": "one UDP socket serves every reliable connection",
+    "codec": "a reliable connection is a raw byte stream to the app",
+    "udp_rate": "reliable UDP sets its own per-peer limit",
+    "udp_burst": "reliable UDP sets its own per-peer limit",
+    "balance": "reliable UDP runs in one process",
+    **dict.fromkeys(_TLS_OPTIONS, "TLS over UDP would be DTLS, which fivetuple does not serve"),
+    "admin_tls": "--admin-tls uses the certificate of --tls-cert, which --reliable does not take",
+}
+
+
+def _refuse_what_reliable_cannot_do(ctx: click.Context, workers: int) -> None:
+    """One line for an option given with --reliable that it cannot honour."""
+    given = [
+        name
+        for name in _NOT_RELIABLE
+        if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE
+    ]
+    if given:
+        flags = ", ".join(_flag(ctx, name) for name in given)
+        raise click.UsageError(
+            f"{flags}: not with --reliable ({_NOT_RELIABLE[given[0]]}); leave "
+            f"{'it' if len(given) == 1 else 'them'} out, or serve TCP without --reliable"
+        )
+    if workers > 1:
+        raise click.UsageError(
+            "--workers: not with --reliable yet (every reliable connection lives in one "
+            "process); serve it with --workers 1"
+        )
+
+
+def _serve_reliable(
+    app: str,
+    host: str | None,
+    port: int | None,
+    backend: str | None,
+    grace: float,
+    max_conns: int | None,
+    idle_timeout: float | None,
+    admin_addr: str | None,
+    admin_public: bool,
+    status_every: float | None,
+) -> int:
+    """serve APP over reliable UDP (``--reliable``); returns the exit status."""
+    from ._reliable_shell import ReliableStreamServer
+    from .reliable import MAX_CONNECTIONS, ConnectionConfig
+
+    config = None
+    if idle_timeout is not None:
+        keepalive = min(10.0, idle_timeout / 3)  # a quiet client is kept, not timed out
+        config = ConnectionConfig(idle_timeout_s=idle_timeout, keepalive_s=keepalive)
+    server = ReliableStreamServer(
+        make_app(app),
+        host if host is not None else DEFAULT_HOST,
+        port if port is not None else DEFAULT_PORT,
+        backend=backend,
+        config=config,
+        grace=grace,
+        max_connections=max_conns if max_conns is not None else MAX_CONNECTIONS,
+    )
+    server.start()
+    admin = None
+    if admin_addr is not None or status_every is not None:
+        from .admin import Observed, start_admin
+
+        observed = Observed(server, app)
+        if admin_addr is not None:
+            admin_host, admin_port = _host_port(admin_addr, "--admin")
+            try:
+                admin = start_admin(observed, admin_host, admin_port, public=admin_public)
+            except SetupError as exc:
+                raise SetupError(exc.naming(_ADMIN_FLAGS)) from None
+        if status_every is not None:
+            _print_status_every(observed, status_every)
+
+    def ready() -> None:
+        print(server.banner(app), flush=True)
+        if admin is not None:
+            print(f"admin on {_admin_url(admin.addresses[0])}", flush=True)
+        _log_start(server.banner(app))
+
+    status = server.serve_forever(ready=ready)
+    _log_stop(status)
+    return status
+
+
 def _host_port(text: str, option: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port), or a one-line UsageError."""
     from ._address import parse_target
@@ -969,7 +1301,8 @@ def _print_status_every(observed: Any, seconds: float) -> None:
     default=None,
     metavar="SECONDS",
     help="With --send: how long to wait for the echo [default: 30]. udp:// lines: how "
-    "long to wait for the missing replies once stdin ends [default: 2].",
+    "long to wait for the missing replies once stdin ends [default: 2]. rudp:// lines: how "
+    "long to wait for the server to close once stdin ends [default: as long as it is up].",
 )
 @click.option(
     "--insecure",
@@ -1019,14 +1352,16 @@ def client(
     sni: str | None,
     alpn: tuple[str, ...],
 ) -> None:
-    """Connect to TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or
-    unix://PATH) and talk.
+    """Connect to TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT,
+    rudp://HOST:PORT or unix://PATH) and talk.
 
     Each stdin line is sent (one message per line with a codec; one datagram
     per line over UDP) and every reply is printed. With --send, exits 0 if the
     echo matches the file, 1 if not. Over TLS, what the handshake negotiated
     is printed on stderr once connected; a certificate that cannot be trusted
-    is one line and exit status 2.
+    is one line and exit status 2. rudp:// is reliable UDP (a server started
+    with --reliable): a byte stream like TCP's, whose end of input ends our
+    side; the run ends when the server closes.
     """
     from .client import TLSClientOptions, run_client
 
@@ -1168,13 +1503,24 @@ def client(
     help="tls://, connect: offer each connection the session of the last one "
     "(reports how many handshakes were resumed).",
 )
+@click.option(
+    "--bulk",
+    type=ByteSize(),
+    default=None,
+    metavar="SIZE",
+    help="rudp://, echo: each connection sends SIZE bytes (e.g. 20M) as one stream, as fast "
+    "as it allows, and verifies the echo; reports goodput (Mbit/s), retransmitted bytes and "
+    "RTT. --conns then defaults to 1 and --duration, the limit, to 60.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as one JSON object.")
 @click.option(
     "--progress/--no-progress",
     default=None,
     help="Progress bar on stderr (default: when it is a terminal).",
 )
+@click.pass_context
 def bench(
+    ctx: click.Context,
     args: tuple[str, ...],
     conns: int,
     size: int,
@@ -1196,11 +1542,12 @@ def bench(
     sni: str | None,
     alpn: tuple[str, ...],
     tls_resume: bool,
+    bulk: int | None,
     as_json: bool,
     progress: bool | None,
 ) -> None:
-    """Load TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT or unix://PATH)
-    and report what it did.
+    """Load TARGET (tcp://HOST:PORT, tls://HOST:PORT, udp://HOST:PORT,
+    rudp://HOST:PORT or unix://PATH) and report what it did.
 
     \b
     echo     each connection sends a numbered, checksummed message and waits
@@ -1217,9 +1564,17 @@ def bench(
     connect  open and close connections, --conns at a time: connections/s
              (TCP only); over tls:// each also sends one message and
              waits for its echo: full handshakes/s (--tls-resume: resumed)
+    chat     --conns chat members each say --rate lines/s (default 1):
+             every member checks it gets every other's lines once and in
+             order; fan-out latency, missing/duplicated/reordered counts;
+             TARGET may list several tcp:// nodes, comma-separated
 
     Over tls:// the report adds the TLS versions and ciphers seen, handshake
     times, and failed handshakes by reason (each a failed connection).
+
+    Over rudp:// (a server started with --reliable) each connection is a
+    reliable-UDP connection used as a byte stream: echo verifies round trips
+    as over TCP, and echo --bulk SIZE reports goodput instead.
 
     Exit status: 0 if all went well, 1 if anything failed (an error, a failed
     or lost connection, a limit, a target that does not echo, UDP loss over
@@ -1237,12 +1592,20 @@ def bench(
         run_bench,
     )
 
+    if len(args) == 2 and args[0] == "chat":  # issue 18: its own small runner
+        _bench_chat(args[1], conns, rate, duration, as_json)
     if len(args) == 1:
         mode, target = "echo", args[0]
     elif len(args) == 2 and args[0] in MODES:
         mode, target = args
     else:
         raise click.UsageError(f"expected [{'|'.join(MODES)}] TARGET, got {' '.join(args)!r}")
+    if bulk is not None:  # one transfer, with time to finish, unless told otherwise
+        commandline = click.core.ParameterSource.COMMANDLINE
+        if ctx.get_parameter_source("conns") is not commandline:
+            conns = 1
+        if ctx.get_parameter_source("duration") is not commandline:
+            duration = BULK_DURATION_S
     config = BenchConfig(
         target=target,
         mode=mode,
@@ -1266,6 +1629,7 @@ def bench(
         sni=sni,
         alpn=alpn,
         tls_resume=tls_resume,
+        bulk=bulk,
     )
     report = run_bench(config, show_progress=progress)
     if as_json:
@@ -1275,6 +1639,24 @@ def bench(
 
         Console().print(render(report))
     sys.exit(1 if failed(report) else 0)
+
+
+def _bench_chat(
+    target: str, conns: int, rate: float | None, duration: float, as_json: bool
+) -> None:
+    """bench chat TARGET: --conns members, each saying --rate lines/s (default 1)."""
+    import json
+
+    from .loadgen._chat_bench import bench_chat, chat_failed, render_chat
+
+    try:
+        report = bench_chat(target, conns, rate or 1.0, duration)
+    except (SetupError, OSError) as exc:
+        raise click.UsageError(f"bench chat {target}: {exc}") from None
+    if not report["connected"]:
+        raise click.UsageError(f"bench chat: no member could connect to {target}; is chat there?")
+    click.echo(json.dumps(report) if as_json else render_chat(report))
+    sys.exit(1 if chat_failed(report) else 0)
 
 
 def _impairment_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -1445,6 +1827,193 @@ def _admin_client_tls(admin_addr: str, ca: str | None, insecure: bool) -> Any:
             )
         return None
     return client_context(insecure=insecure, ca=ca)
+
+
+#: Where ``_LinkCommand`` keeps the words after ``--`` (``ctx.meta``).
+_LINK_COMMAND = "fivetuple.link.command"
+
+
+class _LinkCommand(click.Command):
+    """A command whose words after the first ``--`` are a command to run, kept whole.
+
+    Click drops ``--`` and mixes what follows into the positional arguments, so
+    ``fivetuple link -- run`` (run a program called run) and ``fivetuple link
+    run`` could not be told apart; this keeps them apart.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            at = args.index("--")
+            ctx.meta[_LINK_COMMAND] = args[at + 1 :]
+            args = args[:at]
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_LinkCommand)
+@click.argument("run", nargs=-1, metavar="[run a|b]")
+@_impairment_options
+@click.option(
+    "--name",
+    default="default",
+    show_default=True,
+    metavar="NAME",
+    help="The link's name, for 'fivetuple link run --name NAME' (several links can run).",
+)
+@click.pass_context
+def link(ctx: click.Context, /, run: tuple[str, ...], name: str, **impairment: Any) -> None:
+    """Two network namespaces, a and b, joined by netsim's link model (needs root).
+
+    \b
+    fivetuple link [IMPAIRMENT OPTIONS] [--name NAME] [-- CMD ...]
+    fivetuple link run [--name NAME] a|b -- CMD ...
+
+    The first makes namespaces a (10.77.0.1/24) and b (10.77.0.2/24) joined by
+    TUN devices, prints one line, and forwards every IP packet each way through
+    the model (the same settings each way; --rate and --queue per direction)
+    until Ctrl-C, or until CMD, run in a, exits (then with CMD's status).
+    Everything it made goes when it ends, however it ends. The second runs CMD
+    inside side a or b of a running link. See docs/link.md.
+    """
+    command = ctx.meta.get(_LINK_COMMAND)
+    if command == []:
+        raise click.UsageError("nothing after --: give the command to run, e.g. -- sleep 60")
+    if run:
+        if run[0] != "run" or len(run) != 2:
+            raise click.UsageError(
+                f"unexpected {' '.join(run)!r}: put the command after --, e.g. "
+                "fivetuple link -- sleep 60, or fivetuple link run a -- ip addr"
+            )
+        given = [
+            _flag(ctx, param)
+            for param in impairment
+            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"{', '.join(given)}: options of the link itself; 'fivetuple link run' "
+                "takes only --name"
+            )
+        if command is None:
+            raise click.UsageError(f"give the command after --: fivetuple link run {run[1]} -- CMD")
+        from .link import run_in
+
+        run_in(name, run[1], command)
+    from .link import run_link
+    from .netsim import pick_seed
+
+    config = _link_config_of(impairment)
+    seed = impairment["seed"] if impairment["seed"] is not None else pick_seed()
+    sys.exit(run_link(name, config, seed, command))
+
+
+@cli.command()
+@click.argument("listen")
+@click.argument("upstream")
+@click.option(
+    "--toxic",
+    "toxics",
+    multiple=True,
+    metavar="SPEC",
+    help="A toxic: [NAME=]TYPE[:ATTR=VALUE,...][@upstream|@downstream][%TOXICITY], e.g. "
+    "latency:latency=100,jitter=10@upstream; repeatable (docs/proxy.md).",
+)
+@click.option(
+    "--admin",
+    "admin_addr",
+    metavar="HOST:PORT",
+    default=None,
+    help="Serve the toxics API (toxiproxy's /proxies/NAME/toxics) on HOST:PORT (loopback).",
+)
+@click.option("--name", default="proxy", show_default=True, help="The proxy's name in the API.")
+@click.option(
+    "--max-clients",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="UDP: clients in the NAT table at most (the least recently active makes room).",
+)
+@click.option(
+    "--client-idle",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="UDP: a client silent both ways this long leaves the table.",
+)
+@_impairment_options
+@click.option("-v", "--verbose", is_flag=True, help="Also log every connection's accept and close.")
+@click.option("-q", "--quiet", is_flag=True, help="Log errors only.")
+@click.option("--log-json", is_flag=True, help="Log JSON lines instead of key=value lines.")
+@click.pass_context
+def proxy(
+    ctx: click.Context,
+    /,
+    listen: str,
+    upstream: str,
+    toxics: tuple[str, ...],
+    admin_addr: str | None,
+    name: str,
+    verbose: bool,
+    quiet: bool,
+    log_json: bool,
+    **options: Any,
+) -> None:
+    """Forward LISTEN to UPSTREAM, doing harm on the way (no root needed).
+
+    LISTEN and UPSTREAM are both tcp://HOST:PORT or both udp://HOST:PORT. TCP
+    takes --toxic (toxiproxy's toxics); UDP takes netsim's impairments (--loss,
+    --delay, ...: each way) and --toxic netsim:FIELD=VALUE. Prints one line when
+    ready; runs until SIGINT or SIGTERM, then logs what it did to whom. See
+    docs/proxy.md.
+    """
+    from .proxy import run_proxy
+
+    if verbose and quiet:
+        raise click.UsageError("-v and -q contradict each other; choose one")
+    configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
+    source = click.core.ParameterSource.COMMANDLINE
+    given = {n: _flag(ctx, n) for n in options if ctx.get_parameter_source(n) is source}
+    admin = _host_port(admin_addr, "--admin") if admin_addr is not None else None
+    status = run_proxy(
+        listen, upstream, name=name, toxics=toxics, admin=admin, options=options,
+        given=given, link_config=_link_config_of,
+    )  # fmt: skip
+    sys.exit(status)
+
+
+@cli.command()
+@click.argument("name", required=False, metavar="[NAME]")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: table and claim.")
+@click.option("--quick", is_flag=True, help="The short form (fewer clients, shorter waits).")
+def lab(name: str | None, as_json: bool, quick: bool) -> None:
+    """Show a claim of the socket texts on this machine: run experiment NAME on
+    loopback and print what the kernel showed (ss, /proc, errno) and the claim.
+
+    Alone, lists the experiments. Everything an experiment starts is stopped
+    before it ends. Exit status: 0 if the numbers showed the claim, 1 if not
+    (or it could not run), 2 for an unknown NAME or a missing tool. See docs/lab.md.
+    """
+    import json
+    import signal
+
+    from .lab import EXPERIMENTS, LabFailure, Options, listing, run_experiment
+
+    if name is None:
+        summaries = {n: e.summary for n, e in EXPERIMENTS.items()}
+        click.echo(json.dumps(summaries) if as_json else listing())
+        return
+    if name not in EXPERIMENTS:
+        raise click.UsageError(f"no experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)}")
+    model = next((p for p in serve.params if p.name == "model"), None)
+    choices = getattr(model.type, "choices", ()) if model is not None else ()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind: stop what it started
+    try:
+        result = run_experiment(name, Options(quick, tuple(map(str, choices))))
+    except LabFailure as exc:
+        print(f"fivetuple: lab {name} could not run: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    click.echo(json.dumps(result.as_json()) if as_json else result.render())
+    sys.exit(0 if result.shown else 1)
 
 
 def main(argv: list[str] | None = None) -> None:

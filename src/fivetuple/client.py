@@ -27,6 +27,18 @@ connected socket hears the ICMP "port unreachable" that a closed port sends
 back, as ECONNREFUSED: before any reply that is a person's mistake (a wrong
 port, no server: exit 2), after one it is a failure (the server went away:
 exit 1).
+
+Reliable UDP (``rudp://HOST:PORT``): one ``fivetuple.reliable`` connection,
+used as a byte stream (``connect_reliable_stream``), so it talks to
+``fivetuple serve APP --reliable`` as the raw TCP client talks to a TCP
+server: each stdin line goes with its newline, replies are printed as they
+come, and the end of stdin ends our stream (an empty message, TCP's FIN);
+the server's close then ends the run, exit 0 (1 if the connection ended any
+other way). ``--send FILE`` sends the file a window at a time
+(``RUDP_SEND_WINDOW_BYTES`` ahead of its echo, so that neither side queues
+the whole file) and checks the echo byte for byte. No server there is one
+line and exit 2: an ICMP port unreachable ends the attempt at once, silence
+after ``CONNECT_TIMEOUT_S`` (the handshake timeout).
 """
 
 from __future__ import annotations
@@ -44,7 +56,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from ._address import is_tls, is_udp, parse_target
+from ._address import is_rudp, is_tls, is_udp, parse_target
 from ._loop import Loop
 from ._messages import CODECS
 from ._poller import READ
@@ -260,6 +272,8 @@ def run_client(
         )
     if is_udp(target):
         return _run_udp(target, codec_name, send_file, timeout)
+    if is_rudp(target):
+        return _run_rudp(target, codec_name, send_file, timeout)
     file_data = None
     if send_file is not None:
         file_data = _read_file(send_file)
@@ -671,3 +685,125 @@ def _run_udp(target: str, codec_name: str, send_file: str | None, timeout: float
         )
         return 1
     return 0
+
+
+# -- reliable UDP ---------------------------------------------------------------
+
+#: --send over rudp://: how far the sending may run ahead of the echo.
+RUDP_SEND_WINDOW_BYTES = 4 * 1024 * 1024
+
+
+class _RudpClient(Protocol):
+    """The stream side of ``client rudp://``: stdin lines out and replies printed, or
+    (``file_data``) the file sent a window ahead of its echo and the echo kept."""
+
+    def __init__(self, loop: Loop, file_data: bytes | None, wait_after_eof: float | None) -> None:
+        self.loop = loop
+        self.file_data = file_data
+        self.wait_after_eof = wait_after_eof
+        self.sent = 0
+        self.eof_sent = False
+        self.received: list[bytes] = []
+        self.received_bytes = 0
+        self.failure: OSError | None = None
+        self.transport: Transport | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        if self.file_data is not None:
+            self._top_up()
+        else:
+            _Stdin(self.loop, transport.write, self._input_ended, raw=True).start()
+
+    def _input_ended(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write_eof()  # the server's close ends the run
+        if self.wait_after_eof is not None:
+            self.loop.call_later(self.wait_after_eof, transport.abort, "timeout")
+
+    def _top_up(self) -> None:
+        """Send the file on while it is less than a window ahead of its echo; then its end."""
+        from ._reliable_shell import STREAM_MESSAGE_BYTES
+
+        data, transport = self.file_data, self.transport
+        assert data is not None and transport is not None
+        while self.sent < len(data) and self.sent - self.received_bytes < RUDP_SEND_WINDOW_BYTES:
+            chunk = data[self.sent : self.sent + STREAM_MESSAGE_BYTES]
+            transport.write(chunk)
+            self.sent += len(chunk)
+        if self.sent == len(data) and not self.eof_sent:
+            self.eof_sent = True
+            transport.write_eof()  # the echo server closes once it has echoed it all
+
+    def data_received(self, data: bytes) -> None:
+        if self.file_data is None:
+            out = sys.stdout.buffer
+            out.write(data)
+            out.flush()
+            return
+        self.received.append(data)
+        self.received_bytes += len(data)
+        if not self.eof_sent:
+            self._top_up()
+
+    def failed(self, exc: OSError) -> None:
+        """The handshake never finished (``connect_reliable_stream``'s ``on_failed``):
+        stop now, rather than wait out the attempt's closing period."""
+        self.failure = exc
+        self.loop.stop()
+
+
+def _run_rudp(target: str, codec_name: str, send_file: str | None, timeout: float | None) -> int:
+    """``run_client`` for ``rudp://`` targets: one reliable-UDP connection as a byte stream."""
+    import errno
+
+    from ._reliable_shell import ReliableClient, connect_reliable_stream
+    from .reliable import ConnectionConfig
+
+    if codec_name != "raw":
+        raise SetupError(
+            f"--codec {codec_name}: a rudp:// connection is a raw byte stream, as "
+            "fivetuple serve --reliable serves it: leave out --codec"
+        )
+    file_data = _read_file(send_file) if send_file is not None else None
+    _, (host, port) = parse_target(target)
+    loop = Loop()
+    protocol = _RudpClient(loop, file_data, timeout if file_data is None else None)
+    config = ConnectionConfig(handshake_timeout_s=CONNECT_TIMEOUT_S)
+    try:
+        transport = connect_reliable_stream(
+            loop, host, port, protocol, on_failed=protocol.failed, config=config
+        )
+    except SetupError:
+        loop.close()
+        raise
+    shell = transport.shell
+    assert isinstance(shell, ReliableClient)
+    if file_data is not None:
+        wait = ECHO_TIMEOUT_S if timeout is None else timeout
+        loop.call_later(wait, transport.abort, "timeout")
+    try:
+        shell.wait_closed()  # runs the loop until the connection is over
+    finally:
+        if not transport.is_closing():
+            transport.abort("interrupted")  # Ctrl-C: tell the server at once
+        loop.close()
+    failure = protocol.failure
+    if failure is not None:
+        if failure.errno == errno.ECONNREFUSED:
+            raise SetupError(
+                f"nothing is listening on {target}: the port is unreachable (ICMP); is a "
+                "reliable-UDP server there, e.g. fivetuple serve echo --reliable?"
+            )
+        raise SetupError(
+            f"no reliable-UDP server answered at {target} within {CONNECT_TIMEOUT_S:g} s; "
+            "is one there (fivetuple serve echo --reliable), and is the port right?"
+        )
+    if file_data is not None:
+        return _verdict(file_data, b"".join(protocol.received), "reliable-UDP stream")
+    reason = transport.close_reason
+    if reason in ("eof", "local"):
+        return 0
+    print(f"the connection to {target} ended: {reason}", file=sys.stderr)
+    return 1

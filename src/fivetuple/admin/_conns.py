@@ -139,14 +139,41 @@ _TLS_COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] = (
 )
 
 
+def _reliable(row: Row, field: str) -> Any:
+    """A field of a reliable-UDP row's ``reliable`` object; None for any other row."""
+    reliable = row.get("reliable")
+    return reliable.get(field) if isinstance(reliable, dict) else None
+
+
+def format_rtt(us: Any) -> str:
+    """A round trip time in microseconds as milliseconds: ``0.08ms``, ``31.2ms``."""
+    if not isinstance(us, int | float):
+        return "-"
+    ms = us / 1000
+    return f"{ms:.2f}ms" if ms < 10 else f"{ms:.1f}ms" if ms < 100 else f"{ms:.0f}ms"
+
+
+#: Shown last when the rows have them: what a reliable-UDP connection's core says.
+_RELIABLE_COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] = (
+    ("rtt", "right", lambda r: format_rtt(_reliable(r, "rtt_us"))),
+    ("cwnd", "right", lambda r: format_bytes(_reliable(r, "cwnd"))),
+    ("in flight", "right", lambda r: format_bytes(_reliable(r, "bytes_in_flight"))),
+    ("retx", "right", lambda r: format_bytes(_reliable(r, "retransmitted_bytes"))),
+    ("lost", "right", lambda r: str(_reliable(r, "packets_lost") or 0) if "reliable" in r else "-"),
+)
+
+
 def _columns(rows: list[Row]) -> tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...]:
     """The table's columns: ``worker`` first if any row has one, then the rest, then
-    the TLS ones if any row is a TLS connection."""
+    the TLS ones if any row is a TLS connection, and the reliable-UDP ones if any
+    row is a reliable connection."""
     columns = _COLUMNS
     if any("worker" in row for row in rows):
         columns = (_WORKER_COLUMN, *columns)
     if any("tls" in row for row in rows):
         columns = (*columns, *_TLS_COLUMNS)
+    if any("reliable" in row for row in rows):
+        columns = (*columns, *_RELIABLE_COLUMNS)
     return columns
 
 

@@ -61,7 +61,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import h11
 
@@ -75,7 +75,7 @@ from ._history import History
 from ._metrics import CONTENT_TYPE as METRICS_TYPE
 from ._metrics import metrics_text
 from ._page import PAGE_HTML
-from ._records import Observed, connection_rows, first_after, stats_document
+from ._records import Connection, Observed, connection_rows, first_after, stats_document
 
 logger = logging.getLogger("fivetuple")
 
@@ -226,7 +226,7 @@ class _Listing:
 
     __slots__ = ("count", "index", "next_after", "transports")
 
-    def __init__(self, transports: list[Transport], next_after: int | None) -> None:
+    def __init__(self, transports: list[Connection], next_after: int | None) -> None:
         self.transports = transports
         self.index = 0
         self.count = 0
@@ -504,7 +504,7 @@ class AdminProtocol(Protocol):
             return REQUEST_ROWS
         # One copy of the server's list (a C-level copy of pointers, about
         # 5 us per 1,000 connections); the rows are built from it in turns.
-        transports = self._observed().server.connections()
+        transports = cast("list[Connection]", self._observed().server.connections())
         start = first_after(transports, after)
         end = len(transports) if limit is None else min(len(transports), start + limit)
         next_after = transports[end - 1].id if start < end < len(transports) else None

@@ -156,7 +156,71 @@ def _families(parts: list[Part]) -> list[Metric]:
     )
     out.add(counter, "loop_wakeups", "Times the loop woke from the poller.", at("loop", "wakeups"))
     out.add(counter, "loop_events", "Readiness events dispatched.", at("loop", "events"))
+    if any("reliable" in doc for _, doc in parts):
+        _reliable_families(out)
     return out.families
+
+
+#: (kind, name, help, key in ``/stats``' ``reliable``) of the reliable-UDP series.
+_RELIABLE = (
+    ("gauge", "reliable_rtt_seconds", "Mean smoothed RTT of the reliable-UDP connections.",
+     "rtt_mean_s"),
+    ("gauge", "reliable_cwnd_bytes", "Congestion windows of the reliable-UDP connections, summed.",
+     "cwnd_bytes"),
+    ("gauge", "reliable_bytes_in_flight",
+     "Bytes sent and neither acknowledged nor declared lost, all reliable-UDP connections.",
+     "bytes_in_flight"),
+    ("counter", "reliable_retransmitted_bytes", "Payload bytes reliable UDP sent again.",
+     "retransmitted_bytes"),
+    ("counter", "reliable_payload_bytes_sent", "Payload bytes reliable UDP sent the first time.",
+     "payload_bytes_sent"),
+    ("counter", "reliable_packets_lost", "Packets reliable UDP declared lost (RFC 9002).",
+     "packets_lost"),
+    ("counter", "reliable_probe_timeouts", "Probe timeouts (PTOs) of reliable UDP.", "pto_events"),
+    ("counter", "reliable_datagrams_sent", "Datagrams reliable-UDP connections sent.",
+     "datagrams_sent"),
+    ("counter", "reliable_datagrams_received", "Datagrams reliable-UDP connections took.",
+     "datagrams_received"),
+)  # fmt: skip
+
+
+def _reliable_families(out: _Families) -> None:
+    """A reliable-UDP server's series (``serve --reliable``): the cores' sums (RTT,
+    windows, bytes in flight, retransmissions) and the listener's handshakes. The
+    gauges are as last read (a bounded batch of connections at a time)."""
+    kinds: dict[str, type[CounterMetricFamily | GaugeMetricFamily]] = {
+        "gauge": GaugeMetricFamily,
+        "counter": CounterMetricFamily,
+    }
+
+    def reliable(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda doc: (doc.get("reliable") or {}).get(key) if "reliable" in doc else None
+
+    def listener(key: str) -> Callable[[dict[str, Any]], Any]:
+        return lambda doc: ((doc.get("reliable") or {}).get("listener") or {}).get(key)
+
+    for kind, name, text, key in _RELIABLE:
+        out.add(kinds[kind], name, text, reliable(key))
+    out.add(
+        CounterMetricFamily,
+        "reliable_retries_sent",
+        "Stateless cookies (RETRY) the reliable-UDP listener sent.",
+        listener("retries_sent"),
+    )
+    out.by(
+        CounterMetricFamily,
+        "reliable_handshakes_dropped",
+        "HELLOs the reliable-UDP listener dropped, by reason.",
+        "reason",
+        lambda doc: listener("dropped")(doc) or {},
+    )
+    out.by(
+        CounterMetricFamily,
+        "reliable_connections_ended",
+        "Reliable-UDP connections ended, by the core's reason.",
+        "reason",
+        lambda doc: (doc.get("reliable") or {}).get("ended") or {},
+    )
 
 
 class _PartsCollector(Collector):

@@ -4,6 +4,14 @@ Everything here is read when somebody asks (an HTTP request, a status line):
 the data path keeps its plain counters and pays nothing for being observed.
 The shapes are documented in docs/admin.md.
 
+Reliable UDP (``serve --reliable``, a ``ReliableStreamServer``). The same
+documents: a row per connection with protocol ``rudp`` and, under
+``reliable``, what its core says (connection id, state, RTT, congestion
+window, bytes in flight, retransmitted bytes, losses: ``reliable_fields``);
+``/stats`` has a ``reliable`` object with the listener's handshakes and the
+cores' sums (``ReliableStreamServer.reliable_statistics``, read a bounded
+batch of connections at a time like TCP's bytes).
+
 Cost. ``stats_document`` is O(1) in the number of connections: every number
 comes from ``Server.statistics()`` (kept as it changes) and one look at each
 listener. A connection row costs a few system calls (getsockname,
@@ -18,11 +26,16 @@ import bisect
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
+from .._reliable_shell import ReliableStreamServer, ReliableStreamTransport, reliable_fields
 from .._server import Server
 from .._stats import CLOSE_REASONS, ConnectionStats, TLSStats
 from .._transport import CLOSED, Transport
+
+#: A connection a row is built from: a TCP (or Unix, TLS) transport, or a
+#: reliable-UDP connection's stream transport (``serve --reliable``).
+Connection = Transport | ReliableStreamTransport
 
 #: Why accepting pauses (``Listener.pause``): every one is shown, with 0 if it never did.
 ACCEPT_PAUSE_REASONS = ("max-conns", "fd-exhausted")
@@ -49,7 +62,9 @@ def every_reason(known: Iterable[str], counts: dict[str, int]) -> dict[str, int]
 class Observed:
     """A server and the labels the admin shows with it (app, codec)."""
 
-    def __init__(self, server: Server, app: str = "", codec: str = "raw") -> None:
+    def __init__(
+        self, server: Server | ReliableStreamServer, app: str = "", codec: str = "raw"
+    ) -> None:
         self.server = server
         self.app = app
         self.codec = codec
@@ -61,6 +76,9 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
 
     A TLS connection's row has a ``tls`` object too (``tls_fields``); a plain
     connection's has none, so rows stay as they were for servers without TLS.
+    Likewise a connection whose balancer sent a PROXY header has ``via_addr``
+    and ``via_port`` (the balancer's) right after ``remote_addr`` and
+    ``remote_port`` (the client's, from the header).
 
     Args:
         stats: the connection's statistics record.
@@ -74,6 +92,11 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
         "local_port": stats.local_port,
         "remote_addr": stats.remote_addr,
         "remote_port": stats.remote_port,
+        **(
+            {}
+            if stats.via_addr is None
+            else {"via_addr": stats.via_addr, "via_port": stats.via_port}
+        ),
         "fd": stats.fd,
         "state": stats.state,
         "age_s": round(stats.age, 3),
@@ -90,6 +113,15 @@ def connection_row(stats: ConnectionStats, app: str, codec: str) -> dict[str, An
     }
     if stats.tls is not None:
         row["tls"] = tls_fields(stats.tls)
+    return row
+
+
+def row_of(connection: Connection, app: str, codec: str) -> dict[str, Any]:
+    """The row of one live connection: ``connection_row``, and for a reliable-UDP one
+    its ``reliable`` object (``reliable_fields``: RTT, cwnd, bytes in flight, ...)."""
+    row = connection_row(connection.statistics(), app, codec)
+    if isinstance(connection, ReliableStreamTransport):
+        row["reliable"] = reliable_fields(connection.connection)
     return row
 
 
@@ -111,17 +143,17 @@ def tls_fields(tls: TLSStats) -> dict[str, Any]:
     }
 
 
-def connection_rows(transports: Iterable[Transport], app: str, codec: str) -> list[dict[str, Any]]:
+def connection_rows(transports: Iterable[Connection], app: str, codec: str) -> list[dict[str, Any]]:
     """The rows of ``transports``, leaving out connections that have ended.
 
     A listing built over several loop iterations holds transports that may
     end before their row is built: they are no longer connections, so they
     get no row.
     """
-    return [connection_row(t.statistics(), app, codec) for t in transports if t.state != CLOSED]
+    return [row_of(t, app, codec) for t in transports if t.state != CLOSED]
 
 
-def first_after(transports: list[Transport], after: int) -> int:
+def first_after(transports: list[Connection], after: int) -> int:
     """The index in ``transports`` (oldest first) of the first one whose id is above ``after``.
 
     A server numbers its connections in the order it accepts them, so its
@@ -148,7 +180,7 @@ def connections_document(
         ``{"time", "connections", "count", "next_after"}``: ``next_after`` is
         the ``after`` of the next page, None once there is no next page.
     """
-    transports = observed.server.connections()
+    transports = cast("list[Connection]", observed.server.connections())
     start = first_after(transports, after)
     end = len(transports) if limit is None else min(len(transports), start + limit)
     rows = connection_rows(transports[start:end], observed.app, observed.codec)
@@ -178,7 +210,7 @@ def stats_document(observed: Observed) -> dict[str, Any]:
         for listener in stats.listeners
     ]
     wakeups = stats.loop_wakeups
-    return {
+    doc: dict[str, Any] = {
         "time": time.time(),
         "server": {
             "pid": os.getpid(),
@@ -216,6 +248,9 @@ def stats_document(observed: Observed) -> dict[str, Any]:
             "events_per_wakeup": round(stats.loop_events / wakeups, 3) if wakeups else 0.0,
         },
     }
+    if isinstance(server, ReliableStreamServer):
+        doc["reliable"] = server.reliable_statistics()
+    return doc
 
 
 def status_line(observed: Observed, previous: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:

@@ -195,12 +195,32 @@ def render_counters(stats: dict[str, Any]) -> Table:
             f" ({_num(loop.get('wakeups'))} wakeups, {_num(loop.get('events'))} events)",
         ),
     )
+    reliable = stats.get("reliable")
+    extra = []
+    if isinstance(reliable, dict):  # a reliable-UDP server (serve --reliable)
+        extra.append(("reliable", _reliable_line(reliable)))
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    for label, value in rows:
+    for label, value in (*rows, *extra):
         grid.add_row(label, Text(value))
     return grid
+
+
+def _reliable_line(reliable: dict[str, Any]) -> str:
+    """What the reliable-UDP cores say, summed: RTT, windows, in flight, retransmissions."""
+    rtt = reliable.get("rtt_mean_s")
+    listener = reliable.get("listener") or {}
+    return (
+        f"rtt {'-' if rtt is None else f'{rtt * 1e3:.2f}ms'} mean"
+        f", cwnd {format_bytes(reliable.get('cwnd_bytes'))}"
+        f", in flight {format_bytes(reliable.get('bytes_in_flight'))}"
+        f"; retransmitted {format_bytes(reliable.get('retransmitted_bytes'))}"
+        f" of {format_bytes(reliable.get('payload_bytes_sent'))}"
+        f", {_num(reliable.get('packets_lost'))} packets lost, {_num(reliable.get('pto_events'))} PTOs"
+        f"; handshakes: {_num(listener.get('retries_sent'))} cookies"
+        f", dropped: {_by_reason(listener.get('dropped'))}"
+    )
 
 
 def render_header(view: View, now: float) -> Group:

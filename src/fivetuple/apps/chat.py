@@ -5,7 +5,13 @@ name (its address:port until it picks a nickname). Commands:
 
     /nick NAME   take a nickname
     /who         list who is here, with each one's address:port
+    /join ROOM   move to another room (everyone starts in ``lobby``)
+    /stats       the backplane's counters (with --backplane)
     /quit        leave
+
+With ``--backplane redis://HOST:PORT/PREFIX`` several chat processes share
+their rooms through Redis pub/sub: see ``_backplane.py`` and docs/cluster.md.
+Without it the rooms live in this one process.
 
 Theory of operation: what one member may cost the others.
 
@@ -68,6 +74,7 @@ from typing import TYPE_CHECKING
 from .._address import format_peer
 from .._protocol import Protocol
 from .._transport import Transport
+from ._backplane import Backplane, BackplaneConfig
 
 if TYPE_CHECKING:
     from .._timers import Timer
@@ -89,6 +96,10 @@ RESUME_FRACTION = 0.25
 #: Nicknames are ASCII on purpose: "b\u043eb" (a Cyrillic o) would pass for "bob" on
 #: every other screen, which the escaping of lines exists to prevent.
 _NICK = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+#: The room every member starts in.
+DEFAULT_ROOM = "lobby"
+_COMMAND_HINT = "/nick NAME, /who, /quit"
+_BACKPLANE_HINT = "/nick NAME, /join ROOM, /who, /stats, /quit"
 
 
 # -- what a member may cost the room (sans-IO: time is passed in) ------------
@@ -244,33 +255,61 @@ class ChatRoom:
         max_queue_bytes: queued output above which a member is dropped as a
             ``slow-reader``.
         limits: each member's allowance (see the module docstring).
+        backplane: join other chat processes through this Redis (issue 18).
     """
 
     def __init__(
-        self, max_queue_bytes: int = MAX_QUEUE_BYTES, limits: ChatLimits | None = None
+        self,
+        max_queue_bytes: int = MAX_QUEUE_BYTES,
+        limits: ChatLimits | None = None,
+        backplane: BackplaneConfig | None = None,
     ) -> None:
         self.max_queue_bytes = max_queue_bytes
         self.limits = limits if limits is not None else ChatLimits()
         self.members: dict[ChatMember, None] = {}  # ordered by arrival
         self.throttled = 0
         self.throttles = 0
+        self.backplane = None if backplane is None else Backplane(backplane, self)
+        self.hint = _COMMAND_HINT if backplane is None else _BACKPLANE_HINT
 
     def protocol(self) -> ChatMember:
         """Protocol factory: one member per connection."""
         return ChatMember(self)
 
-    def broadcast(self, line: str, *, exclude: ChatMember | None = None) -> int:
-        """Send ``line`` to every member but ``exclude``.
+    def broadcast(
+        self, line: str, *, exclude: ChatMember | None = None, channel: str = DEFAULT_ROOM
+    ) -> int:
+        """Send ``line`` to every member of room ``channel`` but ``exclude``.
 
         Returns:
             The bytes queued in all: the line's length times its recipients.
         """
         data = (line + "\n").encode()
-        members = list(self.members)
+        members = [m for m in self.members if m.channel == channel]
         for member in members:
             if member is not exclude:
                 member.send_bytes(data)
-        return len(data) * (len(members) - (exclude in self.members))  # all but exclude
+        return len(data) * (len(members) - (exclude in members))  # all but exclude
+
+    # -- what the backplane asks of the room (_backplane.BackplaneHost) ---------
+
+    def rooms(self) -> list[str]:
+        """Rooms with at least one member here."""
+        return list(dict.fromkeys(m.channel for m in self.members))
+
+    def members_of(self, room: str) -> list[tuple[str, str]]:
+        """(address, nick) of each member of ``room`` here."""
+        return [(m.address, m.nick) for m in self.members if m.channel == room]
+
+    def deliver(self, room: str, line: str) -> None:
+        """A line from another node, to this node's members of ``room``."""
+        self.broadcast(line, channel=room)
+
+    def notify(self, line: str) -> None:
+        """Tell every member here ``line``."""
+        data = (line + "\n").encode()
+        for member in list(self.members):
+            member.send_bytes(data)
 
     def statistics(self) -> ChatStats:
         return ChatStats(len(self.members), self.throttled, self.throttles)
@@ -284,6 +323,7 @@ class ChatMember(Protocol):
         "_wake",
         "address",
         "allowance",
+        "channel",
         "nick",
         "room",
         "throttles",
@@ -294,6 +334,7 @@ class ChatMember(Protocol):
         self.room = room
         self.nick = ""
         self.address = ""
+        self.channel = DEFAULT_ROOM
         self.throttles = 0
         self._input = b""  # read and not yet handled: a partial line, or lines held back
         self._wake: Timer | None = None  # set while held back
@@ -306,9 +347,14 @@ class ChatMember(Protocol):
         self.room.members[self] = None
         others = len(self.room.members) - 1
         self.send(
-            f"* welcome, you are {self.address}; {others} other(s) here. "
-            "Commands: /nick NAME, /who, /quit"
+            f"* welcome, you are {self.address}; {others} other(s) here. Commands: {self.room.hint}"
         )
+        backplane = self.room.backplane
+        if backplane is not None:
+            self.send(f"* node {backplane.node}, room {self.channel}")
+            backplane.start(transport.loop)
+            backplane.sync_rooms()
+            backplane.presence_changed(self.channel)
         self._say(f"* {self.nick} joined")
 
     def data_received(self, data: bytes) -> None:
@@ -370,7 +416,7 @@ class ChatMember(Protocol):
         command, _, arg = text.partition(" ")
         handler = _COMMANDS.get(command)
         if handler is None:
-            self.send(f"* unknown command {command}; try /nick NAME, /who, /quit")
+            self.send(f"* unknown command {command}; try {self.room.hint}")
         else:
             handler(self, arg.strip())
 
@@ -385,16 +431,69 @@ class ChatMember(Protocol):
             return
         old, self.nick = self.nick, name
         self._say(f"* {old} is now {name}", echo=True)
+        if self.room.backplane is not None:
+            self.room.backplane.presence_changed(self.channel)
+
+    def _join(self, name: str) -> None:
+        if not _NICK.fullmatch(name):
+            self.send("* usage: /join ROOM (1-32 ASCII letters, digits, _ . -)")
+            return
+        if name == self.channel:
+            self.send(f"* you are in {name} already")
+            return
+        old = self.channel
+        self._say(f"* {self.nick} left for {name}")
+        self.channel = name
+        backplane = self.room.backplane
+        if backplane is not None:
+            backplane.sync_rooms()
+            backplane.presence_changed(old)
+            backplane.presence_changed(name)
+        here = len(self.room.members_of(name)) - 1
+        self.send(f"* you are in {name}; {here} other(s) on this node")
+        self._say(f"* {self.nick} joined")
+
+    def _stats(self, _: str) -> None:
+        backplane = self.room.backplane
+        if backplane is None:
+            self.send("* no backplane: this room lives in this process only")
+            return
+        st = backplane.statistics()
+        self.send(
+            f"* node {st.node} backplane={'up' if st.up else 'down'} rooms={st.rooms} "
+            f"outages={st.outages} reconnects={st.reconnects} published={st.published} "
+            f"dropped={st.dropped} received={st.received} missing={st.missing} "
+            f"repeated={st.repeated} errors={st.protocol_errors}"
+        )
 
     def _who(self, _: str) -> None:
-        members = list(self.room.members)
-        listing = [f"* {len(members)} connected:"]
-        for member in members:
-            me = " (you)" if member is self else ""
-            name = "" if member.nick == member.address else f" {member.nick}"
-            listing.append(f"*   {member.address}{name}{me}")
-        # One write, not one per member: in a room of 10,000 that is the difference.
-        self.send("\n".join(listing))
+        members = [m for m in self.room.members if m.channel == self.channel]
+        backplane = self.room.backplane
+        if backplane is None:
+            listing = [f"* {len(members)} connected:"]
+            for member in members:
+                me = " (you)" if member is self else ""
+                name = "" if member.nick == member.address else f" {member.nick}"
+                listing.append(f"*   {member.address}{name}{me}")
+            # One write, not one per member: in a room of 10,000 that is the difference.
+            self.send("\n".join(listing))
+            return
+        node = backplane.node
+
+        def done(remote: list[tuple[str, str, str]] | None) -> None:
+            if self.transport.is_closing():
+                return
+            everyone = [(node, m.address, m.nick, m is self) for m in members]
+            everyone += [(n, a, k, False) for n, a, k in remote or () if n != node]
+            listing = [f"* {len(everyone)} in {self.channel}:"]
+            for where, address, nick, me in everyone:
+                name = "" if nick == address else f" {nick}"
+                listing.append(f"*   {address}{name} @{where}{' (you)' if me else ''}")
+            if remote is None:
+                listing.append("* backplane down: members on other nodes not listed")
+            self.send("\n".join(listing))
+
+        backplane.who(self.channel, done)
 
     def _quit(self, _: str) -> None:
         self.send("* bye")
@@ -402,7 +501,10 @@ class ChatMember(Protocol):
 
     def _say(self, line: str, *, echo: bool = False) -> None:
         """Send ``line`` to the room (to this member too if ``echo``), paid by this member."""
-        self.allowance.spend(self.room.broadcast(line, exclude=None if echo else self))
+        exclude = None if echo else self
+        self.allowance.spend(self.room.broadcast(line, exclude=exclude, channel=self.channel))
+        if self.room.backplane is not None:
+            self.room.backplane.publish(self.channel, line)
 
     def send(self, line: str) -> None:
         """Send ``line`` to this member, paid from its own allowance."""
@@ -434,7 +536,12 @@ class ChatMember(Protocol):
             why = {"slow-reader": " (disconnected: not reading)", "idle": " (idle)"}.get(
                 self.transport.close_reason or "", ""
             )
-            self.room.broadcast(f"* {self.nick} left{why}")
+            self.room.broadcast(f"* {self.nick} left{why}", channel=self.channel)
+            backplane = self.room.backplane
+            if backplane is not None:
+                backplane.publish(self.channel, f"* {self.nick} left{why}")
+                backplane.sync_rooms()
+                backplane.presence_changed(self.channel)
 
     def statistics(self) -> MemberStats:
         return MemberStats(self.address, self.nick, self._wake is not None, self.throttles)
@@ -454,4 +561,10 @@ def _member_address(peer: object, conn_id: int) -> str:
     return format_peer(peer)
 
 
-_COMMANDS = {"/nick": ChatMember._nick, "/who": ChatMember._who, "/quit": ChatMember._quit}
+_COMMANDS = {
+    "/nick": ChatMember._nick,
+    "/join": ChatMember._join,
+    "/who": ChatMember._who,
+    "/stats": ChatMember._stats,
+    "/quit": ChatMember._quit,
+}

@@ -7,7 +7,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from .._address import is_tls
+from .._address import is_rudp, is_tls
 from ..errors import SetupError
 from ._message import MIN_SIZE
 
@@ -59,11 +59,19 @@ class BenchConfig:
     alpn: tuple[str, ...] = ()
     #: connect: offer each connection the session of the worker's last one.
     tls_resume: bool = False
+    #: rudp:// echo: each connection sends this many bytes as one stream, a
+    #: window ahead of its echo, and verifies the echo (goodput; None: round trips).
+    bulk: int | None = None
 
     @property
     def udp(self) -> bool:
         """Whether the target is ``udp://`` (one connected UDP socket per "connection")."""
         return self.target.startswith("udp://")
+
+    @property
+    def rudp(self) -> bool:
+        """Whether the target is ``rudp://`` (one reliable-UDP connection per connection)."""
+        return is_rudp(self.target)
 
     @property
     def tls(self) -> bool:
@@ -128,6 +136,26 @@ class BenchConfig:
                 f"--tls-resume applies to bench connect (a new connection each time), "
                 f"not bench {self.mode}, whose connections each shake hands once"
             )
+        if self.bulk is not None and not self.rudp:
+            raise SetupError(
+                f"--bulk applies to rudp:// targets, not {self.target}: "
+                "e.g. fivetuple bench echo rudp://127.0.0.1:7000 --bulk 20M"
+            )
+        if self.bulk is not None and self.bulk < 1:
+            raise SetupError("--bulk must be at least 1 byte")
+        if self.bulk is not None and self.rate is not None:
+            raise SetupError(
+                "--rate paces round trips; --bulk sends as fast as the connection allows: "
+                "give one or the other"
+            )
+        if self.rudp:
+            if self.mode != "echo":
+                raise SetupError(
+                    f"bench {self.mode} needs a tcp:// or unix:// target; for rudp:// use "
+                    "bench echo (round trips, or --bulk SIZE for goodput)"
+                )
+            if self.source_addrs:
+                raise SetupError("--source-addrs applies to tcp:// and udp:// targets")
         if self.udp:
             if self.mode != "echo":
                 raise SetupError(

@@ -12,6 +12,14 @@ duplicate. UDP promises no order, so reordered echoes are counted, and are
 still round trips, but do not fail a run; and loss is reported as loss with
 its percentage, in ``datagrams``, not as an error of the server.
 
+A ``rudp://`` run with ``--bulk`` has one more key, ``bulk`` (absent otherwise):
+every transfer's bytes verified, the goodput (``goodput_mbit_s``: the
+verified echo of every connection, in Mbit/s, over the time from the first
+transfer's start to the last one's end), what the cores retransmitted (bytes,
+and as a share of the payload sent), packets declared lost, probe timeouts,
+and the smoothed and minimum RTT. A transfer that did not finish within
+``--duration``, or whose echo differs, fails the run.
+
 A ``tls://`` run has one more key, ``tls`` (absent otherwise): the versions,
 ciphers and ALPN protocols the handshakes agreed on (counts), the handshake
 times (HDR percentiles, as the latency), the failed handshakes by reason
@@ -275,6 +283,8 @@ def merge(
             else None
         ),
     }
+    if config.bulk is not None:
+        report["bulk"] = _bulk(config, results)
     if config.tls:
         report["tls"] = _tls(config, results, elapsed, connects)
     return report
@@ -352,6 +362,73 @@ def _tls_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _bulk(config: BenchConfig, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """--bulk: every worker's transfers together."""
+    parts = [r["bulk"] for r in results if r.get("bulk")]
+    starts = [p["started_ns"] for p in parts if p["started_ns"]]
+    ends = [p["done_ns"] for p in parts if p["done_ns"]]
+    span = (max(ends) - min(starts)) / 1e9 if starts and ends else 0.0
+    verified = sum(p["verified_bytes"] for p in parts)
+    payload = sum(p["payload_bytes_sent"] for p in parts)
+    retransmitted = sum(p["retransmitted_bytes"] for p in parts)
+    rtts = [v for p in parts for v in p["rtt_us"]]
+    mins = [v for p in parts for v in p["min_rtt_us"]]
+    transfers = [t for p in parts for t in p["transfer_s"]]
+    return {
+        "bytes_per_conn": config.bulk,
+        "conns": config.conns,
+        "completed": sum(p["completed"] for p in parts),
+        "incomplete": sum(p["incomplete"] for p in parts),
+        "mismatched": sum(p["mismatched"] for p in parts),
+        "verified_bytes": verified,
+        "elapsed_s": round(span, 3),
+        "transfer_s_max": round(max(transfers), 3) if transfers else None,
+        "goodput_mbit_s": round(verified * 8 / span / 1e6, 3) if span > 0 else 0.0,
+        "payload_bytes_sent": payload,
+        "retransmitted_bytes": retransmitted,
+        "retransmitted_pct": round(100.0 * retransmitted / payload, 3) if payload else 0.0,
+        "packets_lost": sum(p["packets_lost"] for p in parts),
+        "pto_events": sum(p["pto_events"] for p in parts),
+        "rtt_ms": {
+            "smoothed_mean": round(sum(rtts) / len(rtts) / 1e3, 3) if rtts else None,
+            "smoothed_max": round(max(rtts) / 1e3, 3) if rtts else None,
+            "min": round(min(mins) / 1e3, 3) if mins else None,
+        },
+    }
+
+
+def _bulk_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    bulk = report.get("bulk")
+    if not bulk:
+        return []
+    rtt = bulk["rtt_ms"]
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:,.2f}"
+
+    return [
+        (
+            "bulk transfers",
+            f"{bulk['completed']:,} of {bulk['conns']:,} verified ({bulk['bytes_per_conn']:,} B "
+            f"each), {bulk['incomplete']:,} incomplete, {bulk['mismatched']:,} echo differs",
+        ),
+        (
+            "goodput (verified echo)",
+            f"{bulk['goodput_mbit_s']:,.1f} Mbit/s in {bulk['elapsed_s']:.2f} s",
+        ),
+        (
+            "retransmitted",
+            f"{bulk['retransmitted_bytes']:,} B ({bulk['retransmitted_pct']:.2f}% of "
+            f"{bulk['payload_bytes_sent']:,} B sent), {bulk['packets_lost']:,} packets lost, "
+            f"{bulk['pto_events']:,} PTOs",
+        ),
+        (
+            "RTT ms smoothed mean/max, min",
+            f"{ms(rtt['smoothed_mean'])} / {ms(rtt['smoothed_max'])}, {ms(rtt['min'])}",
+        ),
+    ]
+
+
 def _memory_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     memory = report["memory"]
     if memory is None:
@@ -383,8 +460,10 @@ def failed(report: dict[str, Any]) -> bool:
     conns = report["connections"]
     hold = report["hold"]
     datagrams = report["datagrams"]
+    bulk = report.get("bulk")
     return bool(
         report["error_count"]
+        or (bulk and (bulk["incomplete"] or bulk["mismatched"] or not bulk["completed"]))
         or conns["failed"]
         or conns["lost"]
         or report["stopped_by"]
@@ -438,7 +517,7 @@ def render(report: dict[str, Any]) -> Any:
             ("UDP sockets", f"{conns['established']:,} of {conns['attempted']:,}"),
             ("sockets failed", counts(conns["failed"])),
         ]
-    if report["mode"] == "echo":
+    if report["mode"] == "echo" and not report.get("bulk"):
         rows += [
             ("round trips", f"{report['round_trips']:,}"),
             ("round trips/s", f"{report['round_trips_per_s']:,.0f}"),
@@ -475,6 +554,7 @@ def render(report: dict[str, Any]) -> Any:
     if report["stopped_by"]:
         stop = report["stopped_by"]
         rows.append(("stopped by", f"{stop['limit']} after {stop['reached']:,}: {stop['detail']}"))
+    rows += _bulk_rows(report)
     rows += _connect_rows(report)
     rows += _tls_rows(report)
     rows += _memory_rows(report)

@@ -29,6 +29,7 @@ reason in the report, and the engine's warning would only repeat it.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -42,7 +43,7 @@ from dataclasses import replace
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .._address import parse_target
+from .._address import is_rudp, parse_target
 from ..errors import SetupError
 from ._config import BenchConfig
 from ._memory import SETTLE_S, Snapshot, find_server, open_fds, per_connection
@@ -80,6 +81,8 @@ def resolve(target: str, source: str | None = None, size: int = 64) -> tuple[int
         SetupError: one line naming the target and what went wrong.
     """
     family, address = parse_target(target)
+    if is_rudp(target):
+        return probe_rudp(target, family, address)
     udp = target.startswith("udp://")
     kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
     if family == socket.AF_UNIX and source is not None:
@@ -159,6 +162,58 @@ def probe_udp(target: str, family: int, address: Any, source: str | None, size: 
         probe.close()
 
 
+def probe_rudp(target: str, family: int, address: Any) -> tuple[int, Any]:
+    """Resolve a ``rudp://`` target and shake hands with it once (then abort), so that
+    a target nobody serves is one line, not a run of failed connections.
+
+    Raises:
+        SetupError: the host does not resolve, nothing listens there (ICMP port
+            unreachable), or nothing answered the handshake in ``PROBE_TIMEOUT_S``.
+    """
+    from .._loop import Loop
+    from .._protocol import Protocol
+    from .._reliable_shell import connect_reliable_stream
+    from ..reliable import ConnectionConfig
+
+    try:
+        info = socket.getaddrinfo(address[0], address[1], family, socket.SOCK_DGRAM)
+    except socket.gaierror as exc:
+        raise SetupError(f"cannot resolve {target}: {exc.strerror}") from None
+    family, _, _, _, address = info[0]
+    outcome: list[OSError | None] = []
+
+    class _Probe(Protocol):
+        def connection_made(self, transport: Any) -> None:
+            outcome.append(None)
+            transport.abort("probe")  # the server is told at once
+
+    loop = Loop()
+    try:
+        connect_reliable_stream(
+            loop, address[0], address[1], _Probe(), on_failed=outcome.append,
+            config=ConnectionConfig(handshake_timeout_s=PROBE_TIMEOUT_S),
+        )  # fmt: skip
+        deadline = time.monotonic() + PROBE_TIMEOUT_S + 1.0
+        while not outcome and time.monotonic() < deadline:
+            loop.run_once(0.05)
+    finally:
+        loop.close()
+    failure = outcome[0] if outcome else TimeoutError()
+    if isinstance(failure, ConnectionRefusedError) or (
+        failure is not None and failure.errno == errno.ECONNREFUSED
+    ):
+        raise SetupError(
+            f"nothing is listening on {target}: the port is unreachable (ICMP); "
+            "is a reliable-UDP server there, e.g. fivetuple serve echo --reliable?"
+        )
+    if failure is not None:
+        raise SetupError(
+            f"no reliable-UDP server answered at {target} within {PROBE_TIMEOUT_S:g} s; "
+            "is one there (fivetuple serve echo --reliable)?"
+        )
+    return family, address
+
+
 def _shares(conns: int, procs: int, addrs: tuple[str, ...]) -> list[tuple[int, tuple[str, ...]]]:
     """Each worker's connections and source addresses.
 
@@ -186,7 +241,7 @@ def sample_shares(sample: int, procs: int) -> list[int]:
 def plan(config: BenchConfig, family: int, address: Any, nofile: int) -> Plan:
     """What ``config`` left open, chosen (``_plan.make_plan``)."""
     tcp_host = None
-    if family in (socket.AF_INET, socket.AF_INET6) and not config.udp:
+    if family in (socket.AF_INET, socket.AF_INET6) and not config.udp and not config.rudp:
         tcp_host = str(address[0])
     return make_plan(config.conns, config.procs, config.source_addrs, nofile, tcp_host=tcp_host)
 
@@ -259,7 +314,9 @@ def run_bench(config: BenchConfig, *, show_progress: bool | None = None) -> dict
             f"{SAMPLE_INTERVAL_S:g} s, seed {config.seed} (--seed {config.seed} repeats the pick)\n"
         )
     samples = sample_shares(config.sample, chosen.procs)
-    measure = config.mode != "connect" and not config.udp and sys.platform == "linux"
+    measure = (
+        config.mode != "connect" and not config.udp and not config.rudp and sys.platform == "linux"
+    )
     pids = server_pids(config, family, address) if measure else ()
     before = Snapshot(pids) if measure else None
     after: Snapshot | None = None

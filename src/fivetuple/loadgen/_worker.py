@@ -55,6 +55,17 @@ apply; a datagram whose echo has not come within ``reply_timeout`` is lost.
 There is nothing to hold and no handshake to count, so ``hold`` and
 ``connect`` are TCP only (refused in ``BenchConfig.check``).
 
+Reliable UDP (``rudp://``): each connection is a ``fivetuple.reliable``
+connection used as a byte stream (``connect_reliable_stream``): the TCP
+echo client runs on it unchanged, with the same ledger and verdicts, and a
+failed handshake is a failed connection (``timeout``, or ``refused`` for an
+ICMP port unreachable). ``--bulk SIZE`` (``_BulkClient``) instead sends SIZE
+bytes on each connection, at most ``BULK_WINDOW_BYTES`` ahead of their echo,
+and checks the echo byte for byte against the same seeded pattern; the run
+ends when every transfer is done (or at ``duration``), and the result keeps
+each transfer's time and what its core counted (retransmitted bytes, losses,
+RTT) for the goodput report.
+
 TLS (``tls://``): the same clients over a ``TLSTransport``, whose
 ``connection_made`` comes after the handshake; the context, the handshakes'
 counts and the reasons of failed ones are ``_tls.TLSLoad``'s.
@@ -87,8 +98,10 @@ from .._connector import open_connection
 from .._loop import Loop
 from .._poller import READ
 from .._protocol import Protocol
+from .._reliable_shell import STREAM_MESSAGE_BYTES, connect_reliable_stream, reliable_fields
 from .._timers import Timer
 from .._transport import Transport
+from ..errors import SetupError
 from ._config import BenchConfig
 from ._memory import rss_bytes
 from ._message import CORRUPTED, LATE, MISSING, DatagramLedger, MessageMaker, ReplyLedger
@@ -116,6 +129,10 @@ RECV_BATCH = 64
 RECV_BYTES = 65_536
 #: An ICMP port unreachable on a UDP socket, as counted in the errors.
 REFUSED = "refused"
+#: --bulk: how far a transfer may run ahead of its echo (what each side queues at most).
+BULK_WINDOW_BYTES = 4 * 1024 * 1024
+#: --bulk: the seeded pattern a transfer repeats (and its echo is checked against).
+BULK_BLOCK_BYTES = STREAM_MESSAGE_BYTES
 
 #: errno -> (reason, the limit it means or None)
 _FAILURES = {
@@ -423,6 +440,99 @@ class _DatagramClient(_Sender):
             sock.close()
 
 
+class _BulkClient(Protocol):
+    """bench echo rudp:// --bulk: one stream of ``bulk`` bytes, a window ahead of its
+    echo, the echo checked byte for byte against the pattern sent."""
+
+    __slots__ = (
+        "_block",
+        "_worker",
+        "done_at",
+        "final",
+        "key",
+        "mismatched",
+        "received",
+        "sent",
+        "started",
+        "total",
+        "transport",
+    )
+
+    def __init__(self, worker: Worker, number: int, total: int) -> None:
+        self._worker = worker
+        self.key = number
+        self.total = total
+        block = random.Random(number).randbytes(BULK_BLOCK_BYTES)
+        self._block = block + block  # a slice of up to one block may start anywhere in it
+        self.sent = self.received = 0
+        self.mismatched = False
+        self.started = self.done_at = 0
+        self.final: dict[str, Any] | None = None
+        self.transport: Transport | None = None
+
+    def expected(self, offset: int, size: int) -> bytes:
+        """The ``size`` bytes of the stream at ``offset``."""
+        parts = []
+        block = self._block
+        while size > 0:
+            start = offset % BULK_BLOCK_BYTES
+            take = min(size, BULK_BLOCK_BYTES)
+            parts.append(block[start : start + take])
+            offset += take
+            size -= take
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self._worker.bulk_established(self)
+
+    def start(self) -> None:
+        """Start the transfer (the run phase has begun)."""
+        self.started = _now_ns()
+        self._top_up()
+
+    def _top_up(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        total = self.total
+        while self.sent < total and self.sent - self.received < BULK_WINDOW_BYTES:
+            size = min(STREAM_MESSAGE_BYTES, total - self.sent)
+            transport.write(self.expected(self.sent, size))
+            self.sent += size
+
+    def data_received(self, data: bytes) -> None:
+        if self.done_at or not self.started:
+            return
+        if not self.mismatched and data != self.expected(self.received, len(data)):
+            self.mismatched = True
+            self._worker.errors["corrupted"] += 1
+        self.received += len(data)
+        if self.received >= self.total:
+            self.done_at = _now_ns()
+            self.snapshot()
+            self._worker.bulk_done()
+        else:
+            self._top_up()
+
+    def over(self) -> bool:
+        """Whether the transfer is done, or its connection has ended without it."""
+        return bool(self.done_at) or (self.transport is not None and self.transport.is_closing())
+
+    def snapshot(self) -> None:
+        """Keep what the core counted (once: at the end of the transfer, or of the run)."""
+        if self.final is None and self.transport is not None:
+            self.final = reliable_fields(self.transport.get_extra_info("connection"))
+
+    def close(self) -> None:
+        self.snapshot()
+        if self.transport is not None:
+            self.transport.abort("local")
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._worker.bulk_lost(self)
+
+
 class _Churn(Protocol):
     """connect mode: count the handshake, close at once, and start the next one."""
 
@@ -549,6 +659,9 @@ class Worker:
         self.churn_maker = MessageMaker(config.size, 0)
         self.family, self.address = family, address
         self.udp = config.udp
+        self.rudp = config.rudp
+        self.bulk = config.bulk
+        self.bulk_clients: dict[int, _BulkClient] = {}
         self.conns = conns
         self.sources = sources
         self.size = config.size
@@ -631,6 +744,10 @@ class Worker:
         for _ in range(max(0, budget)):
             if self.udp:
                 self._open_datagram()
+            elif self.bulk is not None:
+                self._connect_reliable(_BulkClient(self, self.attempted, self.bulk))
+            elif self.rudp:
+                self._connect_reliable(_Client(self, self.attempted))
             else:
                 self._connect(_Client(self, self.attempted))
         if rate and self.attempted < self.conns and self.stopped_by is None:
@@ -664,6 +781,52 @@ class Worker:
             conn_id=number,
             **options,
         )
+
+    def _connect_reliable(self, protocol: Protocol) -> None:
+        """One reliable-UDP connection (``rudp://``); ``connection_made`` comes after
+        its handshake, a failed one is ``_failed`` (ETIMEDOUT, ECONNREFUSED)."""
+        number = self.attempted
+        self.attempted += 1
+        self.connecting += 1
+        try:
+            connect_reliable_stream(
+                self.loop,
+                self.address[0],
+                self.address[1],
+                protocol,
+                on_failed=self._failed,
+                conn_id=number,
+            )
+        except OSError as exc:  # EMFILE, ENOBUFS: no socket for it
+            self.loop.call_soon(self._failed, exc)
+        except SetupError as exc:
+            self.loop.call_soon(self._failed, OSError(errno.EADDRNOTAVAIL, str(exc)))
+
+    def bulk_established(self, client: _BulkClient) -> None:
+        """A --bulk connection is up: ``established``'s twin."""
+        self.connecting -= 1
+        self.established_count += 1
+        self.bulk_clients[client.key] = client
+        if self.phase == "connect":
+            self._open_more()
+        elif self.phase == "run":
+            client.start()
+        elif self.phase == "done":
+            client.close()
+
+    def bulk_done(self) -> None:
+        """A transfer is over: once all are (and none is still connecting), the run is."""
+        bulk = self.bulk_clients.values()
+        if self.phase == "run" and not self.connecting and all(c.over() for c in bulk):
+            self._end_run()
+
+    def bulk_lost(self, client: _BulkClient) -> None:
+        transport = client.transport
+        if self._closing or transport is None:
+            return
+        client.snapshot()
+        self.lost_by[getattr(transport, "close_reason", None) or "error"] += 1
+        self.bulk_done()
 
     def _churn(self) -> Protocol:
         """connect mode: the next connection's protocol (over TLS: handshake and one echo)."""
@@ -742,7 +905,7 @@ class Worker:
         if self.config.mode != "connect":
             self.connect_ended = self.loop.time()
             self.rss = (self.rss[0], rss_bytes())
-            self.rss_conns = len(self.clients)
+            self.rss_conns = len(self.clients) + len(self.bulk_clients)
         self.phase = "run"
         self.run_started = self.loop.time()
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -753,6 +916,8 @@ class Worker:
             self.sending = True
             for client in list(self.clients.values()):
                 self._start_sending(client)
+            for bulk in list(self.bulk_clients.values()):
+                bulk.start()
         elif mode == "connect":
             self.sending = True
             for _ in range(self.conns):
@@ -902,6 +1067,8 @@ class Worker:
         self._closing = True
         for client in list(self.clients.values()):
             client.close()
+        for bulk in list(self.bulk_clients.values()):
+            bulk.close()
         self._fold()
         self._report_progress()
         self.loop.stop()
@@ -1031,4 +1198,30 @@ class Worker:
             "rss_conns": self.rss_conns,
             "sample": self.sample,
             "tls": self.tls.result() if self.tls is not None else None,
+            "bulk": self._bulk_result() if self.bulk is not None else None,
+        }
+
+    def _bulk_result(self) -> dict[str, Any]:
+        """--bulk: each transfer's outcome, time and what its core counted."""
+        clients = list(self.bulk_clients.values())
+        finals = [c.final for c in clients if c.final is not None]
+
+        def total(name: str) -> int:
+            return sum(int(f[name]) for f in finals)
+
+        return {
+            "bytes": self.bulk,
+            "completed": sum(1 for c in clients if c.done_at and not c.mismatched),
+            "incomplete": sum(1 for c in clients if not c.done_at),
+            "mismatched": sum(1 for c in clients if c.mismatched),
+            "verified_bytes": sum(c.received for c in clients if c.done_at and not c.mismatched),
+            "transfer_s": [(c.done_at - c.started) / 1e9 for c in clients if c.done_at],
+            "started_ns": min((c.started for c in clients if c.started), default=0),
+            "done_ns": max((c.done_at for c in clients if c.done_at), default=0),
+            "retransmitted_bytes": total("retransmitted_bytes"),
+            "payload_bytes_sent": total("payload_bytes_sent"),
+            "packets_lost": total("packets_lost"),
+            "pto_events": total("pto_events"),
+            "rtt_us": [int(f["rtt_us"]) for f in finals],
+            "min_rtt_us": [int(f["min_rtt_us"]) for f in finals if f["min_rtt_us"] is not None],
         }

@@ -1,0 +1,257 @@
+"""``fivetuple bench chat TARGET``: does every chat line reach every member once, in order?
+
+Theory of operation (issue 18). ``--conns`` members connect to the chat at
+TARGET (several targets, comma-separated, are dealt round-robin: nodes
+without a balancer), all on one fivetuple loop. Once every one is in and
+``SETTLE_S`` has passed (for the nodes' backplane subscriptions), each member
+says ``bench I SEQ T`` every ``1/--rate`` seconds (a random phase each, so
+the lines spread), for ``--duration`` seconds: I is the member, SEQ counts
+its lines from 1, T the loop's clock when it was sent. The run then waits
+``DRAIN_S`` for the last lines.
+
+Every member checks every other member's lines, per sender: the next SEQ is
+in order; a SEQ below the highest seen is *reordered* if it was skipped,
+*duplicated* if it was seen; a jump skips SEQs that count as *missing* unless
+they come later. At the end, a member missing a sender's lines counts
+``sent - distinct received``. Fan-out latency is the time from T to each
+delivery, in an HDR histogram (microseconds): both ends are this process, so
+one clock serves.
+
+The chat's own lines (joins, ``/who``, notices) are ignored; so is a member's
+own line, which chat does not echo.
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hdrh.histogram import HdrHistogram
+
+from .._address import parse_target
+from .._connector import open_connection
+from .._loop import Loop
+from .._protocol import Protocol
+from ..errors import SetupError
+
+if TYPE_CHECKING:
+    from .._timers import Timer
+    from .._transport import Transport
+
+#: Seconds to wait once everyone is in, before the first line.
+SETTLE_S = 1.0
+#: Seconds to wait after the last line for it to arrive everywhere.
+DRAIN_S = 2.0
+#: Seconds everyone gets to connect.
+CONNECT_S = 10.0
+MAX_LATENCY_US = 60_000_000
+
+
+@dataclass(slots=True)
+class _Sender:
+    """What one member has seen of one sender."""
+
+    last: int = 0
+    distinct: int = 0
+    skipped: set[int] = field(default_factory=set)
+
+
+class _Member(Protocol):
+    __slots__ = ("_buf", "_timer", "bench", "index", "senders", "seq", "transport")
+
+    def __init__(self, bench: ChatBench, index: int) -> None:
+        self.bench = bench
+        self.index = index
+        self.seq = 0
+        self.senders: dict[int, _Sender] = {}
+        self._buf = b""
+        self._timer: Timer | None = None
+        self.transport: Transport | None = None
+
+    def connection_made(self, transport: Transport) -> None:
+        self.transport = transport
+        self.bench.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        lines = (self._buf + data).split(b"\n")
+        self._buf = lines.pop()
+        for line in lines:
+            _, sep, text = line.partition(b"> bench ")
+            if sep and line.startswith(b"<"):
+                self._check(text)
+
+    def _check(self, text: bytes) -> None:
+        try:
+            index, seq, sent = (int(p) for p in text.split()[:3])
+        except ValueError:
+            return
+        bench = self.bench
+        bench.delivered += 1
+        bench.histogram.record_value(
+            min(MAX_LATENCY_US, max(1, int((bench.loop.now - sent / 1e6) * 1e6)))
+        )
+        sender = self.senders.setdefault(index, _Sender())
+        if seq == sender.last + 1:
+            sender.last = seq
+            sender.distinct += 1
+        elif seq > sender.last:
+            sender.skipped.update(range(sender.last + 1, seq))
+            sender.last = seq
+            sender.distinct += 1
+        elif seq in sender.skipped:
+            sender.skipped.discard(seq)
+            sender.distinct += 1
+            bench.reordered += 1
+        else:
+            bench.duplicated += 1
+
+    def say(self) -> None:
+        bench = self.bench
+        if self.transport is None or self.transport.is_closing() or not bench.sending:
+            return
+        self.seq += 1
+        micros = int(bench.loop.now * 1e6)
+        self.transport.write(f"bench {self.index} {self.seq} {micros}\n".encode())
+        self._timer = bench.loop.call_later(1.0 / bench.rate, self.say)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.bench.finished:
+            self.bench.lost += 1
+
+
+class ChatBench:
+    """One run of ``bench chat``.
+
+    Args:
+        targets: ``tcp://HOST:PORT`` addresses, dealt round-robin to the members.
+        members: how many members (one connection each).
+        rate: lines per second each member says.
+        duration: seconds of saying.
+    """
+
+    def __init__(self, targets: list[str], members: int, rate: float, duration: float) -> None:
+        self.addresses = [_resolve(t) for t in targets]
+        self.targets = targets
+        self.rate = rate
+        self.duration = duration
+        self.loop = Loop()
+        self.members = [_Member(self, i) for i in range(members)]
+        self.histogram = HdrHistogram(1, MAX_LATENCY_US, 3)
+        self.up = self.failed = self.lost = self.delivered = 0
+        self.duplicated = self.reordered = 0
+        self.sending = False
+        self.finished = False
+
+    def run(self) -> dict[str, Any]:
+        """Connect, say, drain; returns the report."""
+        for member in self.members:
+            family, address = self.addresses[member.index % len(self.addresses)]
+            open_connection(self.loop, family, address, member, on_failed=self._failed)
+        deadline = self.loop.call_later(CONNECT_S, self.loop.stop)
+        self.loop.run()
+        deadline.cancel()
+        if self.up:
+            self.sending = True
+            for member in self.members:
+                member._timer = self.loop.call_later(random.uniform(0, 1 / self.rate), member.say)
+            self.loop.call_later(self.duration, self._stop_saying)
+            self.loop.call_later(self.duration + DRAIN_S, self.loop.stop)
+            self.loop.run()
+        self.finished = True
+        for member in self.members:
+            if member.transport is not None:
+                member.transport.abort()
+        self.loop.run_once(0)
+        self.loop.close()
+        return self.report()
+
+    def connected(self, member: _Member) -> None:
+        self.up += 1
+        self._maybe_ready()
+
+    def _failed(self, exc: OSError) -> None:
+        self.failed += 1
+        self._maybe_ready()
+
+    def _maybe_ready(self) -> None:
+        if self.up + self.failed == len(self.members):
+            self.loop.call_later(SETTLE_S, self.loop.stop)
+
+    def _stop_saying(self) -> None:
+        self.sending = False
+
+    def report(self) -> dict[str, Any]:
+        """Counts and fan-out latency percentiles (ms)."""
+        sent = {m.index: m.seq for m in self.members}
+        live = [m for m in self.members if m.transport is not None]
+        expected = missing = 0
+        for member in live:
+            for other in live:
+                if other is member:
+                    continue
+                expected += sent[other.index]
+                seen = member.senders.get(other.index)
+                missing += sent[other.index] - (seen.distinct if seen else 0)
+        hist = self.histogram
+        latency = {f"p{p:g}": hist.get_value_at_percentile(p) / 1000 for p in (50, 90, 99, 99.9)}
+        latency["max"] = hist.get_max_value() / 1000
+        return {
+            "targets": self.targets,
+            "members": len(self.members),
+            "connected": self.up,
+            "failed": self.failed,
+            "lost": self.lost,
+            "sent": sum(sent.values()),
+            "expected": expected,
+            "delivered": self.delivered,
+            "missing": missing,
+            "duplicated": self.duplicated,
+            "reordered": self.reordered,
+            "latency_ms": latency,
+        }
+
+
+def _resolve(target: str) -> tuple[int, Any]:
+    if not target.startswith("tcp://"):
+        raise SetupError(f"target {target!r}: bench chat speaks tcp://HOST:PORT only")
+    family, address = parse_target(target)
+    if family == socket.AF_UNSPEC:
+        info = socket.getaddrinfo(address[0], address[1], type=socket.SOCK_STREAM)[0]
+        family, address = info[0], info[4][:2]
+    return family, address
+
+
+def bench_chat(target: str, members: int, rate: float, duration: float) -> dict[str, Any]:
+    """Run ``bench chat`` against ``target`` (comma-separated targets are dealt round-robin).
+
+    Returns:
+        The report (see ``ChatBench.report``).
+
+    Raises:
+        SetupError: a target is not ``tcp://HOST:PORT``.
+    """
+    return ChatBench(target.split(","), members, rate, duration).run()
+
+
+def chat_failed(report: dict[str, Any]) -> bool:
+    """Whether the run saw anything go wrong."""
+    keys = ("failed", "lost", "missing", "duplicated", "reordered")
+    return any(report[k] for k in keys) or not report["connected"]
+
+
+def render_chat(report: dict[str, Any]) -> str:
+    """The report as a few lines of text."""
+    lat = report["latency_ms"]
+    return "\n".join(
+        [
+            f"chat bench: {report['members']} members on {', '.join(report['targets'])}",
+            f"connected {report['connected']}, failed {report['failed']}, lost {report['lost']}",
+            f"lines sent {report['sent']}, deliveries expected {report['expected']}, "
+            f"delivered {report['delivered']}",
+            f"missing {report['missing']}, duplicated {report['duplicated']}, "
+            f"reordered {report['reordered']}",
+            "fan-out latency ms: " + ", ".join(f"{k} {v:.2f}" for k, v in lat.items()),
+        ]
+    )
