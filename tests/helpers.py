@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import socket
 import ssl
@@ -44,6 +46,7 @@ from fivetuple import (
     netsim,
 )
 from fivetuple._bind import ipv6_available
+from fivetuple.apps._backplane import BackplaneConfig, check_reachable
 from fivetuple.codecs import NEED_DATA, LengthPrefixed, Lines, Packets
 from fivetuple.codecs._packets import HEADER as PACKETS_HEADER
 from fivetuple.codecs._packets import MAGIC as PACKETS_MAGIC
@@ -875,3 +878,127 @@ def tls_handshake(
                     pass
             return client, server
     raise AssertionError(f"TLS handshake not done after {rounds} rounds")
+
+
+# -- HAProxy and redis-server on loopback (issue 18) ----------------------------------
+
+#: Debian puts it in /usr/sbin, which a user's PATH may leave out.
+HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nobody listens on at ``host`` now (for HAProxy's frontends, redis-server)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def listening(port: int) -> bool:
+    """Whether something listens on TCP ``port`` (Linux /proc/net/tcp and tcp6)."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            fields = row.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                return True
+    return False
+
+
+class Redis:
+    """A throwaway redis-server on a free loopback port, no persistence."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
+        self.proc = subprocess.Popen(
+            [*argv, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        config = BackplaneConfig("127.0.0.1", self.port, "t")
+        wait_for(lambda: redis_answers(config), what="redis-server answering PING")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def url(self, prefix: str = "chat") -> str:
+        return f"redis://127.0.0.1:{self.port}/{prefix}"
+
+
+def redis_answers(config: BackplaneConfig) -> bool:
+    """Whether the Redis of ``config`` answers PING now."""
+    try:
+        check_reachable(config, timeout=1.0)
+    except OSError:
+        return False
+    return True
+
+
+class ChatClient:
+    """A blocking chat client that keeps every line it reads."""
+
+    def __init__(self, port: int) -> None:
+        """Connect to 127.0.0.1:``port`` and read up to the ``* node`` line."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.buffer = b""
+        self.seen: list[str] = []
+        host, myport = self.sock.getsockname()[:2]
+        self.address = f"{host}:{myport}"
+        self.read_until(lambda line: line.startswith("* welcome"))
+        node_line = self.read_until(lambda line: line.startswith("* node "))[-1]
+        self.node = node_line.split()[2].rstrip(",")
+
+    def send(self, text: str) -> None:
+        self.sock.sendall(text.encode() + b"\n")
+
+    def readline(self, timeout: float = 10.0) -> str:
+        self.sock.settimeout(timeout)
+        while b"\n" not in self.buffer:
+            chunk = self.sock.recv(1 << 16)
+            assert chunk, f"EOF while waiting for a line (have {self.buffer!r})"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        text = line.decode()
+        self.seen.append(text)
+        return text
+
+    def read_until(self, done: Callable[[str], bool], timeout: float = 10.0) -> list[str]:
+        """Lines read up to and including the first for which ``done`` is true."""
+        lines: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out; read {lines!r}"
+            lines.append(self.readline(left))
+            if done(lines[-1]):
+                return lines
+
+    def who(self) -> list[str]:
+        self.send("/who")
+        header = self.read_until(lambda line: bool(re.fullmatch(r"\* \d+ in \S+:", line)))[-1]
+        return [self.readline() for _ in range(int(header.split()[1]))]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def flowing(sender: ChatClient, receiver: ChatClient, timeout: float = 15.0) -> None:
+    """Wait until a line from ``sender`` reaches ``receiver`` (both nodes subscribed)."""
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+        sender.send(f"probe-{n}")
+        try:
+            receiver.read_until(lambda line: "probe-" in line, timeout=0.5)
+            return
+        except (AssertionError, TimeoutError):
+            continue
+    raise AssertionError("lines never flowed between the nodes")

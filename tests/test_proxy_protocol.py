@@ -15,7 +15,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -33,11 +32,14 @@ from fivetuple.apps import make_app
 from fivetuple.codecs import proxy_v1, proxy_v2
 from helpers import (
     CLIENT_TIMEOUT_S,
+    HAPROXY,
     CliServer,
     Recorders,
     closed,
     connect,
+    free_port,
     jump,
+    listening,
     needs_ipv6,
     on_loop,
     recv_exactly,
@@ -49,8 +51,6 @@ from helpers import (
     wait_for,
 )
 
-#: Debian puts it in /usr/sbin, which a user's PATH may leave out.
-HAPROXY = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin:/usr/local/sbin")
 #: Skipped where haproxy is missing, but not under CI, which installs it (.ci/run).
 needs_haproxy = pytest.mark.skipif(
     HAPROXY is None and not os.environ.get("CI"),
@@ -295,24 +295,6 @@ def test_what_cannot_work_is_one_line_and_exit_2(args: list[str], says: str) -> 
 
 
 # -- behind a real HAProxy -----------------------------------------------------------------
-
-
-def free_port(host: str) -> int:
-    """A TCP port nobody listens on at ``host`` now (for HAProxy's frontends)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
-def listening(port: int) -> bool:
-    """Whether something listens on TCP ``port`` (Linux /proc/net/tcp and tcp6)."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for row in Path(table).read_text().splitlines()[1:]:
-            fields = row.split()
-            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
-                return True
-    return False
 
 
 @contextlib.contextmanager

@@ -7,9 +7,8 @@ import re
 import shutil
 import signal
 import socket
-import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -18,56 +17,13 @@ from fivetuple.apps._backplane import (
     TTL_S,
     Backplane,
     BackplaneConfig,
-    check_reachable,
     parse_backplane_url,
 )
 from fivetuple.apps._resp import NEED_DATA, RespError, RespParser, encode_command
-from helpers import CliServer, run_cli, wait_for
+from helpers import ChatClient as Client
+from helpers import CliServer, Redis, flowing, free_port, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Redis:
-    """A throwaway redis-server on a free loopback port, no persistence."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.start()
-
-    def start(self) -> None:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1"]
-        self.proc = subprocess.Popen(
-            [*argv, "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        config = BackplaneConfig("127.0.0.1", self.port, "t")
-        wait_for(lambda: _answers(config), what="redis-server answering PING")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-    def url(self, prefix: str = "chat") -> str:
-        return f"redis://127.0.0.1:{self.port}/{prefix}"
-
-
-def _answers(config: BackplaneConfig) -> bool:
-    try:
-        check_reachable(config, timeout=1.0)
-    except OSError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -86,68 +42,6 @@ def nodes(redis: Redis) -> Iterator[tuple[CliServer, CliServer]]:
     args = ("chat", "--host", "127.0.0.1", "--port", "0", "--backplane", redis.url())
     with CliServer(*args) as one, CliServer(*args) as two:
         yield one, two
-
-
-class Client:
-    """A blocking chat client that keeps every line it reads."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buffer = b""
-        self.seen: list[str] = []
-        host, myport = self.sock.getsockname()[:2]
-        self.address = f"{host}:{myport}"
-        self.read_until(lambda line: line.startswith("* welcome"))
-        node_line = self.read_until(lambda line: line.startswith("* node "))[-1]
-        self.node = node_line.split()[2].rstrip(",")
-
-    def send(self, text: str) -> None:
-        self.sock.sendall(text.encode() + b"\n")
-
-    def readline(self, timeout: float = 10.0) -> str:
-        self.sock.settimeout(timeout)
-        while b"\n" not in self.buffer:
-            chunk = self.sock.recv(1 << 16)
-            assert chunk, f"EOF while waiting for a line (have {self.buffer!r})"
-            self.buffer += chunk
-        line, _, self.buffer = self.buffer.partition(b"\n")
-        text = line.decode()
-        self.seen.append(text)
-        return text
-
-    def read_until(self, done: Callable[[str], bool], timeout: float = 10.0) -> list[str]:
-        """Lines read up to and including the first for which ``done`` is true."""
-        lines: list[str] = []
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            assert left > 0, f"timed out; read {lines!r}"
-            lines.append(self.readline(left))
-            if done(lines[-1]):
-                return lines
-
-    def who(self) -> list[str]:
-        self.send("/who")
-        header = self.read_until(lambda line: bool(re.fullmatch(r"\* \d+ in \S+:", line)))[-1]
-        return [self.readline() for _ in range(int(header.split()[1]))]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def flowing(sender: Client, receiver: Client, timeout: float = 15.0) -> None:
-    """Wait until a line from ``sender`` reaches ``receiver`` (both nodes subscribed)."""
-    deadline = time.monotonic() + timeout
-    n = 0
-    while time.monotonic() < deadline:
-        n += 1
-        sender.send(f"probe-{n}")
-        try:
-            receiver.read_until(lambda line: "probe-" in line, timeout=0.5)
-            return
-        except (AssertionError, TimeoutError):
-            continue
-    raise AssertionError("lines never flowed between the nodes")
 
 
 def test_a_line_from_node_one_reaches_node_two_exactly_once(
