@@ -49,8 +49,10 @@ time.sleep(30)
 SCRIPTS = (
     "admin_attack.py",
     "admin_cost.py",
+    "cluster.py",
     "codec_bench.py",
     "echo_compare.py",
+    "impaired.py",
     "matrix.py",
     "reliable_bench.py",
     "reliable_listener_bench.py",
