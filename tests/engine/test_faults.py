@@ -409,8 +409,9 @@ def test_after_sigterm_nothing_more_is_taken_from_a_client_still_sending() -> No
     with CliServer("echo", "--port", "0") as cli, connect(cli.port or 0) as client:
         stderr = Stderr(cli)
         # The echo paused and the server's receive window closed: a client that
-        # cannot send for 0.3 s (the kernel must have stopped acknowledging).
-        stuff(client)
+        # cannot send for 1 s (the kernel must have stopped acknowledging; 0.3 s
+        # was not enough on a loaded machine, where the server was only late).
+        stuff(client, settle_s=1.0)
         taken_before = tcp_counters(client).bytes_out  # type: ignore[union-attr]
         cli.signal(signal.SIGTERM)
         replies = 0

@@ -517,7 +517,9 @@ def test_pump_by_hand_still_puts_datagrams_on_the_wire_at_once(loop: Loop) -> No
         assert row.datagrams_out == before + 1
         client.send(b"queued too")
         loop.run_once(0)  # the scheduled pump runs at the end of the iteration
-        assert row.datagrams_out == before + 2
+        # It sent "queued too"; the same iteration may also answer the server's
+        # acknowledgement of "queued" when a loaded machine delivers it by then.
+        assert row.datagrams_out >= before + 2
     finally:
         client.abort()
         server.close()
