@@ -1279,6 +1279,51 @@ def _print_status_every(observed: Any, seconds: float) -> None:
     loop.call_later(seconds, tick)
 
 
+def _tls_client_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of a TLS client (``client tls://`` and ``bench ... tls://``)."""
+    options = [
+        click.option(
+            "--insecure",
+            is_flag=True,
+            help="tls://: accept any certificate for any name (trying things out only).",
+        ),
+        click.option(
+            "--ca",
+            metavar="FILE",
+            default=None,
+            help="tls://: trust the CAs in FILE (PEM) instead of the system's.",
+        ),
+        click.option(
+            "--cert",
+            metavar="FILE",
+            default=None,
+            help="tls://: present this client certificate (PEM) to a server that asks (mutual TLS).",
+        ),
+        click.option(
+            "--key",
+            metavar="FILE",
+            default=None,
+            help="tls://: the private key of --cert [default: the one in the --cert file].",
+        ),
+        click.option(
+            "--sni",
+            metavar="NAME",
+            default=None,
+            help="tls://: ask for NAME (SNI) and check the certificate against it [default: the "
+            "target's host if it is a name; for an address no SNI, and the address is checked].",
+        ),
+        click.option(
+            "--alpn",
+            metavar="PROTO",
+            multiple=True,
+            help="tls://: offer PROTO in ALPN; repeatable, most preferred first.",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @cli.command()
 @click.argument("target")
 @click.option(
@@ -1304,42 +1349,7 @@ def _print_status_every(observed: Any, seconds: float) -> None:
     "long to wait for the missing replies once stdin ends [default: 2]. rudp:// lines: how "
     "long to wait for the server to close once stdin ends [default: as long as it is up].",
 )
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="tls://: accept any certificate for any name (trying things out only).",
-)
-@click.option(
-    "--ca",
-    metavar="FILE",
-    default=None,
-    help="tls://: trust the CAs in FILE (PEM) instead of the system's.",
-)
-@click.option(
-    "--cert",
-    metavar="FILE",
-    default=None,
-    help="tls://: present this client certificate (PEM) to a server that asks (mutual TLS).",
-)
-@click.option(
-    "--key",
-    metavar="FILE",
-    default=None,
-    help="tls://: the private key of --cert [default: the one in the --cert file].",
-)
-@click.option(
-    "--sni",
-    metavar="NAME",
-    default=None,
-    help="tls://: ask for NAME (SNI) and check the certificate against it [default: the "
-    "target's host if it is a name; for an address no SNI, and the address is checked].",
-)
-@click.option(
-    "--alpn",
-    metavar="PROTO",
-    multiple=True,
-    help="tls://: offer PROTO in ALPN; repeatable, most preferred first.",
-)
+@_tls_client_options
 def client(
     target: str,
     codec: str,
@@ -1466,37 +1476,7 @@ def client(
     metavar="S",
     help="The seed of the --sample pick [default: random, printed on stderr].",
 )
-@click.option(
-    "--insecure",
-    is_flag=True,
-    help="tls://: accept any server certificate for any name (trying things out only).",
-)
-@click.option(
-    "--ca", type=click.Path(), default=None, metavar="FILE", help="tls://: trust these CAs (PEM)."
-)
-@click.option(
-    "--cert",
-    type=click.Path(),
-    default=None,
-    metavar="FILE",
-    help="tls://: client certificate (PEM) for mutual TLS; with --key.",
-)
-@click.option(
-    "--key", type=click.Path(), default=None, metavar="FILE", help="tls://: its private key (PEM)."
-)
-@click.option(
-    "--sni",
-    default=None,
-    metavar="NAME",
-    help="tls://: the server name to ask for and check the certificate against "
-    "[default: the target's host].",
-)
-@click.option(
-    "--alpn",
-    multiple=True,
-    metavar="PROTO",
-    help="tls://: offer this protocol for ALPN (repeatable, most preferred first).",
-)
+@_tls_client_options
 @click.option(
     "--tls-resume",
     is_flag=True,
