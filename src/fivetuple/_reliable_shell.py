@@ -106,6 +106,7 @@ from ._log import EVENTS, event
 from ._loop import Loop
 from ._protocol import DatagramProtocol
 from ._protocol import Protocol as StreamProtocol
+from ._server import run_with_signals
 from ._stats import ConnectionStats, ListenerStats, ServerStats
 from ._timers import Timer
 from ._transport import CLOSED, CLOSING, LOCAL_EOF, OPEN, REMOTE_EOF, Transport
@@ -1390,18 +1391,9 @@ class ReliableStreamServer:
         """
         if self.shell is None:
             self.start()
-        installed = []
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
         try:
-            if ready is not None:
-                ready()
-            self.loop.run()
+            run_with_signals(self.loop, self._on_signal, handle_signals, ready)
         finally:
-            for sig in installed:
-                self.loop.remove_signal_handler(sig)
             self._close()
         return self.exit_code
 

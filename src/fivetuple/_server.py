@@ -91,6 +91,32 @@ class _BorrowedListener(Listener):
             self.family = family
 
 
+def run_with_signals(
+    loop: Loop,
+    on_signal: Callable[[int], None],
+    handle_signals: bool,
+    ready: Callable[[], None] | None,
+) -> None:
+    """Run ``loop`` until it stops, SIGINT and SIGTERM going to ``on_signal(sig)``.
+
+    The servers' ``serve_forever``: the handlers (main thread only, when
+    ``handle_signals``) are in place before ``ready`` is called, so a signal sent
+    as soon as the banner is read is handled; they are removed when the loop stops.
+    """
+    installed = []
+    if handle_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+    try:
+        if ready is not None:
+            ready()
+        loop.run()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
 class Server:
     """Serve a protocol on one port (and/or one Unix socket) from one thread.
 
@@ -193,7 +219,6 @@ class Server:
         self._shutting_down = False
         self._draining = False
         self._grace_timer: Timer | None = None
-        self._signals_installed = False
         #: Process exit status serve_forever() returns: 0 after a graceful stop.
         self.exit_code = 0
         self._limit_max_conns_to_backend()
@@ -314,19 +339,9 @@ class Server:
         """
         if not self._started:
             self.start()
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self._on_signal, sig)
-            self._signals_installed = True
         try:
-            if ready is not None:
-                ready()
-            self.loop.run()
+            run_with_signals(self.loop, self._on_signal, handle_signals, ready)
         finally:
-            if self._signals_installed:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    self.loop.remove_signal_handler(sig)
-                self._signals_installed = False
             self._close_listeners()
             self._bytes.close()
             if self._own_loop:
@@ -737,18 +752,9 @@ class DatagramServer:
         if self.exit_code:
             self._close()
             return self.exit_code
-        installed = []
-        if handle_signals:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.loop.add_signal_handler(sig, self._on_signal, sig)
-                installed.append(sig)
         try:
-            if ready is not None:
-                ready()
-            self.loop.run()
+            run_with_signals(self.loop, self._on_signal, handle_signals, ready)
         finally:
-            for sig in installed:
-                self.loop.remove_signal_handler(sig)
             self._close()
         return self.exit_code
 
