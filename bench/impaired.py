@@ -447,8 +447,12 @@ def reliable_send(args: argparse.Namespace) -> dict[str, Any]:
         elif isinstance(event, MessageReceived):
             answer.append(event.message)
 
+    trace: list[list[Any]] | None = [] if os.environ.get(TRACE_ENV) else None
+
     def top_up() -> None:
         sent = client.statistics().payload_bytes_sent
+        if trace is not None:
+            trace.append(trace_sample(client.connection, clock))
         while written[0] < args.bytes and written[0] - sent < LOW_WATER_BYTES:
             size = min(MESSAGE_BYTES, args.bytes - written[0])
             client.send(message[:size])
@@ -465,6 +469,8 @@ def reliable_send(args: argparse.Namespace) -> dict[str, Any]:
     client.abort()
     run_until(loop, lambda: client.closed, 1.0)
     loop.close()
+    if trace is not None:
+        Path(os.environ[TRACE_ENV]).write_text(json.dumps(trace))
     return clock.report(
         resent_bytes=stats.retransmitted_bytes,
         first_bytes=stats.payload_bytes_sent,
@@ -472,6 +478,35 @@ def reliable_send(args: argparse.Namespace) -> dict[str, Any]:
         smoothed_rtt_ms=stats.smoothed_rtt_s * 1e3,
         ended=client.ended.reason if client.ended is not None else None,
     )
+
+
+#: A file the reliable sender writes its congestion controller's time series to
+#: (``--trace DIR`` sets it per run): how to see what a phase did on the real path.
+TRACE_ENV = "FIVETUPLE_IMPAIRED_TRACE"
+TRACE_FIELDS = (
+    "t_s", "phase", "pacing_gain", "btl_bw_mbps", "cwnd", "in_flight",
+    "latest_rtt_ms", "min_rtt_ms", "packets_lost", "retransmitted", "pto_events",
+)  # fmt: skip
+
+
+def trace_sample(connection: Any, clock: Clock) -> list[Any]:
+    """One row of ``TRACE_FIELDS`` for the sender's trace."""
+    stats = connection.statistics()
+    cc = stats.congestion
+    started = clock.started_at or time.monotonic()
+    return [
+        round(time.monotonic() - started, 4),
+        cc.get("phase"),
+        cc.get("pacing_gain"),
+        round(float(cc.get("btl_bw_bps", 0.0)) / 1e6, 3),
+        cc.get("cwnd"),
+        connection._loss.bytes_in_flight,
+        round(connection._loss.rtt.latest_rtt * 1e3, 2),
+        round(stats.min_rtt_s * 1e3, 2),
+        stats.packets_lost,
+        stats.retransmitted_bytes,
+        stats.pto_events,
+    ]
 
 
 def reliable_echo(args: argparse.Namespace) -> None:
@@ -1068,8 +1103,18 @@ def bbr_available() -> bool:
         return False
 
 
-def goodput_protocols(skipped: dict[str, str]) -> list[tuple[str, str, str | None]]:
-    """(row name, peer protocol, TCP congestion control) of part 2, in table order."""
+#: Part 2's rows, in table order (``--protocols`` picks some).
+GOODPUT_ROWS = ("tcp-cubic", "tcp-bbr", "reliable", "kcp", "quic")
+
+
+def goodput_protocols(
+    skipped: dict[str, str], wanted: Sequence[str] = GOODPUT_ROWS
+) -> list[tuple[str, str, str | None]]:
+    """(row name, peer protocol, TCP congestion control) of part 2, in table order.
+
+    Only the rows in ``wanted`` (``--protocols``), so a change to one protocol
+    can be measured next to one other in a few minutes instead of fifteen.
+    """
     rows: list[tuple[str, str, str | None]] = [("tcp-cubic", "tcp", "cubic")]
     if bbr_available():
         rows.append(("tcp-bbr", "tcp", "bbr"))
@@ -1080,7 +1125,7 @@ def goodput_protocols(skipped: dict[str, str]) -> list[tuple[str, str, str | Non
         rows.append(("kcp", "kcp", None))
     if "quic" not in skipped:
         rows.append(("quic", "quic", None))
-    return rows
+    return [row for row in rows if row[0] in wanted]
 
 
 def settings(args: argparse.Namespace) -> list[tuple[str, float, tuple[float, float] | None]]:
@@ -1133,7 +1178,7 @@ def run_goodput(
     runs = []
     sizes = {"size": args.bytes, "limit": args.limit, "tls_files": tls_files}
     for label, loss, burst in settings(args):
-        for row, protocol, cc in goodput_protocols(skipped):
+        for row, protocol, cc in goodput_protocols(skipped, args.protocols):
             name = f"gp{os.getpid()}"
             started = time.monotonic()
             try:
@@ -1147,7 +1192,12 @@ def run_goodput(
                     seed=args.seed,
                     lifetime_s=PEER_READY_S + WAIT_S + args.limit + LINGER_S + 2 * RESULT_SLACK_S,
                 ) as link:
+                    if args.trace is not None and protocol == "reliable":
+                        args.trace.mkdir(parents=True, exist_ok=True)
+                        trace = args.trace / f"reliable-{label}-{time.time():.0f}.json"
+                        os.environ[TRACE_ENV] = str(trace.resolve())
                     result = transfer(protocol, link=link, host=SERVER_HOST, cc=cc, **sizes)
+                    os.environ.pop(TRACE_ENV, None)
                 # The data goes b->a, the acknowledgements a->b.
                 data, acks = link.counts("b->a"), link.counts("a->b")
                 result["link"] = {"summary": link.summary, "data": data, "acks": acks}
@@ -1451,6 +1501,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="random loss rates of part 2, %% (0 1 2 5 10)",
     )
     parser.add_argument("--no-burst", action="store_true", help="skip part 2's burst setting")
+    parser.add_argument(
+        "--protocols",
+        nargs="+",
+        choices=GOODPUT_ROWS,
+        default=list(GOODPUT_ROWS),
+        help="part 2's rows (default: all)",
+    )
     parser.add_argument("--bytes", type=int, default=None, help="part 2's transfer (20,000,000)")
     parser.add_argument(
         "--limit", type=float, default=None, help="part 2's time limit per transfer, s (35)"
@@ -1461,6 +1518,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--loopback-runs", type=int, default=None, help="part 3's runs of each (3)")
     parser.add_argument("--count", type=int, default=None, help="part 1's connections (20)")
     parser.add_argument("--seed", type=int, default=1, help="the links' seed (1)")
+    parser.add_argument(
+        "--trace",
+        type=Path,
+        metavar="DIR",
+        help="fivetuple.reliable senders write their congestion controller's time series here",
+    )
     parser.add_argument("--json", type=Path, help="also write every run's numbers here")
     parser.add_argument(
         "--write",
