@@ -147,7 +147,7 @@ def haproxy_config(port: int, backends: list[int]) -> str:
 
 
 @contextlib.contextmanager
-def cluster(pin: bool, workdir: Path) -> Iterator[tuple[int, int]]:
+def cluster(pin: bool, workdir: Path, write_delay_ms: float = 0.0) -> Iterator[tuple[int, int]]:
     """Redis, three nodes and HAProxy, and a fourth node without ``--proxy-protocol``
     for the one-node ceiling; yields (HAProxy's port, the fourth node's port)."""
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path=SBIN)
@@ -159,8 +159,9 @@ def cluster(pin: bool, workdir: Path) -> Iterator[tuple[int, int]]:
     redis_argv += ["--save", "", "--appendonly", "no"]
     url = f"redis://127.0.0.1:{redis_port}/chat"
     node_argv = fivetuple_argv(
-        "serve", "chat", "--host", "127.0.0.1", "--port", "0", "--proxy-protocol"
-    )
+        "serve", "chat", "--host", "127.0.0.1", "--port", "0", "--write-delay",
+        f"{write_delay_ms:g}", "--proxy-protocol",
+    )  # fmt: skip
     with contextlib.ExitStack() as stack:
         stack.enter_context(
             process(pinned(SERVER_CPU, redis_argv, pin), redis_port, "redis-server", b"PING\r\n")

@@ -376,6 +376,15 @@ def cli() -> None:
     "with a TTL); keys and channels start with PREFIX. docs/cluster.md.",
 )
 @click.option(
+    "--write-delay",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="MS",
+    help="chat only: hold each member's output this long to send it with more lines in one "
+    "write (fewer system calls per delivery; 0: coalesce within one loop iteration).",
+)
+@click.option(
     "--workers",
     type=WorkerCount(),
     default="1",
@@ -458,6 +467,7 @@ def serve(
     proxy_trusted: tuple[str, ...],
     proxy_timeout: float,
     backplane: Any,
+    write_delay: float,
     workers: int,
     balance: str | None,
     admin_addr: str | None,
@@ -490,6 +500,8 @@ def serve(
     _refuse_what_proxy_cannot_do(ctx)
     if backplane is not None and (app != "chat" or reliable or udp or model is not None):
         raise click.UsageError("--backplane: serve chat over TCP only; leave it out")
+    if write_delay and (app != "chat" or reliable or udp or model is not None):
+        raise click.UsageError("--write-delay: serve chat over TCP only; leave it out")
     if reliable:
         _refuse_what_reliable_cannot_do(ctx, workers)
         configure_logging(1 if verbose else -1 if quiet else 0, as_json=log_json)
@@ -541,6 +553,7 @@ def serve(
             proxy=ProxyPolicy(proxy_trusted or DEFAULT_TRUSTED, header_timeout=proxy_timeout)
             if proxy_protocol else None,
             backplane=backplane,
+            write_delay_s=write_delay / 1000,
         )  # fmt: skip
     finally:
         if tls is not None:
@@ -567,6 +580,7 @@ def _serve_tcp(
     options: dict[str, Any],
     proxy: ProxyPolicy | None = None,
     backplane: Any = None,
+    write_delay_s: float = 0.0,
 ) -> int:
     """serve over TCP or a Unix socket, with or without TLS; returns the exit status."""
 
@@ -575,7 +589,7 @@ def _serve_tcp(
         # SIGHUP reload starts) reads the certificate files anew: renewed
         # certificates are served from the next reload on.
         return Server(
-            _app_factory(app, codec, proxy, backplane),
+            _app_factory(app, codec, proxy, backplane, write_delay_s),
             host if host is not None else DEFAULT_HOST,
             port if port is not None else DEFAULT_PORT,
             unix=unix_path,
@@ -647,14 +661,18 @@ def _serve_tcp(
 
 
 def _app_factory(
-    app: str, codec: str, proxy: ProxyPolicy | None, backplane: Any = None
+    app: str,
+    codec: str,
+    proxy: ProxyPolicy | None,
+    backplane: Any = None,
+    write_delay_s: float = 0.0,
 ) -> Callable[[], Any]:
     """The app's protocol factory; behind ``proxied`` with --proxy-protocol."""
     factory = make_app(app, None if codec == "raw" else codec)
-    if backplane is not None:  # chat's room, joined to the others through Redis
+    if backplane is not None or write_delay_s:  # chat's room, maybe joined through Redis
         from .apps.chat import ChatRoom
 
-        factory = ChatRoom(backplane=backplane).protocol
+        factory = ChatRoom(backplane=backplane, write_delay_s=write_delay_s).protocol
     return factory if proxy is None else proxied(factory, proxy)
 
 

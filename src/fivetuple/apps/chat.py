@@ -52,6 +52,19 @@ budget counts it (``set_input_buffer_size``). A line's fan-out is known only onc
 bucket may go below zero: the debt is waited out like any other shortfall.
 Each hold-back is counted, per member and for the room (``statistics()``).
 
+*Coalesced writes* (issue 18). A line to a room of N costs N writes, and on
+a loaded node or behind a balancer each write is a system call in the node,
+two in the balancer and one in the reader, most of the cost of a delivery.
+So nothing a member is sent goes out at once: ``send_bytes`` appends it to
+the member's pending lines, and the room writes each member's pending lines
+in one ``write`` when its flush runs: at the end of the loop iteration
+(``write_delay_s`` 0, the default: what one read of the backplane or of the
+members brought is written together, and nothing waits) or ``write_delay_s``
+later (Centrifugo's ``write_delay``: a few ms of latency buys several lines
+per write). A member's lines keep their order, and a member whose
+connection ends (``/quit``, a line too long, the end of its input) is
+flushed first.
+
 *Terminal escapes* (issue 11). Everything a member makes others see passes
 through ``visible()`` first, which shows control characters the way
 ``cat -v`` does: C0 controls (all but TAB) as ``^@`` to ``^_`` (ESC is
@@ -77,6 +90,7 @@ from .._transport import Transport
 from ._backplane import Backplane, BackplaneConfig
 
 if TYPE_CHECKING:
+    from .._loop import Loop
     from .._timers import Timer
 
 logger = logging.getLogger("fivetuple.chat")
@@ -236,6 +250,9 @@ class ChatStats:
     throttled: int
     #: Times any member was held back since the room opened.
     throttles: int
+    #: Writes of members' output since the room opened, and the lines they carried.
+    writes: int = 0
+    lines_written: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +273,11 @@ class ChatRoom:
             ``slow-reader``.
         limits: each member's allowance (see the module docstring).
         backplane: join other chat processes through this Redis (issue 18).
+        write_delay_s: how long a member's output waits to be coalesced with
+            more; 0: until the end of the loop iteration (module docstring).
+
+    Raises:
+        ValueError: a negative ``write_delay_s``.
     """
 
     def __init__(
@@ -263,8 +285,17 @@ class ChatRoom:
         max_queue_bytes: int = MAX_QUEUE_BYTES,
         limits: ChatLimits | None = None,
         backplane: BackplaneConfig | None = None,
+        write_delay_s: float = 0.0,
     ) -> None:
+        if not write_delay_s >= 0.0:
+            raise ValueError(f"write_delay_s must be 0 or more, not {write_delay_s}")
         self.max_queue_bytes = max_queue_bytes
+        self.write_delay_s = write_delay_s
+        #: Members with output pending, in the order they got it; the flush is scheduled.
+        self._unflushed: list[ChatMember] = []
+        #: Writes made (one per member per flush) and lines they carried: the coalescing.
+        self.writes = 0
+        self.lines_written = 0
         self.limits = limits if limits is not None else ChatLimits()
         self.members: dict[ChatMember, None] = {}  # ordered by arrival
         self.throttled = 0
@@ -311,8 +342,26 @@ class ChatRoom:
         for member in list(self.members):
             member.send_bytes(data)
 
+    def pending(self, member: ChatMember, loop: Loop) -> None:
+        """``member`` has output waiting: make sure a flush will write it."""
+        unflushed = self._unflushed
+        if not unflushed:
+            if self.write_delay_s:
+                loop.call_later(self.write_delay_s, self.flush)
+            else:
+                loop.call_soon(self.flush)
+        unflushed.append(member)
+
+    def flush(self) -> None:
+        """Write every member's pending output, one write each."""
+        unflushed, self._unflushed = self._unflushed, []
+        for member in unflushed:
+            member.flush()
+
     def statistics(self) -> ChatStats:
-        return ChatStats(len(self.members), self.throttled, self.throttles)
+        return ChatStats(
+            len(self.members), self.throttled, self.throttles, self.writes, self.lines_written
+        )
 
 
 class ChatMember(Protocol):
@@ -320,6 +369,7 @@ class ChatMember(Protocol):
 
     __slots__ = (
         "_input",
+        "_pending",
         "_wake",
         "address",
         "allowance",
@@ -338,6 +388,7 @@ class ChatMember(Protocol):
         self.throttles = 0
         self._input = b""  # read and not yet handled: a partial line, or lines held back
         self._wake: Timer | None = None  # set while held back
+        self._pending: list[bytes] = []  # output not yet written (see "Coalesced writes")
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -387,6 +438,11 @@ class ChatMember(Protocol):
         if pending > MAX_LINE_BYTES and not self.transport.is_closing():
             self._too_long()
 
+    def eof_received(self) -> bool | None:
+        """The member is done sending: what it is owed goes out before the close."""
+        self.flush()
+        return None
+
     def _hold_back(self) -> None:
         """Over the allowance: read nothing more until it has refilled."""
         self.transport.pause_reading()
@@ -406,6 +462,7 @@ class ChatMember(Protocol):
 
     def _too_long(self) -> None:
         self.send(f"* line too long (more than {MAX_LINE_BYTES} bytes); goodbye")
+        self.flush()
         self.transport.close("protocol-error")
 
     def _line(self, text: str) -> None:
@@ -497,6 +554,7 @@ class ChatMember(Protocol):
 
     def _quit(self, _: str) -> None:
         self.send("* bye")
+        self.flush()
         self.transport.close()
 
     def _say(self, line: str, *, echo: bool = False) -> None:
@@ -513,11 +571,27 @@ class ChatMember(Protocol):
         self.send_bytes(data)
 
     def send_bytes(self, data: bytes) -> None:
+        """Queue ``data`` for this member: written at the room's next flush."""
+        pending = self._pending
+        if not pending:
+            if self.transport.is_closing():
+                return
+            self.room.pending(self, self.transport.loop)
+        pending.append(data)
+
+    def flush(self) -> None:
+        """Write what is pending in one write; drop a member that does not read."""
+        pending = self._pending
         transport = self.transport
-        if transport.is_closing():
+        if not pending or transport.is_closing():
+            pending.clear()
             return
-        transport.write(data)
-        if transport.get_write_buffer_size() > self.room.max_queue_bytes:
+        self._pending = []
+        room = self.room
+        room.writes += 1
+        room.lines_written += len(pending)
+        transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
+        if transport.get_write_buffer_size() > room.max_queue_bytes:
             logger.warning(
                 "disconnecting %s: %d bytes queued and not read (cap %d)",
                 self.address,
