@@ -10,16 +10,21 @@ available. Then ``fivetuple bench chat`` runs through HAProxy:
 
 - ``members``: 1,000 members publishing 50 lines/s in total (0.05 lines/s
   each, for ``--duration``), every line checked at every other member: p99
-  fan-out latency, missing, duplicated, reordered.
+  fan-out latency, missing, duplicated, reordered. Once for each of the
+  nodes' ``--write-delay`` settings in ``WRITE_DELAYS_MS`` (0: a member's
+  lines are coalesced within one loop iteration only).
 - ``ceiling``: the throughput ceiling, raised a step at a time (a few seconds
   each) until p99 fan-out latency passes 100 ms or a delivery is lost,
   duplicated or reordered: once straight at one node, once through HAProxy to
-  all three. Throughput is deliveries per second (a line to each member).
+  all three (with ``CEILING_WRITE_DELAY_MS``). Throughput is deliveries per
+  second (a line to each member).
 
 Everything it starts, it stops (also on Ctrl-C or a failure). ``--quick`` is a
-one-minute version; ``--write FILE`` puts the tables in FILE's marked block.
+one-minute version; ``--write FILE`` puts the tables in FILE's marked block
+and a chart of the ceilings (p99 latency against deliveries/s) beside FILE,
+as ``CHART`` (with matplotlib).
 
-usage: python bench/cluster.py [--quick] [--write docs/cluster.md]
+usage: python bench/cluster.py [--quick] [--write docs/benchmarks.md]
 """
 
 from __future__ import annotations
@@ -61,8 +66,12 @@ LATENCY_LIMIT_MS = 100.0
 #: Lines/s each member says in the ceiling steps (chat allows 5), and the members per
 #: step: deliveries/s grow with the square of the members.
 CEILING_RATE = 4.0
-CEILING_MEMBERS = (40, 60, 80, 100, 130, 160)
+CEILING_MEMBERS = (40, 60, 80, 100, 130, 160, 200, 250, 320, 400, 500)
 QUICK_CEILING_MEMBERS = (60, 90, 120)
+#: The nodes' --write-delay (ms) in the 1,000-member runs, and in the ceiling runs.
+WRITE_DELAYS_MS = (0.0, 20.0)
+CEILING_WRITE_DELAY_MS = 20.0
+CHART = "cluster-ceiling.png"
 #: Fewer members to try, at the same 50 lines/s in total, when the first run breaks.
 FALLBACK_MEMBERS = (500, 250)
 QUICK_FALLBACK_MEMBERS = (300,)
@@ -256,6 +265,42 @@ def ceiling_of(steps: list[dict[str, Any]]) -> str:
     return best if len(good) < len(steps) else f"at least {best} (no step broke)"
 
 
+def write_chart(one: list[dict[str, Any]], three: list[dict[str, Any]], path: Path) -> bool:
+    """p99 fan-out latency against deliveries/s, a line per setup; False without matplotlib."""
+    try:
+        import matplotlib
+    except ImportError:
+        note("matplotlib is not installed: no chart")
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for steps, label in ((one, "1 node, direct"), (three, "3 nodes via HAProxy")):
+        xs = [s["deliveries_per_s"] for s in steps]
+        ys = [s["latency_ms"]["p99"] for s in steps]
+        ax.plot(xs, ys, marker="o", label=label)
+        for s, x, y in zip(steps, xs, ys, strict=True):
+            ax.annotate(
+                str(s["members"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    ax.axhline(LATENCY_LIMIT_MS, color="grey", linestyle="--", linewidth=0.8, label="100 ms")
+    ax.set_xlabel("deliveries per second (a line to each member)")
+    ax.set_ylabel("p99 fan-out latency, ms (log)")
+    ax.set_yscale("log")
+    ax.set_title(
+        f"Chat throughput ceiling ({CEILING_RATE:g} lines/s per member; labels: members; "
+        f"--write-delay {CEILING_WRITE_DELAY_MS:g})",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python bench/cluster.py",
@@ -272,23 +317,32 @@ def main(argv: list[str]) -> int:
     sizes = QUICK_CEILING_MEMBERS if args.quick else CEILING_MEMBERS
     fallback = QUICK_FALLBACK_MEMBERS if args.quick else FALLBACK_MEMBERS
     started = time.monotonic()
+    runs: list[tuple[float, dict[str, Any]]] = []
+    one: list[dict[str, Any]] = []
+    three: list[dict[str, Any]] = []
     try:
-        with (
-            tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
-            cluster(pin, Path(tmp)) as (front, single),
-        ):
-            through = f"tcp://127.0.0.1:{front}"
-            note(f"{args.members} members, 50 lines/s in total, {duration:g} s, via HAProxy")
-            runs = [bench(through, args.members, 50 / args.members, duration, pin)]
-            for n in fallback:
-                if not broken(runs[-1]) or n >= args.members:
-                    break
-                note(f"{n} members, 50 lines/s in total, {duration:g} s, via HAProxy")
-                runs.append(bench(through, n, 50 / n, duration, pin))
-            note("ceiling of one node")
-            one = ceiling(f"tcp://127.0.0.1:{single}", sizes, step_s, pin)
-            note("ceiling of three nodes through HAProxy")
-            three = ceiling(through, sizes, step_s, pin)
+        for delay in WRITE_DELAYS_MS:
+            with (
+                tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp,
+                cluster(pin, Path(tmp), delay) as (front, single),
+            ):
+                through = f"tcp://127.0.0.1:{front}"
+                note(
+                    f"{args.members} members, 50 lines/s in total, {duration:g} s, via HAProxy, "
+                    f"--write-delay {delay:g}"
+                )
+                runs.append((delay, bench(through, args.members, 50 / args.members, duration, pin)))
+                for n in fallback:
+                    if not broken(runs[-1][1]) or n >= args.members:
+                        break
+                    note(f"{n} members, 50 lines/s in total, {duration:g} s, via HAProxy")
+                    runs.append((delay, bench(through, n, 50 / n, duration, pin)))
+                if delay != CEILING_WRITE_DELAY_MS:
+                    continue
+                note("ceiling of one node")
+                one = ceiling(f"tcp://127.0.0.1:{single}", sizes, step_s, pin)
+                note("ceiling of three nodes through HAProxy")
+                three = ceiling(through, sizes, step_s, pin)
     except BenchFailure as exc:
         print(f"cluster: {exc}", file=sys.stderr)
         return 2
@@ -301,13 +355,14 @@ def main(argv: list[str]) -> int:
             f"passes {LATENCY_LIMIT_MS:g} ms or a delivery is missing, duplicated or reordered.",
             "",
             f"Members through HAProxy to three nodes, 50 lines/s in total for {duration:g} s "
-            "(fewer members tried when a run breaks):",
+            "(fewer members tried when a run breaks), by the nodes' `--write-delay`:",
             "",
             HEADER,
-            *(row("3 nodes via HAProxy", r) for r in runs),
+            *(row(f"3 nodes via HAProxy, write delay {d:g} ms", r) for d, r in runs),
             "",
             f"Throughput ceiling, {CEILING_RATE:g} lines/s per member, more members each "
-            f"step, {step_s:g} s a step (one node: a fourth node, no PROXY header):",
+            f"step, {step_s:g} s a step, write delay {CEILING_WRITE_DELAY_MS:g} ms (one node: "
+            "a fourth node, no PROXY header):",
             "",
             HEADER,
             *(row("1 node, direct", s) for s in one),
@@ -317,9 +372,16 @@ def main(argv: list[str]) -> int:
             f"- ceiling of three nodes through HAProxy: {ceiling_of(three)}",
         ]
     )
+    if args.write and write_chart(one, three, args.write.parent / CHART):
+        body += f"\n\n![chat throughput ceiling]({CHART})"
     print(body)
     if args.write:
-        write_marked_block(args.write, BLOCK, body, heading="## Measured: `bench/cluster.py`")
+        write_marked_block(
+            args.write,
+            BLOCK,
+            body,
+            heading="## Past one machine: chat nodes behind HAProxy, joined by Redis (issue 18)",
+        )
     return 0
 
 

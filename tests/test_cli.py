@@ -104,6 +104,8 @@ def test_version_names_installed_version() -> None:
         (["serve", "--port", "abc"], "abc"),
         (["serve", "--backend", "nosuchpoller"], "nosuchpoller"),
         (["serve", "--backlog", "-1"], "-1"),
+        (["serve", "echo", "--write-delay", "10"], "--write-delay"),
+        (["serve", "chat", "--write-delay", "-1"], "-1"),
         (["serve", "--unix", "{sock}", "--port", "7000"], "--unix"),
         (["serve", "--unix", "{sock}", "--host", "127.0.0.1"], "--unix"),
         (["serve", "--unix", "{sock}", "--port", "0"], "--unix"),

@@ -706,3 +706,58 @@ def test_replies_echo_nothing_raw(server: Server, sent: str, reply: str) -> None
     alice.sock.sendall(sent.encode() + b"\n")
     assert alice.readline() == reply
     assert bob.lines_before_who() == []
+
+
+# -- coalesced writes (issue 18) -------------------------------------------------
+
+
+def test_lines_read_together_go_out_in_one_write_in_order() -> None:
+    room = ChatRoom(limits=UNLIMITED)
+    with running_server(room.protocol) as srv:
+        alice, bob = join(srv), join(srv)
+        assert alice.readline() == f"* {bob.address} joined"
+        before = on_loop(srv, room.statistics)
+        # One segment, so one read: the room answers it with one write per member.
+        alice.sock.sendall(b"one\ntwo\nthree\n/nick alice\n/who\n")
+        assert [bob.readline() for _ in range(4)] == [
+            f"<{alice.address}> one",
+            f"<{alice.address}> two",
+            f"<{alice.address}> three",
+            f"* {alice.address} is now alice",
+        ]
+        # Alice's own: the nick notice (a broadcast) before the /who answer (hers alone).
+        assert alice.readline() == f"* {alice.address} is now alice"
+        assert alice.readline() == "* 2 connected:"
+        after = on_loop(srv, room.statistics)
+        lines = after.lines_written - before.lines_written
+        writes = after.writes - before.writes
+        assert lines == 4 + 2  # bob: 4 lines; alice: the notice and the listing (one item)
+        assert writes < lines, (writes, lines)
+
+
+def test_write_delay_holds_a_members_output_then_sends_it() -> None:
+    room = ChatRoom(limits=UNLIMITED, write_delay_s=1.0)
+    with running_server(room.protocol) as srv:
+        alice = join(srv)
+        bob = join(srv)
+        assert alice.readline() == f"* {bob.address} joined"
+        alice.send("held")
+        bob.sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            bob.sock.recv(1 << 16)  # still held: sent a second after it was read
+        bob.sock.settimeout(10)
+        assert bob.readline() == f"<{alice.address}> held"
+
+
+def test_what_a_member_is_owed_goes_out_before_its_eof_closes_it() -> None:
+    with running_server(ChatRoom(write_delay_s=5.0).protocol) as srv:
+        alice = join(srv)
+        alice.send("/who")
+        alice.sock.shutdown(socket.SHUT_WR)
+        rest = alice.expect_eof().decode()
+        assert rest == f"* 1 connected:\n*   {alice.address} (you)\n", rest
+
+
+def test_a_negative_write_delay_is_refused() -> None:
+    with pytest.raises(ValueError, match="write_delay_s"):
+        ChatRoom(write_delay_s=-0.1)
