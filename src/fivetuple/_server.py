@@ -77,6 +77,33 @@ def _bad(param: str, requirement: str) -> SetupError:
     return SetupError("{" + param + "} " + requirement, params=(param,))
 
 
+def check_server_parameters(
+    backlog: int,
+    max_conns: int | None,
+    idle_timeout: float | None,
+    grace: float,
+    sndbuf: int | None,
+    rcvbuf: int | None,
+) -> None:
+    """The checks every server of accepted connections shares (``Server`` and the
+    blocking models of ``fivetuple.models``).
+
+    Raises:
+        SetupError: a parameter out of range, named.
+    """
+    if backlog < 0:
+        raise _bad("backlog", f"must be 0 or more, not {backlog}")
+    if max_conns is not None and max_conns < 1:
+        raise _bad("max_conns", f"must be at least 1, not {max_conns}")
+    if idle_timeout is not None and idle_timeout <= 0:
+        raise _bad("idle_timeout", f"must be more than 0 seconds, not {idle_timeout}")
+    if grace < 0:
+        raise _bad("grace", f"must be 0 seconds or more, not {grace}")
+    for name, size in (("sndbuf", sndbuf), ("rcvbuf", rcvbuf)):
+        if size is not None and size < 1:
+            raise _bad(name, f"must be at least 1 byte, not {size}")
+
+
 class _BorrowedListener(Listener):
     """A listener on a socket that another process bound (a worker's, from its
     supervisor): closing it closes this process's descriptor and leaves a Unix
@@ -167,21 +194,11 @@ class Server:
         tls_handshake_timeout: float = HANDSHAKE_TIMEOUT_S,
         loop: Loop | None = None,
     ) -> None:
-        if backlog < 0:
-            raise _bad("backlog", f"must be 0 or more, not {backlog}")
-        if max_conns is not None and max_conns < 1:
-            raise _bad("max_conns", f"must be at least 1, not {max_conns}")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise _bad("idle_timeout", f"must be more than 0 seconds, not {idle_timeout}")
-        if grace < 0:
-            raise _bad("grace", f"must be 0 seconds or more, not {grace}")
+        check_server_parameters(backlog, max_conns, idle_timeout, grace, sndbuf, rcvbuf)
         if max_buffer_memory is not None and max_buffer_memory < 1:
             raise _bad("max_buffer_memory", f"must be at least 1 byte, not {max_buffer_memory}")
         if send_timeout is not None and send_timeout <= 0:
             raise _bad("send_timeout", f"must be more than 0 seconds, not {send_timeout}")
-        for name, size in (("sndbuf", sndbuf), ("rcvbuf", rcvbuf)):
-            if size is not None and size < 1:
-                raise _bad(name, f"must be at least 1 byte, not {size}")
         if unix_mode is not None and not 0 <= unix_mode <= 0o777:
             raise _bad("unix_mode", f"must be octal permission bits such as 660, not {unix_mode:o}")
         if tls_handshake_timeout <= 0:

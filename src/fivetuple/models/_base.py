@@ -57,7 +57,7 @@ from .._bind import bind_tcp, bind_unix
 from .._limits import clamp_backlog, open_fd_count, raise_fd_limit
 from .._listener import ACCEPT_RETRY_S
 from .._log import EVENTS, event
-from .._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S
+from .._server import DEFAULT_BACKLOG, DEFAULT_GRACE_S, check_server_parameters
 from ..errors import LocalProtocolError, SetupError
 from ._client import BLOCKING_APPS, MODEL_CLOSE_REASONS, Client
 
@@ -192,23 +192,12 @@ class ModelServer:
                 f"{{app}} {app}: the {self.model} model serves {', '.join(BLOCKING_APPS)}",
                 params=("app",),
             )
-        if backlog < 0:
-            raise _bad("backlog", f"must be 0 or more, not {backlog}")
-        if max_conns is not None:
-            if not self.can_cap:
-                raise _bad(
-                    "max_conns",
-                    f"does not apply to the {self.model} model: it serves one client at a time",
-                )
-            if max_conns < 1:
-                raise _bad("max_conns", f"must be at least 1, not {max_conns}")
-        if idle_timeout is not None and idle_timeout <= 0:
-            raise _bad("idle_timeout", f"must be more than 0 seconds, not {idle_timeout}")
-        if grace < 0:
-            raise _bad("grace", f"must be 0 seconds or more, not {grace}")
-        for name, size in (("sndbuf", sndbuf), ("rcvbuf", rcvbuf)):
-            if size is not None and size < 1:
-                raise _bad(name, f"must be at least 1 byte, not {size}")
+        if max_conns is not None and not self.can_cap:
+            raise _bad(
+                "max_conns",
+                f"does not apply to the {self.model} model: it serves one client at a time",
+            )
+        check_server_parameters(backlog, max_conns, idle_timeout, grace, sndbuf, rcvbuf)
         self.app = app
         self._answer = BLOCKING_APPS[app]
         self._host, self._port, self._unix, self._unix_mode = host, port, unix, unix_mode
