@@ -985,6 +985,12 @@ class ChatClient:
         header = self.read_until(lambda line: bool(re.fullmatch(r"\* \d+ in \S+:", line)))[-1]
         return [self.readline() for _ in range(int(header.split()[1]))]
 
+    def stats(self) -> dict[str, int]:
+        """This member's node's backplane counters, from chat's ``/stats`` (``received``, ...)."""
+        self.send("/stats")
+        line = self.read_until(lambda line: line.startswith("* node ") and "backplane=" in line)
+        return {key: int(value) for key, value in re.findall(r"(\w+)=(\d+)", line[-1])}
+
     def close(self) -> None:
         self.sock.close()
 

@@ -583,13 +583,15 @@ def _serve_tcp(
     write_delay_s: float = 0.0,
 ) -> int:
     """serve over TCP or a Unix socket, with or without TLS; returns the exit status."""
+    # What --admin shows of the app (chat's room counters), one per server made.
+    app_counters: list[Callable[[], dict[str, Any]]] = []
 
     def make_server() -> Server:
         # The TLS context is made here, so that each worker (and each one a
         # SIGHUP reload starts) reads the certificate files anew: renewed
         # certificates are served from the next reload on.
         return Server(
-            _app_factory(app, codec, proxy, backplane, write_delay_s),
+            _app_factory(app, codec, proxy, backplane, write_delay_s, app_counters),
             host if host is not None else DEFAULT_HOST,
             port if port is not None else DEFAULT_PORT,
             unix=unix_path,
@@ -634,7 +636,7 @@ def _serve_tcp(
     if admin_addr is not None or status_every is not None:
         from .admin import Observed, start_admin
 
-        observed = Observed(server, app, codec)
+        observed = Observed(server, app, codec, app_counters[-1] if app_counters else None)
         if admin_addr is not None:  # checked and bound before the banner says "listening"
             admin_host, admin_port = _host_port(admin_addr, "--admin")
             try:
@@ -666,13 +668,22 @@ def _app_factory(
     proxy: ProxyPolicy | None,
     backplane: Any = None,
     write_delay_s: float = 0.0,
+    counters: list[Callable[[], dict[str, Any]]] | None = None,
 ) -> Callable[[], Any]:
-    """The app's protocol factory; behind ``proxied`` with --proxy-protocol."""
+    """The app's protocol factory; behind ``proxied`` with --proxy-protocol.
+
+    Args:
+        counters: chat appends its room's ``counters`` here, for the admin
+            endpoint's ``/stats`` and ``/metrics`` (``Observed.app_statistics``).
+    """
     factory = make_app(app, None if codec == "raw" else codec)
-    if backplane is not None or write_delay_s:  # chat's room, maybe joined through Redis
+    if app == "chat":  # chat's room, maybe joined through Redis
         from .apps.chat import ChatRoom
 
-        factory = ChatRoom(backplane=backplane, write_delay_s=write_delay_s).protocol
+        room = ChatRoom(backplane=backplane, write_delay_s=write_delay_s)
+        factory = room.protocol
+        if counters is not None:
+            counters.append(room.counters)
     return factory if proxy is None else proxied(factory, proxy)
 
 

@@ -158,6 +158,8 @@ def _families(parts: list[Part]) -> list[Metric]:
     out.add(counter, "loop_events", "Readiness events dispatched.", at("loop", "events"))
     if any("reliable" in doc for _, doc in parts):
         _reliable_families(out)
+    if any("chat" in doc for _, doc in parts):
+        _chat_families(out)
     return out.families
 
 
@@ -221,6 +223,60 @@ def _reliable_families(out: _Families) -> None:
         "reason",
         lambda doc: (doc.get("reliable") or {}).get("ended") or {},
     )
+
+
+#: (kind, name, help, key in ``/stats``' ``chat``) of a chat server's series.
+_CHAT = (
+    ("gauge", "chat_members", "Members connected to this chat process.", "members"),
+    ("gauge", "chat_throttled_members",
+     "Members not read now: over their allowance of lines or fan-out.", "throttled"),
+    ("counter", "chat_throttles", "Times a member was held back over its allowance.",
+     "throttles"),
+    ("counter", "chat_writes", "Writes of members' output, each carrying their pending lines.",
+     "writes"),
+    ("counter", "chat_lines_written", "Lines those writes carried.", "lines_written"),
+)  # fmt: skip
+#: The same for chat's Redis backplane (``--backplane``: ``/stats``' ``chat.backplane``).
+_BACKPLANE = (
+    ("gauge", "backplane_up", "1 while both connections to Redis are up, else 0.", "up"),
+    ("gauge", "backplane_rooms", "Room channels subscribed: rooms with a member here.", "rooms"),
+    ("counter", "backplane_outages", "Times the backplane lost Redis.", "outages"),
+    ("counter", "backplane_reconnects", "Times the backplane got Redis back.", "reconnects"),
+    ("counter", "backplane_published", "Lines published for the other nodes.", "published"),
+    ("counter", "backplane_dropped", "Lines not published because Redis was away.", "dropped"),
+    ("counter", "backplane_received", "Lines received from the other nodes.", "received"),
+    ("counter", "backplane_missing",
+     "Lines of other nodes that never arrived (gaps in their sequence numbers).", "missing"),
+    ("counter", "backplane_repeated", "Lines of other nodes that came twice or out of order.",
+     "repeated"),
+    ("counter", "backplane_protocol_errors",
+     "Replies and messages from Redis that were refusals or not understood.", "protocol_errors"),
+)  # fmt: skip
+
+
+def _chat_families(out: _Families) -> None:
+    """A chat server's series (``serve chat``): the room's counters and, with
+    ``--backplane``, the backplane's; no sample for a document without them."""
+    kinds: dict[str, type[CounterMetricFamily | GaugeMetricFamily]] = {
+        "gauge": GaugeMetricFamily,
+        "counter": CounterMetricFamily,
+    }
+
+    def chat(*keys: str) -> Callable[[dict[str, Any]], Any]:
+        def read(doc: dict[str, Any]) -> Any:
+            value: Any = doc.get("chat")
+            for key in keys:
+                if not isinstance(value, dict) or key not in value:
+                    return None
+                value = value[key]
+            return int(value)  # backplane "up" is a bool
+
+        return read
+
+    for kind, name, text, key in _CHAT:
+        out.add(kinds[kind], name, text, chat(key))
+    for kind, name, text, key in _BACKPLANE:
+        out.add(kinds[kind], name, text, chat("backplane", key))
 
 
 class _PartsCollector(Collector):

@@ -12,6 +12,12 @@ window, bytes in flight, retransmitted bytes, losses: ``reliable_fields``);
 cores' sums (``ReliableStreamServer.reliable_statistics``, read a bounded
 batch of connections at a time like TCP's bytes).
 
+The app's own counters. An app that keeps some (chat: its members, hold-backs,
+coalesced writes, and its Redis backplane's counters) hands the admin a
+callable (``Observed.app_statistics``), read at each ``/stats`` under the app's
+name: the engine and this module know nothing of any app (``_metrics.py``
+names chat's series).
+
 Cost. ``stats_document`` is O(1) in the number of connections: every number
 comes from ``Server.statistics()`` (kept as it changes) and one look at each
 listener. A connection row costs a few system calls (getsockname,
@@ -25,7 +31,7 @@ from __future__ import annotations
 import bisect
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from .._reliable_shell import ReliableStreamServer, ReliableStreamTransport, reliable_fields
@@ -60,14 +66,28 @@ def every_reason(known: Iterable[str], counts: dict[str, int]) -> dict[str, int]
 
 
 class Observed:
-    """A server and the labels the admin shows with it (app, codec)."""
+    """A server and the labels the admin shows with it (app, codec).
+
+    Args:
+        server: the server observed.
+        app: the application label.
+        codec: the codec label.
+        app_statistics: the app's own counters, read at each ``/stats`` and
+            ``/metrics`` and shown under the app's name (chat: ``ChatRoom.counters``,
+            the ``chat`` object); None: the app shows nothing of its own.
+    """
 
     def __init__(
-        self, server: Server | ReliableStreamServer, app: str = "", codec: str = "raw"
+        self,
+        server: Server | ReliableStreamServer,
+        app: str = "",
+        codec: str = "raw",
+        app_statistics: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.server = server
         self.app = app
         self.codec = codec
+        self.app_statistics = app_statistics
         self.started = server.loop.time()
 
 
@@ -250,6 +270,8 @@ def stats_document(observed: Observed) -> dict[str, Any]:
     }
     if isinstance(server, ReliableStreamServer):
         doc["reliable"] = server.reliable_statistics()
+    if observed.app_statistics is not None:
+        doc[observed.app] = observed.app_statistics()
     return doc
 
 

@@ -63,7 +63,9 @@ members brought is written together, and nothing waits) or ``write_delay_s``
 later (Centrifugo's ``write_delay``: a few ms of latency buys several lines
 per write). A member's lines keep their order, and a member whose
 connection ends (``/quit``, a line too long, the end of its input) is
-flushed first.
+flushed first. A server shutdown closes the connections under the room: lines
+still pending then (at most one flush interval's) are dropped, as the
+transport drops what is written after the server closed a connection.
 
 *Terminal escapes* (issue 11). Everything a member makes others see passes
 through ``visible()`` first, which shows control characters the way
@@ -81,8 +83,8 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from .._address import format_peer
 from .._protocol import Protocol
@@ -362,6 +364,14 @@ class ChatRoom:
         return ChatStats(
             len(self.members), self.throttled, self.throttles, self.writes, self.lines_written
         )
+
+    def counters(self) -> dict[str, Any]:
+        """``statistics()`` as a dict, with the backplane's under ``backplane`` when there
+        is one: the ``chat`` object of the admin endpoint's ``/stats`` (docs/admin.md)."""
+        counters: dict[str, Any] = asdict(self.statistics())
+        if self.backplane is not None:
+            counters["backplane"] = asdict(self.backplane.statistics())
+        return counters
 
 
 class ChatMember(Protocol):
