@@ -137,6 +137,26 @@ def test_a_header_without_a_client_keeps_the_real_endpoints(header: bytes) -> No
         assert (stats.via_addr, stats.via_port) == (None, None)
 
 
+def test_a_local_header_is_handed_over_only_with_a_first_byte() -> None:
+    """A balancer's health check (LOCAL, then close) never reaches the application;
+    a LOCAL connection that goes on talking does, with its first byte."""
+    recorders = Recorders()
+    with running_server(proxied(recorders)) as server:
+        with connect(server) as check:
+            check.sendall(proxy_v2(None, None, command="local"))
+            settle(server)
+            assert recorders.made[0].events == []  # the header alone: nothing yet
+        wait_for(lambda: not server.connections(), what="the check's connection gone")
+        assert recorders.made[0].events == []  # no connection_made, so no connection_lost
+        assert on_loop(server, server.statistics).closed.get("eof") == 1
+        with connect(server) as talker:
+            talker.sendall(proxy_v2(None, None, command="local"))
+            settle(server)
+            talker.sendall(b"late")
+            assert recv_exactly(talker, 4) == b"late"
+        assert recorders.made[1].events[:2] == [("made", None), ("data", 4)]
+
+
 def test_chat_names_members_by_the_address_in_their_header() -> None:
     with running_server(proxied(make_app("chat"))) as server, connect(server) as alice:
         alice.sendall(proxy_v2(CLIENT, SERVICE, crc32c=True))

@@ -19,7 +19,12 @@ until the header is whole, and then
   then on its callbacks directly, with nothing in between on the data path.
 
 A LOCAL header (the balancer's own health check), a v1 ``UNKNOWN`` or an
-UNSPEC family keeps the real endpoints, as the spec says.
+UNSPEC family keeps the real endpoints, as the spec says. A LOCAL connection
+is handed over only with its first byte after the header: HAProxy's
+``check-send-proxy`` health checks connect, send LOCAL and close, and an
+application that greets (chat's welcome and its "joined"/"left" to the
+room) would otherwise greet the balancer every couple of seconds. One that
+closes first is an ordinary ``eof`` the application never sees.
 
 Refusals. The spec (section 5) asks a receiver to take the header only from
 known sources and never to guess whether one is there. So each connection is
@@ -184,13 +189,14 @@ class ProxiedProtocol(Protocol):
         policy: the server's ``ProxyPolicy``.
     """
 
-    __slots__ = ("_app", "_parser", "_policy", "_timer", "_transport")
+    __slots__ = ("_app", "_local", "_parser", "_policy", "_timer", "_transport")
 
     def __init__(self, app: Protocol, policy: ProxyPolicy) -> None:
         self._app = app
         self._policy = policy
         self._parser: ProxyParser | None = None  # set while the header is awaited
         self._timer: Timer | None = None
+        self._local: ProxyHeader | None = None  # a LOCAL header, until its first byte
 
     def connection_made(self, transport: Transport) -> None:
         self._transport = transport
@@ -207,6 +213,9 @@ class ProxiedProtocol(Protocol):
         self._timer = transport.loop.call_later(self._policy.header_timeout, self._expired)
 
     def data_received(self, data: bytes) -> None:
+        if self._local is not None:  # the balancer's own connection has something to say
+            self._hand_over(self._local, data)
+            return
         parser = self._parser
         if parser is None:  # refused: the transport is closing
             return
@@ -217,7 +226,13 @@ class ProxiedProtocol(Protocol):
             self._refuse("proxy-error", exc.reason, f"malformed PROXY header ({exc.reason}): {exc}")
             return
         if isinstance(header, ProxyHeader):
-            self._hand_over(header, parser.trailing_data)
+            rest = parser.trailing_data
+            if header.command == "local" and not rest:
+                self._stop()
+                self._transport.set_input_buffer_size(0)
+                self._local = header  # a health check, unless a byte follows
+                return
+            self._hand_over(header, rest)
         else:
             self._transport.set_input_buffer_size(parser.held_bytes)
 
@@ -269,6 +284,7 @@ class ProxiedProtocol(Protocol):
     def _hand_over(self, header: ProxyHeader, rest: bytes) -> None:
         """The header is whole: the client's address in, the application's protocol on."""
         self._stop()
+        self._local = None
         transport = self._transport
         transport.set_input_buffer_size(0)
         balancer = transport.peer

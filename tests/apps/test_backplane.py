@@ -270,6 +270,7 @@ def test_receiver_counts_gaps_and_repeats_per_sender_and_room() -> None:
     room = FakeRoom()
     backplane = Backplane(BackplaneConfig("127.0.0.1", 1, "p"), room, node="me")
     feed = backplane._sub_reply
+    backplane._subscribed = {"lobby", "red"}  # as sync_rooms leaves it
     feed([b"subscribe", b"p:room:lobby", 1])
     for seq in (5, 6, 8, 8, 7, 9):  # first seen sets the baseline; 7 is missing, then late
         feed(pushed("lobby", "other", seq, f"line {seq}"))
@@ -287,6 +288,23 @@ def test_receiver_counts_gaps_and_repeats_per_sender_and_room() -> None:
     stats = backplane.statistics()
     assert (stats.received, stats.missing, stats.repeated) == (7, 1, 2)
     assert stats.protocol_errors == 1 and not stats.up
+
+
+def test_a_line_for_a_room_left_is_ignored_and_leaves_no_baseline() -> None:
+    """A line Redis sent before it had our UNSUBSCRIBE: not delivered, not remembered,
+    so that subscribing again later starts a new baseline instead of seeing a gap."""
+    room = FakeRoom()
+    backplane = Backplane(BackplaneConfig("127.0.0.1", 1, "p"), room, node="me")
+    backplane._subscribed = {"lobby"}
+    backplane._sub_reply(pushed("lobby", "other", 3, "three"))
+    backplane._subscribed = set()  # the last member here left: unsubscribed
+    backplane._last.clear()
+    backplane._sub_reply(pushed("lobby", "other", 4, "in flight when we left"))
+    backplane._subscribed = {"lobby"}  # somebody is back
+    backplane._sub_reply(pushed("lobby", "other", 9, "nine"))
+    assert room.delivered == [("lobby", "three"), ("lobby", "nine")]
+    stats = backplane.statistics()
+    assert (stats.received, stats.missing, stats.repeated) == (2, 0, 0)
 
 
 def test_publishing_while_down_spends_sequence_numbers_and_counts_drops() -> None:

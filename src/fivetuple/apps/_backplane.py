@@ -530,6 +530,10 @@ class Backplane:
         if not isinstance(data, bytes):
             return
         room = channel[len(prefix) :].decode("utf-8", "replace")
+        if room not in self._subscribed:
+            # Sent before our UNSUBSCRIBE reached Redis: nobody here to give it to, and
+            # a sequence number kept from it would make a later subscription see a gap.
+            return
         try:
             message = json.loads(data)
             node, seq, line = str(message["n"]), int(message["s"]), str(message["l"])
