@@ -357,12 +357,26 @@ class AdminProtocol(Protocol):
                 return 0
             if isinstance(event, h11.Request):
                 self._request = event
+                self._request_begun()
+            elif isinstance(event, h11.Data):
+                if not self._body_received(event.data):
+                    return 1
             elif isinstance(event, h11.EndOfMessage):
                 return self._answer(budget)
             elif isinstance(event, h11.ConnectionClosed):
                 self._close("eof")
                 return 0
-            # h11.Data: a request body, which no route reads.
+
+    def _request_begun(self) -> None:
+        """A request's head has come (a subclass that keeps bodies starts one here)."""
+
+    def _body_received(self, data: bytes) -> bool:
+        """A piece of a request's body: no admin route reads one, so it is dropped.
+
+        Returns:
+            False if the connection was refused and closed (a subclass's cap).
+        """
+        return True
 
     def _answer(self, budget: int) -> int:
         self._disarm()

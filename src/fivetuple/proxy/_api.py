@@ -144,31 +144,16 @@ class ApiProtocol(AdminProtocol):
         self._api = api
         self._body = bytearray()
 
-    def _next_request(self, budget: int) -> int:
-        # The base's loop, keeping the body (which it drops: no admin route reads one).
-        http = self._http
-        while True:
-            try:
-                event = http.next_event()
-            except h11.RemoteProtocolError as exc:
-                self._refuse(exc.error_status_hint, str(exc))
-                return 1
-            if event is h11.NEED_DATA or event is h11.PAUSED:
-                return 0
-            if isinstance(event, h11.Request):
-                self._request = event
-                self._body = bytearray()
-            elif isinstance(event, h11.Data):
-                if len(self._body) + len(event.data) > MAX_BODY_BYTES:
-                    self._json(413, _error(413, f"a body of at most {MAX_BODY_BYTES} bytes")[1])
-                    self._close("protocol-error")
-                    return 1
-                self._body += event.data
-            elif isinstance(event, h11.EndOfMessage):
-                return self._answer(budget)
-            elif isinstance(event, h11.ConnectionClosed):
-                self._close("eof")
-                return 0
+    def _request_begun(self) -> None:
+        self._body = bytearray()
+
+    def _body_received(self, data: bytes) -> bool:
+        if len(self._body) + len(data) > MAX_BODY_BYTES:
+            self._json(413, _error(413, f"a body of at most {MAX_BODY_BYTES} bytes")[1])
+            self._close("protocol-error")
+            return False
+        self._body += data
+        return True
 
     def _answer(self, budget: int) -> int:
         request = self._request
