@@ -357,6 +357,8 @@ def test_the_api_answers_like_toxiproxy_and_refuses_bad_input_with_400() -> None
         assert proxy.api("GET", "/proxies/nosuch")[0] == 404
         assert proxy.api("GET", f"{toxics}/nosuch")[0] == 404
         assert proxy.api("DELETE", "/proxies/web")[0] == 405
+        status, doc = proxy.api("POST", toxics, b" " * (64 * 1024 + 1))  # over the body cap
+        assert status == 413 and "65536 bytes" in doc["error"], doc
         assert [t["name"] for t in proxy.api("GET", toxics)[1]] == ["slow"]
         assert proxy.api("DELETE", f"{toxics}/slow") == (204, None)
         assert proxy.api("GET", toxics) == (200, [])
