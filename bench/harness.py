@@ -865,6 +865,25 @@ class MarkedRun:
     #: CPU the load used between the marks (is the load the bottleneck?).
     load: CpuTimes
 
+    def echo_figures(self, what: str) -> dict[str, float]:
+        """A ping-pong run's round trips/s, the load's CPU share, and the server's CPU
+        per round trip (user, system, both; microseconds).
+
+        Raises:
+            BenchFailure: the load saw wrong bytes (``what`` names the server).
+        """
+        if int(self.result["errors"]):
+            raise BenchFailure(f"the load against {what} saw wrong bytes: {self.result}")
+        roundtrips = int(self.result["roundtrips"])
+        seconds = float(self.result["seconds"])
+        return {
+            "rps": roundtrips / seconds,
+            "load_pct": self.load.total_s * 100 / seconds,
+            "user_us": self.server.user_s * 1e6 / roundtrips,
+            "sys_us": self.server.system_s * 1e6 / roundtrips,
+            "cpu_us": self.server.total_s * 1e6 / roundtrips,
+        }
+
 
 def run_marked(server: RunningServer, argv: Sequence[str], timeout: float) -> MarkedRun:
     """Run a load with START/END marks against ``server``; CPU of both between the marks.

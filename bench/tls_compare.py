@@ -153,17 +153,7 @@ def measure_echo(
             probe(setup, server)
         argv = setup.load_argv(port=server.port, conns=conns, size=size, seconds=duration)
         run = run_marked(server, argv, duration + LOAD_WAIT_S)
-    if int(run.result["errors"]):
-        raise BenchFailure(f"the load against {name} saw wrong bytes: {run.result}")
-    done = int(run.result["roundtrips"])
-    seconds = float(run.result["seconds"])
-    return {
-        "rps": done / seconds,
-        "user_us": run.server.user_s * 1e6 / done,
-        "sys_us": run.server.system_s * 1e6 / done,
-        "cpu_us": run.server.total_s * 1e6 / done,
-        "load_pct": run.load.total_s * 100 / seconds,
-    }
+    return run.echo_figures(name)
 
 
 def measure_handshakes(

@@ -327,17 +327,7 @@ def measure(
     """One server, one load: round trips/s and the server's CPU per round trip."""
     with RunningServer(serve_argv(way, cert, key), name=way) as server:
         run = run_marked(server, load_argv(load, server.port, conns, size, duration), 30.0)
-    if int(run.result["errors"]):
-        raise BenchFailure(f"the load against {way} saw wrong bytes: {run.result}")
-    roundtrips = int(run.result["roundtrips"])
-    seconds = float(run.result["seconds"])
-    return {
-        "rps": roundtrips / seconds,
-        "load_pct": run.load.total_s * 100 / seconds,
-        "user_us": run.server.user_s * 1e6 / roundtrips,
-        "sys_us": run.server.system_s * 1e6 / roundtrips,
-        "cpu_us": run.server.total_s * 1e6 / roundtrips,
-    }
+    return run.echo_figures(way)
 
 
 def measure_syscalls(

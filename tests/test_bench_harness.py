@@ -337,3 +337,22 @@ def test_every_bench_script_finds_the_harness(script: str) -> None:
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
     assert "from harness import" in (ROOT / "bench" / script).read_text()
+
+
+def test_echo_figures_divide_the_marked_cpu_by_the_round_trips() -> None:
+    cpu = harness.CpuTimes
+    run = harness.MarkedRun(
+        {"errors": "0", "roundtrips": "4000", "seconds": "2.0"},
+        cpu(0.3, 0.1, 0),
+        cpu(1.0, 0.5, 0),
+    )
+    figures = run.echo_figures("server x")
+    assert figures["rps"] == 2000.0
+    assert figures["load_pct"] == 75.0
+    assert math.isclose(figures["user_us"], 75.0) and math.isclose(figures["sys_us"], 25.0)
+    assert math.isclose(figures["cpu_us"], 100.0)
+    wrong = harness.MarkedRun(
+        {"errors": "3", "roundtrips": "1", "seconds": "1"}, cpu(0, 0, 0), cpu(0, 0, 0)
+    )
+    with pytest.raises(harness.BenchFailure, match="server x saw wrong bytes"):
+        wrong.echo_figures("server x")
