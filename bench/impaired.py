@@ -476,6 +476,7 @@ def reliable_send(args: argparse.Namespace) -> dict[str, Any]:
         first_bytes=stats.payload_bytes_sent,
         packets_lost=stats.packets_lost,
         smoothed_rtt_ms=stats.smoothed_rtt_s * 1e3,
+        max_datagram_bytes=stats.max_datagram_bytes,
         ended=client.ended.reason if client.ended is not None else None,
     )
 

@@ -93,6 +93,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 from collections import Counter, deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
@@ -140,6 +141,51 @@ PEER_RATE_PER_S = 50_000.0
 PEER_BURST = 50_000
 #: The reason ``ReliableServer.close`` gives the peers in their CLOSE.
 SERVER_CLOSING = "server closing"
+#: Linux's path MTU socket options (``socket`` names none of them): <linux/in.h>, <linux/in6.h>.
+_IP_MTU_DISCOVER, _IP_MTU, _IP_PMTUDISC_PROBE = 10, 14, 3
+_IPV6_MTU_DISCOVER, _IPV6_MTU, _IPV6_PMTUDISC_PROBE = 23, 24, 3
+#: IP and UDP header bytes in front of a datagram's payload, by family.
+_HEADER_BYTES_IPV4, _HEADER_BYTES_IPV6 = 28, 48
+
+
+def probe_path_mtu(sock: socket.socket) -> None:
+    """Let the core's path MTU probes (``reliable._pmtud``) find the path's limit.
+
+    ``IP_PMTUDISC_PROBE``: every datagram leaves with DF set, and the kernel
+    neither fragments it nor holds it to a path MTU it learned from ICMP, so a
+    probe too big for the path is dropped on the way, as RFC 8899 §3 needs (a
+    fragmented probe would pass and mislead the search). Linux only; elsewhere
+    (or if refused) the socket keeps its defaults.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER, _IPV6_PMTUDISC_PROBE)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, _IP_MTU_DISCOVER, _IP_PMTUDISC_PROBE)
+    except OSError:
+        pass
+
+
+def route_max_datagram(addr: Address, family: int) -> int | None:
+    """The largest UDP payload the route to ``addr`` carries (its MTU less the
+    IP and UDP headers), read with ``IP_MTU`` on a connected throwaway socket;
+    None where that cannot be read (not Linux, no route)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    level, option = (
+        (socket.IPPROTO_IPV6, _IPV6_MTU)
+        if family == socket.AF_INET6
+        else (socket.IPPROTO_IP, _IP_MTU)
+    )
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((addr[0], addr[1]))
+            mtu: int = probe.getsockopt(level, option)
+    except OSError:
+        return None
+    return mtu - (_HEADER_BYTES_IPV6 if family == socket.AF_INET6 else _HEADER_BYTES_IPV4)
 
 
 def reliable_transport(
@@ -519,7 +565,11 @@ def connect_reliable(
     else:
         local = "::" if six else "0.0.0.0"
     sock = bind_udp(local, 0)
+    probe_path_mtu(sock)
     connection = Connection.client(server_addr, now=loop.time(), config=config)
+    route_max = route_max_datagram(server_addr, family)
+    if route_max is not None:
+        connection.limit_datagram_size(route_max, loop.time())
     client = ReliableClient(loop, connection, on_event)
     transport_factory(loop, sock, client).start()
     return client
@@ -560,6 +610,9 @@ def serve_reliable(
         max_connections_per_address=max_connections_per_address,
     )
     sock = bind_udp(host, port)
+    probe_path_mtu(sock)
+    family = sock.family
+    listener.route_limit = lambda addr: route_max_datagram(addr, family)
     server = ReliableServer(loop, listener, on_event)
     transport_factory(loop, sock, server).start()
     return server
@@ -628,6 +681,7 @@ def reliable_fields(connection: Connection) -> dict[str, Any]:
         "payload_bytes_sent": stats.payload_bytes_sent,
         "packets_lost": stats.packets_lost,
         "pto_events": stats.pto_events,
+        "max_datagram_bytes": stats.max_datagram_bytes,
         "datagrams_sent": stats.datagrams_sent,
         "datagrams_received": stats.datagrams_received,
         "wire_bytes_sent": stats.bytes_sent,

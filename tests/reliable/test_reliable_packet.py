@@ -20,6 +20,7 @@ from fivetuple.reliable._packet import (
     ONE_RTT,
     RETRY,
     TRAILER,
+    VERSION,
     Ack,
     Close,
     Data,
@@ -97,7 +98,7 @@ def test_any_frames_round_trip(frames: list[Frame], kind: int, cid: int, number:
     assert list(packet.frames) == frames
 
 
-def raw(body: bytes, first: int = 0x14, cid: int = 1, number: int = 1) -> bytes:
+def raw(body: bytes, first: int = VERSION << 4 | ONE_RTT, cid: int = 1, number: int = 1) -> bytes:
     """A datagram with any body and a right CRC: reaches the checks behind it."""
     datagram = HEADER.pack(first, cid, number) + body
     return datagram + TRAILER.pack(zlib.crc32(datagram))
@@ -106,8 +107,9 @@ def raw(body: bytes, first: int = 0x14, cid: int = 1, number: int = 1) -> bytes:
 MALFORMED: list[tuple[str, Callable[[], bytes], str]] = [
     ("too short", lambda: b"\x14" * 20, "too-short"),
     ("bit flipped", lambda: flip(build_packet(ONE_RTT, 1, 1, [Ping()]), 18), "crc-mismatch"),
-    ("version 2", lambda: raw(b"\x01", first=0x24), "unsupported-version"),
-    ("packet type 9", lambda: raw(b"\x01", first=0x19), "unknown-packet-type"),
+    ("a later version", lambda: raw(b"\x01", first=(VERSION + 1) << 4 | ONE_RTT), "unsupported-version"),
+    ("version 1 (before the short DATA form)", lambda: raw(b"\x01", first=0x14), "unsupported-version"),
+    ("packet type 9", lambda: raw(b"\x01", first=VERSION << 4 | 9), "unknown-packet-type"),
     ("no frames", lambda: raw(b""), "empty-packet"),
     ("frame type 0x7f", lambda: raw(b"\x7f"), "unknown-frame-type"),
     ("padding not zero", lambda: raw(b"\x00\x00\x01"), "bad-padding"),

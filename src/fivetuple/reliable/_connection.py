@@ -37,6 +37,14 @@ Every frame rides with a delivery handler (``SentPacket.handlers``): when its
 packet is declared lost, a reliable DATA frame is queued again for a new
 packet; an unreliable one is dropped and counted.
 
+Datagram size (issue 16). Packets are at most the path MTU that
+``_pmtud.PathMtu`` has found (1,200 bytes until a probe says more). When a
+full-size fragment waits, ``datagrams_to_send`` first sends the search's probe
+if one is due (PING + PADDING, marked ``pmtu_probe``). ``send`` cuts fragments
+to fill a packet of the current size; a fragment that no longer fits one (the
+size went down) is split into parts (``_split``) or, if unreliable, given up.
+PTO probes stay at 1,200 bytes, so that they get through a black hole.
+
 Flow control. The receiver buffers reliable messages that cost at most
 ``receive_window``, where a message costs its payload plus
 ``FRAGMENT_OVERHEAD_BYTES`` a fragment plus ``MESSAGE_OVERHEAD_BYTES``
@@ -80,13 +88,18 @@ from ._packet import (
     ACK_FRAME_BASE,
     ACK_RANGE_BYTES,
     DATA_FRAME_OVERHEAD,
+    DATA_PART_OVERHEAD,
+    DATA_SHORT_FRAME_OVERHEAD,
     HANDSHAKE,
+    HEADER_BYTES,
     INITIAL,
     MAX_ACK_RANGES,
     MAX_DATA_PAYLOAD,
     MAX_FRAMES_BYTES,
+    MAX_UDP_PAYLOAD_BYTES,
     ONE_RTT,
     RETRY,
+    TRAILER_BYTES,
     Ack,
     Close,
     Data,
@@ -98,18 +111,27 @@ from ._packet import (
     Retry,
     Welcome,
     build_packet,
+    data_frame_size,
+    data_overhead,
     frame_size,
+    frames_bytes,
     parse_packet,
+)
+from ._pmtud import (
+    BASE_PLPMTU,
+    DEFAULT_MAX_DATAGRAM_BYTES,
+    DEFAULT_MAX_DATAGRAM_BYTES_IPV6,
+    PathMtu,
 )
 from ._rangeset import RangeSet
 from ._recovery import Delivery, LossDetection, SentPacket, backed_off
 from ._stream import (
-    FRAGMENT_OVERHEAD_BYTES,
     MAX_BUFFERED_BYTES,
     MAX_UNRELIABLE_BYTES,
     MESSAGE_OVERHEAD_BYTES,
     MessageReceiver,
     fragment,
+    fragment_charge,
     fragment_count,
     message_cost,
 )
@@ -117,9 +139,19 @@ from ._stream import (
 Address = Any
 
 #: DATA payloads leave room for an ACK with this many ranges in the same packet.
-ACK_RANGES_RESERVED = 4
+#: One: a bulk sender seldom owes an ACK, and an ACK owed with more ranges than
+#: the room holds keeps its newest ones (or goes in a packet of its own). Four
+#: cost 36 bytes more of every full packet, 0.25% of the link (issue 16).
+ACK_RANGES_RESERVED = 1
 ACK_RESERVE = ACK_FRAME_BASE + ACK_RANGES_RESERVED * ACK_RANGE_BYTES
+#: The payload of a fragment cut for a base-size (1,200-byte) packet, short form.
 FRAGMENT_BYTES = MAX_DATA_PAYLOAD - ACK_RESERVE
+#: The same in the long form (a message id past 2**32, a count past 2**16).
+LONG_FRAGMENT_BYTES = MAX_FRAMES_BYTES - ACK_RESERVE - DATA_FRAME_OVERHEAD
+#: A fragment cut for a larger datagram than the path carries now goes in parts
+#: of this many bytes: a part frame, in either form, fits a base-size packet
+#: with the ACK room.
+PART_BYTES = LONG_FRAGMENT_BYTES - DATA_PART_OVERHEAD
 #: Ranges per ACK frame at most. A received packet is reported in every ACK
 #: until 8 newer gaps push it out: at 10% loss about 80 packets, or 40 ACKs,
 #: later, so the sender wrongly thinks it lost only if all 40 ACKs are lost.
@@ -216,6 +248,11 @@ class ConnectionConfig:
             peer's window by it, and going past it is a protocol error.
         unreliable_window: the same for partial unreliable messages (past it
             the oldest is given up); no unreliable message may cost more.
+        max_datagram_bytes: the largest datagram the path MTU search
+            (``_pmtud.py``) tries; None: 1,472 (a 1,500-byte MTU less the
+            IPv4 and UDP headers), or 1,452 to an IPv6 peer. The I/O shell
+            may lower it per connection to its route's MTU
+            (``Connection.limit_datagram_size``). 1,200 turns the search off.
     """
 
     idle_timeout_s: float = 30.0
@@ -224,6 +261,7 @@ class ConnectionConfig:
     max_ack_delay_s: float = 0.025
     receive_window: int = MAX_BUFFERED_BYTES
     unreliable_window: int = MAX_UNRELIABLE_BYTES
+    max_datagram_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.idle_timeout_s <= 0 or self.handshake_timeout_s <= 0:
@@ -234,6 +272,11 @@ class ConnectionConfig:
             raise LocalProtocolError(
                 f"receive_window and unreliable_window must be at least {MIN_WINDOW} "
                 "(one message of one full fragment)"
+            )
+        size = self.max_datagram_bytes
+        if size is not None and not BASE_PLPMTU <= size <= MAX_UDP_PAYLOAD_BYTES:
+            raise LocalProtocolError(
+                f"max_datagram_bytes must be {BASE_PLPMTU}..{MAX_UDP_PAYLOAD_BYTES}, not {size}"
             )
 
 
@@ -259,6 +302,10 @@ class ConnectionStatistics:
     smoothed_rtt_s: float
     min_rtt_s: float
     congestion: dict[str, float | str] = field(default_factory=dict)
+    #: The largest datagram the connection sends now (its path MTU search's result).
+    max_datagram_bytes: int = BASE_PLPMTU
+    #: The search: its ceiling, state, probes sent, acked and lost, black holes.
+    path_mtu: dict[str, int | str] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -323,6 +370,7 @@ class Connection:
         "_payload_sent",
         "_peer_confirmed",
         "_pending",
+        "_pmtu",
         "_pn",
         "_probes",
         "_received",
@@ -362,6 +410,11 @@ class Connection:
         self._events: deque[Event] = deque()
         self._loss = LossDetection(max_ack_delay_s=self.config.max_ack_delay_s)
         self._cc = CongestionController(self._loss.rtt)
+        ceiling = self.config.max_datagram_bytes
+        if ceiling is None:
+            six = isinstance(peer_addr, tuple) and ":" in str(peer_addr[0])
+            ceiling = DEFAULT_MAX_DATAGRAM_BYTES_IPV6 if six else DEFAULT_MAX_DATAGRAM_BYTES
+        self._pmtu = PathMtu(ceiling, now)
         self._receiver = MessageReceiver(self.config.receive_window, self.config.unreliable_window)
         self._pn = 0
         # Receiving and acknowledging.
@@ -447,8 +500,13 @@ class Connection:
         if self._close_on_connect:
             raise LocalProtocolError("send() after close() on a connection still in its handshake")
         config = self.config
-        cost = message_cost(len(message), fragment_count(len(message), FRAGMENT_BYTES))
         window = config.receive_window if reliable else config.unreliable_window
+        mid = self._next_reliable if reliable else self._next_unreliable
+        size, whole = self._fragment_bytes(mid, len(message), self._pmtu.plpmtu)
+        cost = _message_charge(len(message), size, whole)
+        if cost > window and size > whole:
+            size = whole  # base-size fragments are charged less per byte of window
+            cost = _message_charge(len(message), size, whole)
         if cost > window:
             name = "receive_window" if reliable else "unreliable_window"
             raise LocalProtocolError(
@@ -457,18 +515,16 @@ class Connection:
             )
         self._messages_sent += 1
         if reliable:
-            mid = self._next_reliable
             self._next_reliable += 1
-            frames = list(fragment(mid, message, True, FRAGMENT_BYTES))
+            frames = list(fragment(mid, message, True, size))
             self._unacked[mid] = _Unacked(len(frames), self._offset)
             self._offset += MESSAGE_OVERHEAD_BYTES  # charged with the first fragment
             for frame in frames:
-                self._offset += len(frame.payload) + FRAGMENT_OVERHEAD_BYTES
+                self._offset += fragment_charge(len(frame.payload), whole, PART_BYTES)
                 self._pending.append((frame, self._offset))
         else:
-            mid = self._next_unreliable
             self._next_unreliable += 1
-            for frame in fragment(mid, message, False, FRAGMENT_BYTES):
+            for frame in fragment(mid, message, False, size):
                 self._pending.append((frame, -1))
         if self.on_activity is not None:
             self.on_activity(self)
@@ -626,8 +682,27 @@ class Connection:
         outcome = self._loss.on_ack_received(ranges, frame.delay_us / 1e6, now)
         if outcome.acked or outcome.lost:
             self._cc.on_ack(outcome.acked, outcome.lost, self._loss.bytes_in_flight, now)
+            self._path_verdicts(outcome.acked, outcome.lost, now)
         if outcome.acked:
             self._probes = 0
+
+    def _path_verdicts(self, acked: list[SentPacket], lost: list[SentPacket], now: float) -> None:
+        """Tell the path MTU search; a new size goes to the congestion controller."""
+        if self._pmtu.on_verdicts(acked, lost, now):
+            self._cc.set_max_datagram_size(self._pmtu.plpmtu)
+
+    def limit_datagram_size(self, max_bytes: int, now: float) -> None:
+        """Search for the path MTU no higher than ``max_bytes`` (the shell's route MTU).
+
+        The I/O shell calls it with what the route allows (the interface MTU
+        less 28 bytes of IPv4 and UDP headers, or 48 for IPv6); the search's
+        ceiling is the smaller of it and ``config.max_datagram_bytes``. The
+        search starts over; datagrams never get smaller than 1,200 bytes.
+        """
+        ceiling = min(max_bytes, self._pmtu.max_bytes)
+        if ceiling != self._pmtu.max_bytes:
+            self._pmtu.set_max(ceiling, now)
+            self._cc.set_max_datagram_size(self._pmtu.plpmtu)
 
     def on_hello_again(self) -> None:
         """The client sent its HELLO again: our WELCOME was lost; send it again."""
@@ -681,15 +756,26 @@ class Connection:
         if state is State.HANDSHAKE:
             return self._hello_datagram(now)
         out: list[tuple[bytes, Address]] = []
-        loss, cc = self._loss, self._cc
+        loss, cc, pmtu = self._loss, self._cc, self._pmtu
+        packet_bytes = pmtu.plpmtu
+        room = frames_bytes(packet_bytes)
         while True:
             probe = self._probes > 0
             may_send = probe or (cc.can_send(loss.bytes_in_flight) and now >= cc.next_send_time())
+            if may_send and not probe and self._full_fragment_waiting():
+                size = pmtu.probe_size(now)
+                if size is not None:
+                    self._send_mtu_probe(size, now, out)
+                    continue
             frames: list[Frame] = []
             handlers: list[Callable[[Delivery], None]] = []
-            budget = MAX_FRAMES_BYTES
+            # A PTO probe is never larger than the base: it must get through a
+            # path that has begun to drop large datagrams (a black hole, _pmtud.py).
+            limit = BASE_PLPMTU if probe else packet_bytes
+            budget = frames_bytes(limit)
             if may_send:
-                budget = self._fill(frames, handlers, budget - ACK_RESERVE) + ACK_RESERVE
+                budget = self._fill(frames, handlers, budget - ACK_RESERVE, room - ACK_RESERVE)
+                budget += ACK_RESERVE
                 if probe and not handlers:
                     frames.append(Ping())
                     handlers.append(_ignore)
@@ -708,7 +794,7 @@ class Connection:
                     frames.insert(0, ack)
             if not handlers and ack is None:
                 break
-            self._send_packet(frames, handlers, now, out, tail=tail)
+            self._send_packet(frames, handlers, now, out, tail=tail, max_bytes=limit)
             if probe:
                 self._probes -= 1
         if not self._has_data_to_send():
@@ -719,9 +805,18 @@ class Connection:
         return out
 
     def _fill(
-        self, frames: list[Frame], handlers: list[Callable[[Delivery], None]], budget: int
+        self,
+        frames: list[Frame],
+        handlers: list[Callable[[Delivery], None]],
+        budget: int,
+        room: int,
     ) -> int:
-        """Move queued frames into ``frames`` while they fit; return the budget left."""
+        """Move queued frames into ``frames`` while they fit; return the budget left.
+
+        ``room`` is what an empty packet of the current size holds for data: a
+        DATA frame larger than that was cut for a larger datagram than the path
+        carries now, and is split into parts (reliable) or given up (unreliable).
+        """
         control = self._control
         while control:
             size = frame_size(control[0])
@@ -737,9 +832,13 @@ class Connection:
         retransmit = self._retransmit
         while retransmit:
             frame = retransmit[0]
-            size = DATA_FRAME_OVERHEAD + len(frame.payload)
+            size = data_frame_size(frame)
             if size > budget:
-                return budget
+                if size <= room:
+                    return budget
+                retransmit.popleft()
+                retransmit.extendleft(reversed(self._split(frame)))
+                continue
             retransmit.popleft()
             budget -= size
             frames.append(frame)
@@ -750,15 +849,73 @@ class Connection:
         limit = self.config.receive_window
         while pending:
             frame, end = pending[0]
-            size = DATA_FRAME_OVERHEAD + len(frame.payload)
-            if size > budget or (end >= 0 and end - window_start > limit):
+            size = data_frame_size(frame)
+            if end >= 0 and end - window_start > limit:
                 return budget
+            if size > budget:
+                if size <= room:
+                    return budget
+                pending.popleft()
+                if frame.reliable:
+                    pending.extendleft((part, end) for part in reversed(self._split(frame)))
+                else:
+                    self._unreliable_lost += 1  # at most once: too big for the path now
+                continue
             pending.popleft()
             budget -= size
             frames.append(frame)
             handlers.append(partial(self._on_data_delivery, frame))
             self._payload_sent += len(frame.payload)
         return budget
+
+    def _split(self, frame: Data) -> list[Data]:
+        """``frame``'s fragment in parts of ``PART_BYTES``, each of which fits any packet."""
+        payload, length = frame.payload, len(frame.payload)
+        mid, index, count = frame.message_id, frame.index, frame.count
+        parts = [
+            Data(mid, index, count, payload[at : at + PART_BYTES], True, (at, length))
+            for at in range(0, length, PART_BYTES)
+        ]
+        entry = self._unacked.get(mid)
+        if entry is not None:
+            entry.remaining += len(parts) - 1  # each part is acknowledged on its own
+        return parts
+
+    def _full_fragment_waiting(self) -> bool:
+        """Whether a fragment that fills a base-size packet waits to be sent: then a
+        larger datagram would carry more, and the path MTU search is worth a probe
+        (a connection sending small messages never probes)."""
+        pending = self._pending
+        if pending and len(pending[0][0].payload) >= FRAGMENT_BYTES:
+            return True
+        retransmit = self._retransmit
+        return bool(retransmit) and len(retransmit[0].payload) >= FRAGMENT_BYTES
+
+    @staticmethod
+    def _fragment_bytes(mid: int, length: int, datagram_bytes: int) -> tuple[int, int]:
+        """The payload of the fragments of message ``mid`` of ``length`` bytes cut
+        now, to fill a packet of ``datagram_bytes`` (the path's size), and the
+        most that fills a base-size one (fragments up to it are never split)."""
+        room = frames_bytes(datagram_bytes) - ACK_RESERVE
+        short = room - DATA_SHORT_FRAME_OVERHEAD
+        overhead = data_overhead(mid, fragment_count(length, short))
+        if overhead == DATA_SHORT_FRAME_OVERHEAD:
+            return short, FRAGMENT_BYTES
+        return room - overhead, LONG_FRAGMENT_BYTES
+
+    def _send_mtu_probe(self, size: int, now: float, out: list[tuple[bytes, Address]]) -> None:
+        """A path MTU probe of exactly ``size`` bytes: PING and PADDING (and an ACK if owed)."""
+        frames: list[Frame] = []
+        ack = self._ack_frame(now, frames_bytes(size) - 1)
+        if ack is not None:
+            frames.append(ack)
+        frames.append(Ping())
+        padding = size - HEADER_BYTES - TRAILER_BYTES - sum(frame_size(f) for f in frames)
+        if padding > 0:
+            frames.append(Padding(padding))
+        handlers: list[Callable[[Delivery], None]] = [_ignore]
+        packet = self._send_packet(frames, handlers, now, out, max_bytes=size, pmtu_probe=True)
+        self._pmtu.on_probe_sent(packet)
 
     def _window_start(self) -> int:
         """The offset of the oldest reliable message not fully acknowledged (O(1))."""
@@ -795,11 +952,13 @@ class Connection:
         out: list[tuple[bytes, Address]],
         *,
         tail: bool = False,
-    ) -> None:
+        max_bytes: int = BASE_PLPMTU,
+        pmtu_probe: bool = False,
+    ) -> SentPacket:
         kind = ONE_RTT
         if not self.is_client and not self._peer_confirmed:
             kind = HANDSHAKE if any(isinstance(f, Welcome) for f in frames) else ONE_RTT
-        pn, datagram = self._build(kind, frames)
+        pn, datagram = self._build(kind, frames, max_bytes)
         eliciting = bool(handlers)
         packet = SentPacket(
             pn,
@@ -809,18 +968,22 @@ class Connection:
             in_flight=eliciting,
             handlers=handlers,
             tail=tail,
+            pmtu_probe=pmtu_probe,
         )
         if eliciting:
             self._cc.on_packet_sent(packet, self._loss.bytes_in_flight, now)
             self._last_eliciting_sent = now
         self._loss.on_packet_sent(packet)
         out.append((datagram, self.peer_addr))
+        return packet
 
-    def _build(self, kind: int, frames: list[Frame]) -> tuple[int, bytes]:
+    def _build(
+        self, kind: int, frames: list[Frame], max_bytes: int = BASE_PLPMTU
+    ) -> tuple[int, bytes]:
         """Number, build and count one packet to the peer; return its number and bytes."""
         pn = self._pn
         self._pn += 1
-        datagram = build_packet(kind, self.peer_cid, pn, frames)
+        datagram = build_packet(kind, self.peer_cid, pn, frames, max_bytes)
         self._datagrams_sent += 1
         self._bytes_sent += len(datagram)
         return pn, datagram
@@ -912,6 +1075,7 @@ class Connection:
         outcome = self._loss.on_loss_detection_timeout(now)
         if outcome.lost:
             self._cc.on_losses(outcome.lost, self._loss.bytes_in_flight, now)
+            self._path_verdicts([], outcome.lost, now)
         self._probes += outcome.probes
         if self._ack_deadline is not None and now >= self._ack_deadline:
             self._ack_now = True
@@ -978,11 +1142,38 @@ class Connection:
             smoothed_rtt_s=recovery.smoothed_rtt_s,
             min_rtt_s=recovery.min_rtt_s,
             congestion=self._cc.statistics(),
+            max_datagram_bytes=self._pmtu.plpmtu,
+            path_mtu=_path_mtu_fields(self._pmtu),
         )
 
     def __repr__(self) -> str:
         role = "client" if self.is_client else "server"
         return f"<Connection {role} cid={self.cid:#x} {self.state.value} peer={self.peer_addr!r}>"
+
+
+def _message_charge(length: int, size: int, whole: int) -> int:
+    """What the sender charges a message of ``length`` bytes cut in fragments of ``size``
+    (fragments of at most ``whole`` bytes are never split)."""
+    count = fragment_count(length, size)
+    last = length - (count - 1) * size
+    part = PART_BYTES
+    return (
+        MESSAGE_OVERHEAD_BYTES
+        + (count - 1) * fragment_charge(size, whole, part)
+        + fragment_charge(last, whole, part)
+    )
+
+
+def _path_mtu_fields(pmtu: PathMtu) -> dict[str, int | str]:
+    stats = pmtu.statistics()
+    return {
+        "search_ceiling": stats.search_ceiling,
+        "state": stats.state,
+        "probes_sent": stats.probes_sent,
+        "probes_acked": stats.probes_acked,
+        "probes_lost": stats.probes_lost,
+        "black_holes": stats.black_holes,
+    }
 
 
 def _ignore(outcome: Delivery) -> None:

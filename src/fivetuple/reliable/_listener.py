@@ -80,6 +80,7 @@ import random
 import secrets
 import struct
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..errors import LocalProtocolError, RemoteProtocolError
@@ -130,6 +131,10 @@ class Listener:
         on_activity: called with a connection after the application's
             ``send``, ``close`` or ``abort`` on it, once it is marked touched
             (None: nobody listens). An I/O shell sets it to schedule a pump.
+        route_limit: called with a new connection's peer address, returns the
+            largest datagram its route carries, or None (None: not asked). An
+            I/O shell sets it; the connection's path MTU search stays under it
+            (``Connection.limit_datagram_size``).
     """
 
     def __init__(
@@ -164,6 +169,7 @@ class Listener:
         self.retries_sent = 0
         self.dropped: Counter[str] = Counter()
         self.on_activity: ActivityHook | None = None
+        self.route_limit: Callable[[Address], int | None] | None = None
 
     # -- the application's side ----------------------------------------------
 
@@ -257,6 +263,10 @@ class Listener:
             config=self.config,
         )
         connection.take_rtt_estimate(max(now - issued, 0.0))
+        if self.route_limit is not None:
+            limit = self.route_limit(addr)
+            if limit is not None:
+                connection.limit_datagram_size(limit, now)
         connection.on_activity = self._on_application
         self._connections[cid] = connection
         self._by_peer[addr, hello.source_cid] = connection

@@ -272,6 +272,8 @@ class SentPacket:
         delivered, delivered_time, first_sent_time, app_limited: the
             congestion controller's delivery-rate snapshot taken when the
             packet left (see ``_congestion.py``); unused by loss detection.
+        pmtu_probe: a path MTU probe (``_pmtud.py``): its loss says the
+            packet was too big, not that the path is congested.
     """
 
     packet_number: int
@@ -285,6 +287,7 @@ class SentPacket:
     delivered_time: float = 0.0
     first_sent_time: float = 0.0
     app_limited: bool = False
+    pmtu_probe: bool = False
 
     def deliver(self, outcome: Delivery) -> None:
         """Call every handler with ``outcome``."""

@@ -42,6 +42,17 @@ give up. Delivered unreliable ids are a bitmap of the last
 ``DELIVERED_WINDOW`` ids (one int of 512 bytes); an id older than that is
 dropped as stale, so at-most-once holds however far ahead the peer runs.
 
+Parts (issue 16). A reliable fragment cut for a larger datagram than the path
+carries now comes in parts (``Data.part``: an offset in the fragment and its
+length). Parts are kept per fragment, each charged as a fragment is, until
+they tile the whole fragment; then they become that fragment (charged once).
+A whole copy of the fragment replaces its parts; a part of a fragment already
+whole is a duplicate. Parts that overlap, or disagree on the fragment's
+length, cannot come from an honest sender (it cuts parts on one grid) and are
+a protocol error (``bad-part``). The sender charges a fragment of more than
+``part_bytes`` as if it were already in parts (``fragment_charge``), so
+splitting one never takes the receiver past its window.
+
 After a ``RemoteProtocolError`` the receiver is not to be used again: the
 connection ends.
 """
@@ -86,6 +97,18 @@ def message_cost(payload_bytes: int, fragments: int) -> int:
     return MESSAGE_OVERHEAD_BYTES + payload_bytes + fragments * FRAGMENT_OVERHEAD_BYTES
 
 
+def fragment_charge(payload_bytes: int, whole_bytes: int, part_bytes: int) -> int:
+    """What the sender charges one fragment of ``payload_bytes``.
+
+    A fragment of at most ``whole_bytes`` (the largest that fits the smallest
+    datagram) is never split: one fragment's charge. A larger one is charged
+    as if already cut in parts of ``part_bytes``: the most the receiver may be
+    charged for it, if the path shrinks and it is sent in parts.
+    """
+    pieces = 1 if payload_bytes <= whole_bytes else -(-payload_bytes // part_bytes)
+    return payload_bytes + FRAGMENT_OVERHEAD_BYTES * pieces
+
+
 def fragment_count(message_bytes: int, size: int = MAX_DATA_PAYLOAD) -> int:
     """How many fragments ``fragment`` cuts a message of ``message_bytes`` into."""
     return max(1, -(-message_bytes // size))
@@ -103,16 +126,31 @@ def fragment(
         )
 
 
+class _Parts:
+    """The parts of one fragment that have arrived (reliable only; see the module docstring)."""
+
+    __slots__ = ("got", "length", "pieces")
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.got = 0
+        self.pieces: dict[int, bytes] = {}
+
+    def cost(self) -> int:
+        return self.got + len(self.pieces) * FRAGMENT_OVERHEAD_BYTES
+
+
 class _Partial:
     """A message some of whose fragments have arrived; ``cost`` is what it is charged."""
 
-    __slots__ = ("cost", "count", "first_seen", "fragments")
+    __slots__ = ("cost", "count", "first_seen", "fragments", "parts")
 
     def __init__(self, count: int, first_seen: float) -> None:
         self.count = count
         self.first_seen = first_seen
         self.fragments: dict[int, bytes] = {}
         self.cost = MESSAGE_OVERHEAD_BYTES
+        self.parts: dict[int, _Parts] | None = None  # by fragment index, while any
 
 
 def _fail(message: str, reason: str) -> RemoteProtocolError:
@@ -208,6 +246,8 @@ class MessageReceiver:
                 f"message {mid} is {ahead} past the next to deliver (at most {self.max_ahead - 1})",
                 "message-id-too-far",
             )
+        if frame.part is not None:
+            return self._receive_part(frame, frame.part, now)
         cost = len(frame.payload) + FRAGMENT_OVERHEAD_BYTES
         partial = self._reliable.get(mid)
         if partial is None:
@@ -225,15 +265,83 @@ class MessageReceiver:
             self.duplicates += 1
             return []
         else:
+            if partial.parts is not None and frame.index in partial.parts:
+                self._drop_parts(partial, frame.index)  # the whole copy replaces them
             self._charge_reliable(cost)
-        fragments = partial.fragments
-        fragments[frame.index] = frame.payload
         partial.cost += cost
+        return self._file_fragment(mid, partial, frame.index, frame.payload)
+
+    def _file_fragment(
+        self, mid: int, partial: _Partial, index: int, payload: bytes
+    ) -> list[bytes]:
+        fragments = partial.fragments
+        fragments[index] = payload
+        count = partial.count
         if len(fragments) < count:
             return []
         del self._reliable[mid]
         self._complete[mid] = (b"".join([fragments[i] for i in range(count)]), partial.cost)
         return self._deliverable()
+
+    def _receive_part(self, frame: Data, part: tuple[int, int], now: float) -> list[bytes]:
+        """File one part of a reliable fragment (see "Parts" in the module docstring)."""
+        mid, count, index = frame.message_id, frame.count, frame.index
+        offset, length = part
+        partial = self._reliable.get(mid)
+        parts = None
+        if partial is not None:
+            if partial.count != count:
+                raise _inconsistent(mid, partial.count, count)
+            if index in partial.fragments:
+                self.duplicates += 1
+                return []
+            parts = partial.parts.get(index) if partial.parts is not None else None
+            if parts is not None:
+                if parts.length != length:
+                    raise _fail(f"message {mid} fragment {index}: parts disagree", "bad-part")
+                if offset in parts.pieces:
+                    self.duplicates += 1
+                    return []
+        cost = len(frame.payload) + FRAGMENT_OVERHEAD_BYTES
+        if partial is None:
+            self._check_count(count, self.max_buffered_bytes)
+            self._charge_reliable(MESSAGE_OVERHEAD_BYTES + cost)
+            partial = self._reliable[mid] = _Partial(count, now)
+        else:
+            self._charge_reliable(cost)
+        partial.cost += cost
+        if parts is None:
+            if partial.parts is None:
+                partial.parts = {}
+            parts = partial.parts[index] = _Parts(length)
+        parts.pieces[offset] = frame.payload
+        parts.got += len(frame.payload)
+        if parts.got < length:
+            return []
+        pieces = parts.pieces
+        position = 0
+        for start in sorted(pieces):
+            if start != position:
+                raise _fail(f"message {mid} fragment {index}: parts overlap", "bad-part")
+            position += len(pieces[start])
+        if position != length:
+            raise _fail(f"message {mid} fragment {index}: parts overlap", "bad-part")
+        payload = b"".join([pieces[start] for start in sorted(pieces)])
+        self._drop_parts(partial, index)
+        self._charge_reliable(length + FRAGMENT_OVERHEAD_BYTES)  # less than the parts were
+        partial.cost += length + FRAGMENT_OVERHEAD_BYTES
+        return self._file_fragment(mid, partial, index, payload)
+
+    def _drop_parts(self, partial: _Partial, index: int) -> None:
+        """Forget the parts of fragment ``index`` and what they were charged."""
+        table = partial.parts
+        if table is None or index not in table:
+            return
+        refund = table.pop(index).cost()
+        if not table:
+            partial.parts = None
+        partial.cost -= refund
+        self.reliable_cost -= refund
 
     def _charge_reliable(self, cost: int) -> None:
         if self.reliable_cost + cost > self.max_buffered_bytes:
