@@ -405,7 +405,12 @@ class TLSTransport(Transport):
             self._tls_failed(exc, "tls-error")
 
     def _send_records(self) -> None:
-        """Move what OpenSSL has written to the outgoing BIO to the socket."""
+        """Move what OpenSSL has written to the outgoing BIO to the socket.
+
+        The send-now-or-queue lines repeat ``Transport.write``'s on purpose:
+        sharing them would put one more call in plain TCP's write, the engine's
+        hot path, for every connection that has no TLS at all.
+        """
         if not self._outgoing.pending or self.state == CLOSED:
             return
         records = self._outgoing.read()
