@@ -423,7 +423,8 @@ def test_admin_shows_a_row_per_reliable_connection_with_rtt_and_cwnd() -> None:
         assert f"fivetuple_reliable_{name}" in metrics, name
     assert table.returncode == 0, table.stderr
     header = table.stdout.splitlines()[0].split()
-    assert {"rtt", "cwnd", "retx"} <= set(header)
+    assert {"rtt", "cwnd", "retx", "dgram"} <= set(header)
+    assert reliable["max_datagram_bytes"] >= 1200  # what the table's dgram column shows
 
 
 def test_top_shows_a_line_of_the_reliable_sums() -> None:

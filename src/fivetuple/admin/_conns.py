@@ -160,6 +160,8 @@ _RELIABLE_COLUMNS: tuple[tuple[str, JustifyMethod, Callable[[Row], str]], ...] =
     ("in flight", "right", lambda r: format_bytes(_reliable(r, "bytes_in_flight"))),
     ("retx", "right", lambda r: format_bytes(_reliable(r, "retransmitted_bytes"))),
     ("lost", "right", lambda r: str(_reliable(r, "packets_lost") or 0) if "reliable" in r else "-"),
+    # The datagram size path MTU discovery has reached (1,200 until a probe is acknowledged).
+    ("dgram", "right", lambda r: str(_reliable(r, "max_datagram_bytes") or "-")),
 )
 
 
