@@ -68,6 +68,8 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _MASKED = {signal.SIGINT, signal.SIGTERM, signal.SIGALRM}
 #: After the grace period, how long the stop waits for what it cut off to end.
 FINISH_S = 2.0
+#: The longest a blocking accept() sleeps before the loop looks at its stop flag again.
+ACCEPT_WAKE_S = 1.0
 #: accept() errors that mean "no descriptor or memory now": wait, then retry.
 EXHAUSTED_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 #: accept() errors about one client that gave up: go on with the next.
@@ -258,7 +260,10 @@ class ModelServer:
                     raise SetupError(
                         f"cannot set a socket buffer of {size} bytes: {exc.strerror}"
                     ) from None
-        sock.setblocking(True)  # the seeds' server: accept() sleeps
+        # The seeds' server: accept() sleeps. At most ACCEPT_WAKE_S at a time, so
+        # that a stop signal the kernel gave to another thread (the handler then
+        # runs only once the main thread is back in Python) is seen within it.
+        sock.settimeout(ACCEPT_WAKE_S)
         self._sock = sock
         self.address = format_address(sock.family, sock.getsockname())
         self._wake_r, self._wake_w = os.pipe()
@@ -361,6 +366,8 @@ class ModelServer:
         assert self._sock is not None
         try:
             sock, addr = self._sock.accept()
+        except TimeoutError:  # nobody came within ACCEPT_WAKE_S: look at _stopping again
+            return None
         except OSError as exc:
             if not self._stopping:  # after a stop: EINVAL, the listener is shut down
                 self._accept_failed(exc)
