@@ -761,3 +761,22 @@ def test_what_a_member_is_owed_goes_out_before_its_eof_closes_it() -> None:
 def test_a_negative_write_delay_is_refused() -> None:
     with pytest.raises(ValueError, match="write_delay_s"):
         ChatRoom(write_delay_s=-0.1)
+
+
+def test_output_waiting_past_the_queue_cap_goes_out_without_waiting_for_the_delay() -> None:
+    # A write delay far longer than the test: only the cap can make the room write.
+    room = ChatRoom(max_queue_bytes=16 * 1024, limits=UNLIMITED, write_delay_s=60.0)
+    with running_server(room.protocol) as srv:
+        bob = connect(srv)  # accepted first: in the room before alice speaks
+        alice = connect(srv)
+        line = b"x" * 1000
+        alice.sendall((line + b"\n") * 20)  # 20 KB for bob: over the 16 KiB cap
+        bob.settimeout(10)
+        data = b""
+        while data.count(b"> " + line) < 16:
+            chunk = bob.recv(1 << 16)
+            assert chunk, data[-200:]
+            data += chunk
+        assert data.startswith(b"* welcome, you are ")  # his welcome first, in order
+        alice.close()
+        bob.close()

@@ -380,6 +380,7 @@ class ChatMember(Protocol):
     __slots__ = (
         "_input",
         "_pending",
+        "_pending_bytes",
         "_wake",
         "address",
         "allowance",
@@ -399,6 +400,7 @@ class ChatMember(Protocol):
         self._input = b""  # read and not yet handled: a partial line, or lines held back
         self._wake: Timer | None = None  # set while held back
         self._pending: list[bytes] = []  # output not yet written (see "Coalesced writes")
+        self._pending_bytes = 0
 
     def connection_made(self, transport: Transport) -> None:
         self.transport = transport
@@ -581,13 +583,18 @@ class ChatMember(Protocol):
         self.send_bytes(data)
 
     def send_bytes(self, data: bytes) -> None:
-        """Queue ``data`` for this member: written at the room's next flush."""
+        """Queue ``data`` for this member: written at the room's next flush, or now
+        if what waits passes the room's ``max_queue_bytes`` (the cap on a member's
+        output holds for what waits here too, whatever the write delay)."""
         pending = self._pending
         if not pending:
             if self.transport.is_closing():
                 return
             self.room.pending(self, self.transport.loop)
         pending.append(data)
+        self._pending_bytes += len(data)
+        if self._pending_bytes > self.room.max_queue_bytes:
+            self.flush()
 
     def flush(self) -> None:
         """Write what is pending in one write; drop a member that does not read."""
@@ -595,8 +602,10 @@ class ChatMember(Protocol):
         transport = self.transport
         if not pending or transport.is_closing():
             pending.clear()
+            self._pending_bytes = 0
             return
         self._pending = []
+        self._pending_bytes = 0
         room = self.room
         room.writes += 1
         room.lines_written += len(pending)
