@@ -58,6 +58,28 @@ def close_all(socks: Iterable[socket.socket]) -> None:
             sock.close()
 
 
+def _send_lines(sel: selectors.BaseSelector, socks: list[socket.socket]) -> None:
+    """Each client, made non-blocking, sends ``LINE`` and is watched for its echo
+    (``key.data``: its index); one that cannot send is left out."""
+    for i, sock in enumerate(socks):
+        sock.setblocking(False)
+        try:
+            sock.send(LINE)
+        except OSError:
+            continue
+        sel.register(sock, selectors.EVENT_READ, i)
+
+
+def _recv(sock: socket.socket) -> bytes | None:
+    """What a readable client has: b"" at its end or on an error; None if nothing yet."""
+    try:
+        return sock.recv(65536)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 def echo_each(
     socks: list[socket.socket],
     limit_s: float,
@@ -85,22 +107,13 @@ def echo_each(
     leaving: dict[int, float] = {}  # client -> when it closes
     with selectors.DefaultSelector() as sel:
         start = time.monotonic()
-        for i, sock in enumerate(socks):
-            sock.setblocking(False)
-            try:
-                sock.send(LINE)
-            except OSError:
-                continue
-            sel.register(sock, selectors.EVENT_READ, i)
+        _send_lines(sel, socks)
         while (sel.get_map() or leaving) and time.monotonic() - start < limit_s:
             for key, _ in sel.select(TICK_S):
                 i = key.data
-                try:
-                    data = socks[i].recv(65536)
-                except BlockingIOError:
+                data = _recv(socks[i])
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 got[i] += len(data)
                 if not data or got[i] >= len(LINE):
                     sel.unregister(socks[i])
@@ -128,23 +141,14 @@ def round_trips(socks: list[socket.socket], duration_s: float) -> tuple[int, int
     served: set[int] = set()
     got = [0] * len(socks)
     with selectors.DefaultSelector() as sel:
-        for i, sock in enumerate(socks):
-            sock.setblocking(False)
-            try:
-                sock.send(LINE)
-            except OSError:
-                continue
-            sel.register(sock, selectors.EVENT_READ, i)
+        _send_lines(sel, socks)
         end = time.monotonic() + duration_s
         while sel.get_map() and time.monotonic() < end:
             for key, _ in sel.select(TICK_S):
                 i = key.data
-                try:
-                    data = socks[i].recv(65536)
-                except BlockingIOError:
+                data = _recv(socks[i])
+                if data is None:
                     continue
-                except OSError:
-                    data = b""
                 if not data:
                     sel.unregister(socks[i])
                     continue
