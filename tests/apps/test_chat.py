@@ -750,12 +750,21 @@ def test_write_delay_holds_a_members_output_then_sends_it() -> None:
 
 
 def test_what_a_member_is_owed_goes_out_before_its_eof_closes_it() -> None:
-    with running_server(ChatRoom(write_delay_s=5.0).protocol) as srv:
-        alice = join(srv)
-        alice.send("/who")
-        alice.sock.shutdown(socket.SHUT_WR)
-        rest = alice.expect_eof().decode()
-        assert rest == f"* 1 connected:\n*   {alice.address} (you)\n", rest
+    # A write delay far longer than the test's timeout: only the EOF can make the
+    # room write, so the welcome and the answer to /who arrive with it, in order.
+    with running_server(ChatRoom(write_delay_s=60.0).protocol) as srv:
+        sock = connect(srv)
+        sock.settimeout(10)
+        address = address_of(sock)
+        sock.sendall(b"/who\n")
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(1 << 16):
+            data += chunk
+        sock.close()
+        lines = data.decode().splitlines()
+        assert WELCOME.match(lines[0]), lines
+        assert lines[1:] == ["* 1 connected:", f"*   {address} (you)"], lines
 
 
 def test_a_negative_write_delay_is_refused() -> None:
