@@ -24,6 +24,13 @@ alternating, so that a noisy neighbour hurts every server alike), medians report
   session ticket (``--tls-resume``), with the share the server resumed;
 - memory: the server's RSS growth while 10,000 idle TLS connections are open
   (each after its handshake and a one-byte echo), divided by 10,000; median of 3.
+  With ``--malloc`` (glibc and gdb needed), also where that memory is, read
+  the same way in every server: gdb calls glibc's ``malloc_stats()`` in the
+  server before and after (live bytes malloc has handed out: on the heap,
+  where OpenSSL's state and the memory BIOs are, and in chunks of 128 KiB or
+  more that malloc maps separately, which are resident only where touched),
+  then ``malloc_trim(0)``, and the RSS is read again (what trimming gives back
+  is memory freed but kept by malloc: fragmentation, not connection state).
 
 The "load CPU" columns say how busy the load's CPU was in the window: near 100%,
 the load and not the server set the rate (the CPU per round trip still holds).
@@ -41,6 +48,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import shutil
 import ssl
 import subprocess
 import sys
@@ -98,6 +107,14 @@ IDLE_WAIT_S = 30.0
 #: Before and after the idle connections, let the server settle this long.
 SETTLE_S = 0.5
 MEMORY_ROUNDS = 3
+#: How long gdb may take to attach, call one function and detach.
+GDB_TIMEOUT_S = 60.0
+#: How long the server's stderr may take to show what malloc_stats() printed.
+MALLOC_STATS_WAIT_S = 5.0
+_ARENA_IN_USE = re.compile(r"Arena \d+:\s*system bytes\s*=\s*\d+\s*in use bytes\s*=\s*(\d+)")
+_TOTAL_IN_USE = re.compile(
+    r"Total \(incl\. mmap\):\s*system bytes\s*=\s*\d+\s*in use bytes\s*=\s*(\d+)"
+)
 #: Descriptors a server or the load needs besides the idle connections.
 FD_SPARE = 100
 
@@ -180,12 +197,61 @@ def measure_handshakes(
     }
 
 
-def measure_idle_memory(setup: Setup, name: str, count: int) -> float:
-    """RSS growth of the server per idle TLS connection, in bytes, at ``count`` connections."""
+def gdb_call(pid: int, call: str) -> None:
+    """Make process ``pid`` call a C function (``call (void)malloc_stats()``), with gdb.
+
+    Raises:
+        BenchFailure: gdb failed (not allowed to attach: ptrace_scope, or no gdb).
+    """
+    done = subprocess.run(
+        ["gdb", "-p", str(pid), "-batch", "-nx", "-ex", call],
+        capture_output=True,
+        text=True,
+        timeout=GDB_TIMEOUT_S,
+        check=False,
+    )
+    if done.returncode != 0 or "No symbol" in done.stderr or "ptrace:" in done.stderr:
+        why = " ".join(done.stderr.strip()[-300:].split())
+        raise BenchFailure(f"gdb could not make {pid} {call!r}: {why}")
+
+
+def malloc_in_use(server: RunningServer) -> tuple[int, int]:
+    """(heap bytes, mmap'd bytes) that glibc's malloc has handed out in ``server``, live.
+
+    gdb makes the server call ``malloc_stats()``, which prints to the server's
+    stderr (a file: RunningServer keeps it): per arena the bytes in use, and
+    the total including the chunks malloc mapped on their own.
+    """
+    start = len(server.stderr())
+    gdb_call(server.pid, "call (void)malloc_stats()")
+    deadline = time.monotonic() + MALLOC_STATS_WAIT_S
+    while True:
+        text = server.stderr()[start:]
+        total = _TOTAL_IN_USE.search(text)
+        if total:
+            heap = sum(int(m.group(1)) for m in _ARENA_IN_USE.finditer(text[: total.start()]))
+            return heap, int(total.group(1)) - heap
+        if time.monotonic() > deadline:
+            raise BenchFailure(f"{server.name} printed no malloc_stats() in its stderr")
+        time.sleep(0.05)
+
+
+def measure_idle_memory(
+    setup: Setup, name: str, count: int, malloc: bool = False
+) -> dict[str, float]:
+    """What the server keeps per idle TLS connection, in bytes, at ``count`` connections.
+
+    Returns:
+        ``bytes``: RSS growth per connection; with ``malloc``, also ``heap`` and
+        ``mmap`` (growth of live malloc'd bytes, per connection) and
+        ``trimmed`` (RSS growth per connection after ``malloc_trim(0)``).
+    """
     with setup.start(name) as server:
         time.sleep(SETTLE_S)
         base_fds = server.fd_count()
         before = server.rss_bytes()
+        if malloc:
+            heap0, mmap0 = malloc_in_use(server)
         argv = setup.load_argv(
             "--hold", port=server.port, conns=count, size=HANDSHAKE_ECHO_BYTES, seconds=HOLD_S
         )
@@ -197,7 +263,15 @@ def measure_idle_memory(setup: Setup, name: str, count: int) -> float:
             time.sleep(SETTLE_S)
             after = server.rss_bytes()
             server.alive()
-    return (after - before) / count
+            found = {"bytes": (after - before) / count}
+            if malloc:
+                heap1, mmap1 = malloc_in_use(server)
+                gdb_call(server.pid, "call (int)malloc_trim(0)")
+                found["heap"] = (heap1 - heap0) / count
+                found["mmap"] = (mmap1 - mmap0) / count
+                found["trimmed"] = (server.rss_bytes() - before) / count
+                server.alive()
+    return found
 
 
 def main() -> None:
@@ -219,6 +293,11 @@ def main() -> None:
     parser.add_argument(
         "--idle", type=int, default=10_000, help="idle TLS connections for memory (0: skip)"
     )
+    parser.add_argument(
+        "--malloc",
+        action="store_true",
+        help="memory: also read malloc's live bytes in each server with gdb (glibc), and trim",
+    )
     parser.add_argument("--servers", nargs="+", default=DEFAULT_SERVERS, choices=list(SERVERS))
     parser.add_argument("--reference", default="uvloop", choices=list(SERVERS))
     parser.add_argument(
@@ -233,6 +312,11 @@ def main() -> None:
         servers.remove("fivetuple")
     if not servers:
         print("tls_compare.py: no server to measure; name one with --servers", file=sys.stderr)
+        sys.exit(2)
+    if args.malloc and args.idle and shutil.which("gdb") is None:
+        print(
+            "tls_compare.py: --malloc needs gdb; install it or leave --malloc out", file=sys.stderr
+        )
         sys.exit(2)
     limit = raise_fd_limit()
     if args.idle + FD_SPARE > limit:
@@ -291,9 +375,17 @@ def measure_all(setup: Setup, args: argparse.Namespace, servers: list[str]) -> R
                 )
     for rnd in range(MEMORY_ROUNDS if args.idle else 0):
         for name in servers if rnd % 2 == 0 else servers[::-1]:
-            per_conn = measure_idle_memory(setup, name, args.idle)
-            keep("memory", name, {"bytes": per_conn})
-            note(f"memory {name:9s} {per_conn:8.0f} bytes per idle TLS connection")
+            found = measure_idle_memory(setup, name, args.idle, args.malloc)
+            keep("memory", name, found)
+            note(
+                f"memory {name:9s} {found['bytes']:8.0f} bytes per idle TLS connection"
+                + (
+                    f" (malloc: heap {found['heap']:.0f}, mmap'd {found['mmap']:.0f}; "
+                    f"RSS after malloc_trim {found['trimmed']:.0f})"
+                    if "heap" in found
+                    else ""
+                )
+            )
     return results
 
 
@@ -382,6 +474,27 @@ def render(argv: list[str], args: argparse.Namespace, servers: list[str], result
             mine = med(cell[name], "bytes")
             ratios = "".join(f" {mine / med(cell[o], 'bytes'):.2f}x |" for o in others)
             lines.append(f"| {name} | {mine:,.0f} B |{ratios}")
+        if all("heap" in r for name in servers for r in cell[name]):
+            lines += [
+                "",
+                "Where it is (`--malloc`: glibc's malloc_stats() and malloc_trim(0), called",
+                "in each server by gdb; growth per connection, medians). Heap: live bytes",
+                "malloc handed out from its heap (OpenSSL's state, the memory BIOs, large",
+                "Python objects). Mapped: live chunks of 128 KiB or more, each mapped on its",
+                "own, resident only where touched. Rest: RSS minus heap (Python's small",
+                "objects live in pymalloc's own arenas; touched pages of mapped chunks).",
+                "",
+                "| server | RSS | malloc heap (live) | malloc mapped (live) "
+                "| RSS after malloc_trim | rest |",
+                "| --- | ---: | ---: | ---: | ---: | ---: |",
+            ]
+            for name in servers:
+                rs = cell[name]
+                lines.append(
+                    f"| {name} | {med(rs, 'bytes'):,.0f} B | {med(rs, 'heap'):,.0f} B | "
+                    f"{med(rs, 'mmap'):,.0f} B | {med(rs, 'trimmed'):,.0f} B | "
+                    f"{med(rs, 'bytes') - med(rs, 'heap'):,.0f} B |"
+                )
     return "\n".join(lines)
 
 
