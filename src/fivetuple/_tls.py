@@ -502,32 +502,15 @@ class TLSTransport(Transport):
             self._queue(memoryview(records)[sent:])
 
     def _send_record_list(self, records: list[bytes]) -> None:
-        """``_send_records`` for records already read from the BIO: one ``writev``.
-
-        What the kernel does not take is queued in one piece (a join costs less
-        than a ``_queue`` per record).
-        """
+        """``_send_records`` for records already read from the BIO: one ``writev``."""
         if self.state == CLOSED:
             return
         if self._outgoing.pending:  # an alert or a key update OpenSSL added
             records.append(self._outgoing.read())
         if self._buffer:
             self._queue(b"".join(records))
-            return
-        try:
-            sent = _os_writev(self._fd, records)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._fatal(exc)
-            return
-        for index, record in enumerate(records):
-            if sent < len(record):
-                rest = records[index + 1 :]
-                head = memoryview(record)[sent:]
-                self._queue(b"".join([head, *rest]) if rest else head)
-                return
-            sent -= len(record)
+        else:
+            self._send_vector(records)
 
     def get_write_buffer_size(self) -> int:
         """Bytes queued: records the kernel has not taken, and plaintext of this turn."""
@@ -728,4 +711,3 @@ _SHORT_NAMES = {
 
 _os_read = os.read
 _os_write = os.write
-_os_writev = os.writev

@@ -66,7 +66,7 @@ import logging
 import os
 import socket
 import termios
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import INFO
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -383,7 +383,12 @@ class Transport:
             for chunk in chunks:
                 self._write_queued(chunk)
             return
-        pending = chunks if isinstance(chunks, list) else list(chunks)
+        self._send_vector(chunks if isinstance(chunks, list) else list(chunks))
+
+    def _send_vector(self, pending: Sequence[bytes | bytearray | memoryview]) -> None:
+        """``writev`` the chunks (groups of IOV_MAX) with nothing queued before
+        them; what the kernel does not take is queued, in order (``writelines``,
+        and the TLS layer's records of a large write)."""
         while pending:
             group = pending[:_IOV_MAX]
             try:
