@@ -622,3 +622,68 @@ def test_the_connection_timer_does_not_grow_with_partial_messages() -> None:
     # The same but for the other timers' state (a few bytecodes either way); a scan of
     # the partial messages would cost thousands more.
     assert all(big <= 1.25 * small for small, big in zip(work[10], work[1000], strict=True)), work
+
+
+# -- packing: a message's first fragment fills the previous one's last packet (issue 16)
+
+
+def datagram_payloads(client: Connection, total: int) -> list[list[tuple[int, int, int]]]:
+    """Per datagram the client sends (no ACK comes back; paced, so time moves on
+    in 1 ms steps) until ``total`` bytes of payload went out: (message id,
+    index, payload bytes) of each of its DATA frames."""
+    packets: list[list[tuple[int, int, int]]] = []
+    now, sent = 100.0, 0
+    while sent < total and now < 101.0:
+        for datagram, _ in client.datagrams_to_send(now):
+            frames = [f for f in parse_packet(datagram).frames if type(f) is Data]
+            packets.append([(f.message_id, f.index, len(f.payload)) for f in frames])
+            sent += sum(len(f.payload) for f in frames)
+        now += 0.001
+    assert sent == total, "retransmissions or a stall: the test measures first sends"
+    return packets
+
+
+def test_a_messages_first_fragment_fills_the_packet_the_one_before_left_short() -> None:
+    config = ConnectionConfig(keepalive_s=None)
+    _network, client, _server, _trace = connected_pair(config)
+    full = FRAGMENT_BYTES  # the path is at its base size: fragments of this much payload
+    first, second = b"a" * (3 * full + 500), b"b" * (3 * full + 400)
+    client.send(first)
+    client.send(second)
+    packets = [p for p in datagram_payloads(client, len(first) + len(second)) if p]
+    pieces = [piece for packet in packets for piece in packet]
+    mid = pieces[0][0]
+    # Message 0 as before: three full fragments and one of 500 bytes...
+    assert [n for m, _, n in pieces if m == mid] == [full, full, full, 500]
+    # ...and the packet of its last fragment carries message 1's first, cut to fill it.
+    (shared,) = [p for p in packets if len(p) == 2]
+    assert shared[0] == (mid, 3, 500) and shared[1][:2] == (mid + 1, 0)
+    sizes = [n for m, _, n in pieces if m == mid + 1]
+    assert sizes[0] < full and sum(sizes) == len(second)
+    assert all(n == full for n in sizes[1:-1])
+    # 7 packets, not 8 (4 for each message, the last one short).
+    assert len(packets) == 7
+
+
+def test_a_message_that_fits_the_room_left_is_not_cut_and_an_even_one_leaves_none() -> None:
+    config = ConnectionConfig(keepalive_s=None)
+    full = FRAGMENT_BYTES
+    cases = [
+        # 1 fits beside the 10 bytes whole: goes as it is. 2 follows a short fragment: cut.
+        ([full + 10, 300, 2 * full], {1: [300], 2: "cut"}),
+        # 1 follows a message that ended in a full fragment: no room, cut as ever.
+        ([2 * full, 3 * full], {1: [full, full, full]}),
+    ]
+    for sizes, expected in cases:
+        _network, client, _server, _trace = connected_pair(config)
+        for n, size in enumerate(sizes):
+            client.send(bytes([n]) * size)
+        packets = datagram_payloads(client, sum(sizes))
+        pieces = [piece for packet in packets for piece in packet]
+        mid = pieces[0][0]
+        got = {m - mid: [n for mm, _, n in pieces if mm == m] for m in {p[0] for p in pieces}}
+        for m, want in expected.items():
+            if want == "cut":
+                assert len(got[m]) == 3 and got[m][0] < full and got[m][1] == full, got
+            else:
+                assert got[m] == want, got

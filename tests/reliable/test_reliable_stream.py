@@ -19,6 +19,7 @@ from fivetuple.reliable._stream import (
     UNRELIABLE_TIMEOUT_S,
     MessageReceiver,
     fragment,
+    fragment_count,
     message_cost,
 )
 from helpers import bytecodes
@@ -226,3 +227,24 @@ def test_evicting_past_the_unreliable_cap_visits_only_what_it_gives_up() -> None
         assert receiver.expired == 1  # the oldest went
         assert receiver.unreliable_cost <= receiver.max_unreliable_bytes
     assert work[10] == work[1000], work
+
+
+@given(
+    length=st.integers(0, 20_000),
+    size=st.integers(1, 2_000),
+    first=st.integers(-5, 3_000),
+)
+def test_a_first_fragment_of_its_own_size_then_the_rest_cut_size_at_a_time(
+    length: int, size: int, first: int
+) -> None:
+    message = random.Random(length).randbytes(length)
+    frames = list(fragment(7, message, True, size, first))
+    assert b"".join(f.payload for f in frames) == message
+    assert [f.index for f in frames] == list(range(len(frames)))
+    assert {f.count for f in frames} == {len(frames)}
+    cut = 0 < first < length
+    if cut:
+        assert len(frames[0].payload) == first
+    rest = frames[1:] if cut else frames
+    assert all(len(f.payload) == size for f in rest[:-1])
+    assert len(frames) == (1 if cut else 0) + fragment_count(length - (first if cut else 0), size)

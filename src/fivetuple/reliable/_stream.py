@@ -115,15 +115,27 @@ def fragment_count(message_bytes: int, size: int = MAX_DATA_PAYLOAD) -> int:
 
 
 def fragment(
-    message_id: int, message: bytes, reliable: bool, size: int = MAX_DATA_PAYLOAD
+    message_id: int, message: bytes, reliable: bool, size: int = MAX_DATA_PAYLOAD, first: int = 0
 ) -> Iterator[Data]:
-    """The DATA frames that carry ``message`` (one, empty, for an empty message)."""
-    count = fragment_count(len(message), size)
+    """The DATA frames that carry ``message`` (one, empty, for an empty message).
+
+    With ``first`` (0 < ``first`` < the message's length) the first fragment is
+    ``first`` bytes and the rest are cut ``size`` bytes at a time: the first
+    fills the room a packet has left after the previous message's short last
+    fragment (packing, ``Connection.send``). The receiver takes fragments of
+    any size, in any order, by index.
+    """
+    length = len(message)
+    if not 0 < first < length:
+        first = 0
+    lead = 1 if first else 0
+    count = lead + fragment_count(length - first, size)
     view = memoryview(message)
-    for index in range(count):
-        yield Data(
-            message_id, index, count, bytes(view[index * size : (index + 1) * size]), reliable
-        )
+    if first:
+        yield Data(message_id, 0, count, bytes(view[:first]), reliable)
+    for index in range(lead, count):
+        start = first + (index - lead) * size
+        yield Data(message_id, index, count, bytes(view[start : start + size]), reliable)
 
 
 class _Parts:
