@@ -49,11 +49,6 @@ OUT_BYTES = 1 << 20
 KEPT_MAX_BYTES = 100_000
 
 
-@pytest.fixture
-def files(tls_files: Any) -> Any:
-    return tls_files
-
-
 def server_context(files: Any) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(files.cert, files.key)
@@ -157,7 +152,7 @@ def send_while_paused(server: Server, client: ssl.SSLSocket, protocol: Bulk, dat
     return sender
 
 
-def test_a_bulk_transfer_leaves_the_bios_small(files: Any) -> None:
+def test_a_bulk_transfer_leaves_the_bios_small(tls_files: Any) -> None:
     mallinfo2 = _mallinfo2()
     made: list[Bulk] = []
 
@@ -169,8 +164,8 @@ def test_a_bulk_transfer_leaves_the_bios_small(files: Any) -> None:
             made.append(self)
 
     incoming = os.urandom(IN_BYTES)
-    with running_server(Reply, tls=server_context(files)) as server:
-        pairs = [start_paused(server, files, made) for _ in range(CONNS)]
+    with running_server(Reply, tls=server_context(tls_files)) as server:
+        pairs = [start_paused(server, tls_files, made) for _ in range(CONNS)]
         before = live_malloc_bytes(mallinfo2)
         for client, protocol in pairs:
             # One thread at a time on the client's SSL object: the reply
@@ -194,7 +189,7 @@ class PauseOnEveryRecord(Bulk):
         self.transport.pause_reading()
 
 
-def test_a_pause_between_steps_keeps_the_rest_of_the_read(files: Any) -> None:
+def test_a_pause_between_steps_keeps_the_rest_of_the_read(tls_files: Any) -> None:
     """The protocol pauses after the first record of a 64 KiB read: the rest
     of the read waits in the BIO and comes, in order, on resume_reading."""
     made: list[Bulk] = []
@@ -205,8 +200,8 @@ def test_a_pause_between_steps_keeps_the_rest_of_the_read(files: Any) -> None:
             made.append(self)
 
     incoming = os.urandom(IN_BYTES)
-    with running_server(Pausing, tls=server_context(files)) as server:
-        client, protocol = start_paused(server, files, made)
+    with running_server(Pausing, tls=server_context(tls_files)) as server:
+        client, protocol = start_paused(server, tls_files, made)
         with client:
             sender = send_while_paused(server, client, protocol, incoming)
             transport = protocol.transport
