@@ -348,7 +348,7 @@ def test_a_data_frame_takes_the_short_form_when_its_numbers_fit(frame: Data, sho
     assert frame.is_short is short
     assert len(frame.write()) == data_frame_size(frame)
     assert data_frame_size(frame) - len(frame.payload) - (4 if frame.part else 0) == (
-        12 if short else 20
+        11 if short else 19
     )
 
 
