@@ -525,11 +525,7 @@ class Connection:
         if reliable:
             self._next_reliable += 1
             first = self._packing_room(mid, len(message), size)
-            if first and (
-                fragment_charge(first, whole, PART_BYTES)
-                + _message_charge(len(message) - first, size, whole)
-                > window
-            ):
+            if first and _message_charge(len(message), size, whole, first) > window:
                 first = 0  # the one more fragment would not fit the peer's window
             frames = list(fragment(mid, message, True, size, first))
             self._unacked[mid] = _Unacked(len(frames), self._offset)
@@ -1190,9 +1186,14 @@ class Connection:
         return f"<Connection {role} cid={self.cid:#x} {self.state.value} peer={self.peer_addr!r}>"
 
 
-def _message_charge(length: int, size: int, whole: int) -> int:
+def _message_charge(length: int, size: int, whole: int, first: int = 0) -> int:
     """What the sender charges a message of ``length`` bytes cut in fragments of ``size``
-    (fragments of at most ``whole`` bytes are never split)."""
+    (fragments of at most ``whole`` bytes are never split), after a first one of
+    ``first`` bytes if ``first`` (packing: ``_stream.fragment``'s cut)."""
+    if first:
+        return fragment_charge(first, whole, PART_BYTES) + _message_charge(
+            length - first, size, whole
+        )
     count = fragment_count(length, size)
     last = length - (count - 1) * size
     part = PART_BYTES
